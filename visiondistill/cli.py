@@ -1,0 +1,67 @@
+"""The ``visiondistill`` command: LightningCLI for ``fit|validate|test|predict`` plus a few tools.
+
+Examples::
+
+    visiondistill fit --config configs/classification/shapes_teacher.yaml
+    visiondistill fit --config configs/classification/shapes_kd.yaml --trainer.max_epochs 5
+    visiondistill synth --out data/shapes
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from pytorch_lightning.cli import LightningCLI
+
+# A frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
+class VisionDistillCLI(LightningCLI):
+    """LightningCLI with visiondistill's defaults: any task module, any datamodule, configs saved per run."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+            auto_configure_optimizers=False,
+        )
+
+
+def _synth(argv: Sequence[str]) -> int:
+    from visiondistill.data.synthesize import main
+
+    return main(argv)
+
+
+def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
+    return {"synth": (_synth, "write the synthetic shapes data set to disk in standard formats")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``visiondistill`` console script.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tools = _tools()
+    if argv and argv[0] in tools:
+        return tools[argv[0]][0](argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        extra = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in tools.items())
+        print(f"visiondistill tools (besides LightningCLI's fit/validate/test/predict):\n{extra}\n")
+    VisionDistillCLI(args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

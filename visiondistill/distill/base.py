@@ -1,0 +1,181 @@
+"""The base class of every distillation callback and the function that sums their terms."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor, nn
+from typing_extensions import override
+
+from visiondistill.distill.protocol import freeze_teacher, get_student, get_teacher, module_device
+
+
+class DistillationCallback(Callback):
+    """Base class: a Lightning callback that contributes one weighted term to the distillation loss.
+
+    Subclasses implement `compute_loss` (the unweighted term) and, when they need hooks or
+    learnable connectors, `setup_distillation`. The base class keeps the teacher frozen and in eval
+    mode for the whole run, gives each callback a unique name used in logs, and owns the weight
+    (``weight`` is a plain attribute, so schedules and adaptive rules can change it during training).
+
+    Args:
+        weight: Multiplier of the term in the total loss.
+        name: Name used in logs (``train/distill/<name>``) and for connectors; defaults to the
+            class's ``default_name``, suffixed ``_1``, ``_2``… when several callbacks share it.
+
+    Raises:
+        ValueError: When ``weight`` is negative or not finite.
+    """
+
+    default_name: ClassVar[str] = "distill"
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+        super().__init__()
+        weight = float(weight)
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight}")
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+            raise ValueError(f"{type(self).__name__}: name {name!r} may hold only letters, digits, '_' and '-'")
+        self.weight = weight
+        self._requested_name = name
+        self.name = name or self.default_name
+
+    # -- what subclasses implement --------------------------------------------------------------
+
+    def setup_distillation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Attaches hooks and creates connectors; called once from ``setup`` after the teacher is frozen."""
+
+    def compute_loss(
+        self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any
+    ) -> Tensor:
+        """Returns the unweighted distillation term for one training batch."""
+        raise NotImplementedError
+
+    def effective_weight(self, trainer: pl.Trainer) -> float:
+        """The weight applied at the current step (subclasses add warm-ups)."""
+        return self.weight
+
+    def clear(self) -> None:
+        """Drops per-batch state (recorded features) after each training batch."""
+
+    def remove_hooks(self) -> None:
+        """Detaches every forward hook this callback registered."""
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        get_student(pl_module)
+        teacher = get_teacher(pl_module, required=self.needs_teacher, who=type(self).__name__)
+        freeze_teacher(teacher)
+        self._assign_unique_name(trainer)
+        self.remove_hooks()
+        self.setup_distillation(trainer, pl_module, stage)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        freeze_teacher(getattr(pl_module, "teacher", None))
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        freeze_teacher(getattr(pl_module, "teacher", None))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.clear()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.remove_hooks()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.weight = float(state_dict.get("weight", self.weight))
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+
+    def _assign_unique_name(self, trainer: pl.Trainer) -> None:
+        peers = [cb for cb in trainer.callbacks if isinstance(cb, DistillationCallback)]
+        taken: set[str] = set()
+        for callback in peers:
+            base = callback._requested_name or callback.default_name
+            name, suffix = base, 1
+            while name in taken:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            taken.add(name)
+            if callback is self:
+                self.name = name
+                return
+
+    def add_adapter(self, pl_module: pl.LightningModule, adapter: nn.Module) -> nn.Module:
+        """Registers a learnable connector in ``pl_module.distill_adapters`` (optimised and checkpointed)."""
+        adapters = getattr(pl_module, "distill_adapters", None)
+        if adapters is None:
+            adapters = nn.ModuleDict()
+            pl_module.distill_adapters = adapters
+        elif not isinstance(adapters, nn.ModuleDict):
+            raise TypeError(f"{type(pl_module).__name__}.distill_adapters must be an nn.ModuleDict")
+        adapter = adapter.to(module_device(get_student(pl_module)))
+        if self.name in adapters:
+            existing = adapters[self.name]
+            if _same_architecture(existing, adapter):
+                return existing  # a second `fit` on the same module keeps the trained connector
+        adapters[self.name] = adapter
+        return adapter
+
+
+def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
+    shapes_a = {k: v.shape for k, v in a.state_dict().items()}
+    shapes_b = {k: v.shape for k, v in b.state_dict().items()}
+    return type(a) is type(b) and shapes_a == shapes_b
+
+
+def distillation_callbacks(trainer: pl.Trainer) -> list[DistillationCallback]:
+    """The distillation callbacks attached to a trainer, in order."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, DistillationCallback)]
+
+
+def distillation_loss(pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
+    """Sums the weighted terms of every distillation callback on the trainer.
+
+    Call it from ``training_step`` after running the student and (under ``torch.no_grad()``) the
+    teacher on the same batch. Each weighted term is logged as ``train/distill/<name>``. With no
+    distillation callback on the trainer it returns a zero that keeps the graph intact.
+
+    Args:
+        pl_module: The LightningModule (it must be attached to a trainer).
+        batch: The training batch.
+        student_out: The student's output on the batch.
+        teacher_out: The teacher's output on the batch (``None`` when there is no teacher).
+
+    Returns:
+        A scalar tensor.
+    """
+    trainer = pl_module.trainer
+    total = torch.zeros((), device=pl_module.device)
+    for callback in distillation_callbacks(trainer):
+        weight = callback.effective_weight(trainer)
+        if weight == 0:
+            continue
+        term = weight * callback.compute_loss(pl_module, batch, student_out, teacher_out)
+        pl_module.log(f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True)
+        total = total + term
+    return total

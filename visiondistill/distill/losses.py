@@ -1,0 +1,424 @@
+"""Distillation losses as pure tensor functions (no Lightning).
+
+Every function follows the formula listed under "Reference formulas" in ``DESIGN.md`` and the
+reference code of its paper; the docstrings say where a choice had to be made. Inputs are validated
+up front and a mismatch raises a `ValueError` that names both shapes. Weights (``1000`` for attention
+transfer, the DKD warm-up, ...) are applied by the callbacks, not here, except where the formula itself
+carries them (``alpha``/``beta`` of DKD, ``alpha`` of heatmap KD).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "attention_map",
+    "attention_transfer_loss",
+    "channel_wise_loss",
+    "dkd_loss",
+    "dkd_warmup",
+    "heatmap_kd_loss",
+    "hint_loss",
+    "kd_loss",
+    "pairwise_similarity_loss",
+    "pixelwise_kd_loss",
+]
+
+
+def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def _check_ndim(name: str, x: Tensor, ndim: int, layout: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Classic knowledge distillation loss (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network").
+
+    ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` summed over classes and averaged over the batch. The ``T²`` factor
+    keeps the gradient magnitude independent of the temperature.
+
+    Args:
+        student_logits: Student logits, shape (N, C).
+        teacher_logits: Teacher logits, shape (N, C).
+        temperature: Softmax temperature ``T`` (> 0).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If the shapes differ, are not 2-D, or the temperature is not positive.
+
+    Example:
+        >>> logits = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> float(kd_loss(logits, logits))
+        0.0
+    """
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_ndim("student_logits", student_logits, 2, "(N, C)")
+    _check_positive("temperature", temperature)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """Decoupled knowledge distillation (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation").
+
+    Follows ``mdistiller/distillers/DKD.py``: with ``b = [p_gt, 1 − p_gt]`` of ``softmax(z/T)``,
+    ``TCKD = KL(b_t ‖ b_s)·T²`` and ``NCKD = KL`` between the non-target distributions, obtained by subtracting
+    1000 from the target logit (after dividing by ``T``, as mdistiller does) before the softmax, ``·T²``. Both are
+    summed over the batch and divided by the batch size; the result is ``alpha·TCKD + beta·NCKD``. The warm-up
+    factor ``min(epoch / W, 1)`` (see `dkd_warmup`) is applied by the callback, not here.
+
+    Unlike mdistiller, ``log b_s`` is computed with log-sum-exp instead of ``log(sum of probabilities)``, which is
+    the same value but stays finite (and keeps gradients finite) when a probability underflows.
+
+    Args:
+        student_logits: Student logits, shape (N, C), C ≥ 2.
+        teacher_logits: Teacher logits, shape (N, C).
+        target: Ground-truth class indices, shape (N,), integer dtype.
+        alpha: Weight of the target-class term (TCKD).
+        beta: Weight of the non-target-class term (NCKD).
+        temperature: Softmax temperature ``T`` (> 0).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If the logits' shapes differ, are not 2-D with C ≥ 2, ``target`` is not (N,) integer,
+            or the temperature is not positive.
+    """
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_ndim("student_logits", student_logits, 2, "(N, C)")
+    _check_positive("temperature", temperature)
+    n, c = student_logits.shape
+    if c < 2:
+        raise ValueError(f"dkd_loss needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}")
+    if target.shape != (n,) or target.is_floating_point() or target.is_complex():
+        raise ValueError(
+            f"target must be integer class indices of shape ({n},) to match logits of shape "
+            f"{tuple(student_logits.shape)}, got shape {tuple(target.shape)} and dtype {target.dtype}"
+        )
+    gt_mask = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, target.long().view(-1, 1), True)
+
+    def binary_log_probs(logits: Tensor) -> Tensor:
+        scaled = logits / temperature
+        log_z = torch.logsumexp(scaled, dim=1, keepdim=True)
+        log_gt = scaled.gather(1, target.long().view(-1, 1)) - log_z
+        log_other = torch.logsumexp(scaled.masked_fill(gt_mask, float("-inf")), dim=1, keepdim=True) - log_z
+        return torch.cat([log_gt, log_other], dim=1)
+
+    # Teacher as probabilities (not log-probabilities): kl_div treats a zero target probability as 0·log 0 = 0.
+    b_t = binary_log_probs(teacher_logits).exp()
+    tckd = F.kl_div(binary_log_probs(student_logits), b_t, reduction="sum") * (temperature**2 / n)
+    mask_offset = 1000.0 * gt_mask.to(student_logits.dtype)
+    log_p_s_other = F.log_softmax(student_logits / temperature - mask_offset, dim=1)
+    p_t_other = F.softmax(teacher_logits / temperature - mask_offset, dim=1)
+    nckd = F.kl_div(log_p_s_other, p_t_other, reduction="sum") * (temperature**2 / n)
+    return alpha * tckd + beta * nckd
+
+
+def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
+    """Linear warm-up factor of DKD, ``min(epoch / W, 1)`` (``1`` when ``W = 0``).
+
+    Args:
+        epoch: Current epoch, counted from 0 (≥ 0).
+        warmup_epochs: Warm-up length ``W`` in epochs (≥ 0); mdistiller uses 20.
+
+    Returns:
+        The factor in [0, 1].
+
+    Raises:
+        ValueError: If either argument is negative.
+
+    Example:
+        >>> dkd_warmup(5, 20), dkd_warmup(40, 20), dkd_warmup(0, 0)
+        (0.25, 1.0, 1.0)
+    """
+    if epoch < 0 or warmup_epochs < 0:
+        raise ValueError(f"epoch and warmup_epochs must be >= 0, got epoch={epoch} and warmup_epochs={warmup_epochs}")
+    if warmup_epochs == 0:
+        return 1.0
+    return min(epoch / warmup_epochs, 1.0)
+
+
+def _spatial_attention(feature: Tensor, p: float) -> Tensor:
+    """``mean_c |A_c|^p`` as an (N, H, W) map, before normalisation."""
+    _check_ndim("feature", feature, 4, "(N, C, H, W)")
+    if p == 2:
+        return feature.pow(2).mean(dim=1)
+    return feature.abs().pow(p).mean(dim=1)
+
+
+def attention_map(feature: Tensor, p: float = 2, size: tuple[int, int] | None = None) -> Tensor:
+    """Activation-based spatial attention map of attention transfer (Zagoruyko & Komodakis, ICLR 2017).
+
+    ``q(A) = L2-normalize(mean_c |A_c|^p, flattened)``, as in the reference code
+    ``F.normalize(x.pow(2).mean(1).view(x.size(0), -1))``.
+
+    Args:
+        feature: Feature map, shape (N, C, H, W).
+        p: Exponent of the absolute activations (> 0; the paper uses 2).
+        size: Optional ``(H', W')``: the un-normalised map is resized bilinearly (``align_corners=False``) to this
+            size before normalisation, which is how a student map is compared with a teacher map of another size.
+
+    Returns:
+        Unit-norm maps, shape (N, H·W) (or (N, H'·W') when ``size`` is given). An all-zero feature gives an
+        all-zero map.
+
+    Raises:
+        ValueError: If ``feature`` is not 4-D or ``p`` is not positive.
+
+    Example:
+        >>> q = attention_map(torch.randn(2, 8, 4, 4))
+        >>> q.shape, torch.allclose(q.norm(dim=1), torch.ones(2))
+        (torch.Size([2, 16]), True)
+    """
+    _check_positive("p", p)
+    amap = _spatial_attention(feature, p)
+    if size is not None and tuple(amap.shape[-2:]) != tuple(size):
+        amap = F.interpolate(amap.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    return F.normalize(amap.flatten(1), dim=1)
+
+
+def attention_transfer_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2) -> Tensor:
+    """Attention transfer loss (Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
+
+    ``mean((q_s − q_t)²)`` over batch and positions, as the reference code ``(at(x) - at(y)).pow(2).mean()``.
+    The student's un-normalised map ``mean_c |A_c|^p`` is resized bilinearly (``align_corners=False``) to the
+    teacher's H×W before normalisation. Channel counts may differ. The paper's weight (β = 1000) is applied by the
+    callback.
+
+    Args:
+        student_feature: Student feature map, shape (N, C_s, H_s, W_s).
+        teacher_feature: Teacher feature map, shape (N, C_t, H_t, W_t).
+        p: Exponent of the absolute activations (> 0).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If a feature is not 4-D or the batch sizes differ.
+    """
+    q_s, q_t = _attention_pair(student_feature, teacher_feature, p)
+    return (q_s - q_t).pow(2).mean()
+
+
+def _attention_pair(student_feature: Tensor, teacher_feature: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """Student and teacher attention maps on the teacher's grid, each (N, H_t·W_t)."""
+    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    _check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
+    if student_feature.shape[0] != teacher_feature.shape[0]:
+        raise ValueError(
+            "student_feature and teacher_feature must have the same batch size, got "
+            f"{tuple(student_feature.shape)} and {tuple(teacher_feature.shape)}"
+        )
+    size = (teacher_feature.shape[-2], teacher_feature.shape[-1])
+    return attention_map(student_feature, p, size=size), attention_map(teacher_feature, p)
+
+
+def hint_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """FitNets hint loss (Romero et al., ICLR 2015, "FitNets: Hints for Thin Deep Nets").
+
+    Mean squared error between the (already connected) student feature and the teacher feature. The connector that
+    maps student channels to teacher channels lives in the callback, so the shapes must match here.
+
+    Args:
+        student_feature: Connector output, any shape, typically (N, C, H, W).
+        teacher_feature: Teacher feature of the same shape.
+
+    Returns:
+        Scalar loss, the mean over all elements.
+
+    Raises:
+        ValueError: If the shapes differ.
+    """
+    _check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
+    return F.mse_loss(student_feature, teacher_feature)
+
+
+def pixelwise_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 1.0,
+    ignore_mask: Tensor | None = None,
+) -> Tensor:
+    """Pixel-wise knowledge distillation for dense prediction (Liu et al., CVPR 2019, "Structured KD").
+
+    ``T² · mean over pixels of KL(softmax(t_ij/T) ‖ softmax(s_ij/T))``, the KL summed over classes and averaged over
+    every (non-ignored) pixel of every image. The ``T²`` factor is Hinton's: it keeps gradient magnitudes comparable
+    across temperatures, and is 1 at the default ``T = 1`` (the setting of Liu et al.), so the default matches the
+    paper exactly.
+
+    Args:
+        student_logits: Student class logits, shape (N, C, H, W).
+        teacher_logits: Teacher class logits, shape (N, C, H, W).
+        temperature: Softmax temperature ``T`` (> 0).
+        ignore_mask: Optional bool mask, shape (N, H, W); ``True`` pixels are left out of the mean (e.g. the
+            ``ignore_index`` pixels of the labels). When every pixel is ignored the loss is 0 (still attached to
+            the graph).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If the shapes differ or are not 4-D, the mask shape is not (N, H, W), or ``T`` ≤ 0.
+    """
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_ndim("student_logits", student_logits, 4, "(N, C, H, W)")
+    _check_positive("temperature", temperature)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    per_pixel = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(dim=1)  # (N, H, W)
+    if ignore_mask is None:
+        return per_pixel.mean() * temperature**2
+    n, _, h, w = student_logits.shape
+    if ignore_mask.shape != (n, h, w):
+        raise ValueError(
+            f"ignore_mask must have shape (N, H, W) = {(n, h, w)} to match logits of shape "
+            f"{tuple(student_logits.shape)}, got {tuple(ignore_mask.shape)}"
+        )
+    keep = ~ignore_mask.bool()
+    count = keep.sum()
+    total = per_pixel.masked_fill(~keep, 0.0).sum()
+    return total / count.clamp_min(1) * temperature**2
+
+
+def channel_wise_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0) -> Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021, "Channel-wise Knowledge Distillation for Dense Prediction").
+
+    Each channel is turned into a distribution over its H·W positions with a softmax at ``tau``;
+    loss = ``tau² · Σ_{n,c} KL(teacher ‖ student) / (N·C)``, as in the reference ``ChannelWiseDivergence``.
+
+    Args:
+        student_map: Student logits or (connected) features, shape (N, C, H, W).
+        teacher_map: Teacher map of the same shape.
+        tau: Softmax temperature (> 0); 1 for segmentation, 4 is common for detection.
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If the shapes differ or are not 4-D, or ``tau`` ≤ 0.
+    """
+    _check_same_shape("student_map", student_map, "teacher_map", teacher_map)
+    _check_ndim("student_map", student_map, 4, "(N, C, H, W)")
+    _check_positive("tau", tau)
+    n, c = student_map.shape[:2]
+    log_p_s = F.log_softmax(student_map.flatten(2) / tau, dim=2)
+    log_p_t = F.log_softmax(teacher_map.flatten(2) / tau, dim=2)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") * tau**2 / (n * c)
+
+
+def _pairwise_cosine(feature: Tensor, eps: float = 1e-8) -> Tensor:
+    """(N, HW, HW) cosine similarities between the C-dimensional vectors at every pair of positions."""
+    flat = feature.flatten(2)  # (N, C, HW)
+    flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(eps)
+    return torch.einsum("bcm,bcn->bmn", flat, flat)
+
+
+def pairwise_similarity_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """Pair-wise similarity distillation of SKD (Liu et al., CVPR 2019, "Structured Knowledge Distillation").
+
+    ``a_ij = cos(f_i, f_j)`` between the feature vectors of every pair of spatial positions;
+    loss = ``Σ_ij (a^s_ij − a^t_ij)² / (HW)²`` averaged over the batch. Pooling the features into coarser nodes (the
+    paper's ``β`` patch size) is the caller's job. The reference code divides by ``‖f‖ + 1e-8`` with the norm
+    detached; here the norm is clamped at 1e-8 and gradients flow through it (the exact gradient of the formula).
+
+    Args:
+        student_feature: Student feature, shape (N, C_s, H, W).
+        teacher_feature: Teacher feature, shape (N, C_t, H, W); channels may differ, N, H, W must match.
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If a feature is not 4-D or batch or spatial sizes differ.
+    """
+    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    _check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
+    s_shape, t_shape = student_feature.shape, teacher_feature.shape
+    if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
+        raise ValueError(
+            "student_feature and teacher_feature must have the same batch and spatial sizes (channels may differ), "
+            f"got {tuple(s_shape)} and {tuple(t_shape)}"
+        )
+    n, hw = s_shape[0], s_shape[2] * s_shape[3]
+    diff = _pairwise_cosine(student_feature) - _pairwise_cosine(teacher_feature)
+    return diff.pow(2).sum() / (hw**2 * n)
+
+
+def heatmap_kd_loss(
+    student_heatmaps: Tensor,
+    teacher_heatmaps: Tensor,
+    target_heatmaps: Tensor | None = None,
+    alpha: float = 0.5,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Heatmap distillation for pose estimation (Zhang et al., CVPR 2019, "Fast Human Pose Estimation", FPD).
+
+    ``(1 − α)·MSE(H_s, H_gt) + α·MSE(H_s, H_t)``; without ground truth only the teacher term, with weight 1.
+
+    Each MSE is ``mean_{n,k,y,x} w_nk · (H_s − H)²``: the squared error of keypoint k of image n is multiplied by its
+    visibility weight ``w_nk`` (1 when ``weights`` is None) and the mean runs over all N·K·H·W elements, invisible
+    keypoints included (they count as zeros). The common ``JointsMSELoss(use_target_weight=True)`` instead
+    multiplies both heatmaps by ``w`` before squaring (``w²``) and halves the result, so for 0/1 weights this is
+    exactly twice that loss.
+
+    Args:
+        student_heatmaps: Student heatmaps, shape (N, K, H, W).
+        teacher_heatmaps: Teacher heatmaps of the same shape.
+        target_heatmaps: Optional ground-truth heatmaps of the same shape.
+        alpha: Weight ``α`` of the teacher term, in [0, 1].
+        weights: Optional per-keypoint weights, shape (N, K) or (N, K, 1, 1); applied to both terms.
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If shapes differ or are not 4-D, ``weights`` has another shape, or ``alpha`` is outside [0, 1].
+    """
+    _check_same_shape("student_heatmaps", student_heatmaps, "teacher_heatmaps", teacher_heatmaps)
+    _check_ndim("student_heatmaps", student_heatmaps, 4, "(N, K, H, W)")
+    if target_heatmaps is not None:
+        _check_same_shape("student_heatmaps", student_heatmaps, "target_heatmaps", target_heatmaps)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    n, k = student_heatmaps.shape[:2]
+    if weights is not None:
+        if weights.shape not in ((n, k), (n, k, 1, 1)):
+            raise ValueError(
+                f"weights must have shape (N, K) = {(n, k)} or (N, K, 1, 1) to match heatmaps of shape "
+                f"{tuple(student_heatmaps.shape)}, got {tuple(weights.shape)}"
+            )
+        weights = weights.reshape(n, k, 1, 1).to(student_heatmaps.dtype)
+
+    def weighted_mse(reference: Tensor) -> Tensor:
+        squared = (student_heatmaps - reference).pow(2)
+        if weights is not None:
+            squared = squared * weights
+        return squared.mean()
+
+    if target_heatmaps is None:
+        return weighted_mse(teacher_heatmaps)
+    return (1.0 - alpha) * weighted_mse(target_heatmaps) + alpha * weighted_mse(teacher_heatmaps)

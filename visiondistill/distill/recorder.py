@@ -1,0 +1,262 @@
+"""Forward-hook feature recorders, addressed by module path or by timm feature-stage index.
+
+A layer is named either by its module path inside the model (``"layer3"``, ``"stages.2"``,
+``"encoder.layer4"``) or by an integer index into the model's feature stages (``-1`` is the last
+stage). Stage indices are resolved through timm's ``feature_info`` (or smp's encoder, which carries
+the same information), so connectors can be sized without hard-coding channel counts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+LayerSpec = str | int
+
+
+class LayerNotFoundError(ValueError):
+    """A layer name or stage index that does not exist in the model."""
+
+
+@dataclass(frozen=True)
+class FeatureStage:
+    """One feature stage of a model: where it lives and what it produces.
+
+    Attributes:
+        index: Position in the model's stage list (non-negative).
+        module: Module path of the stage, usable with ``model.get_submodule``.
+        channels: Number of output channels, when the model declares it.
+        reduction: Spatial reduction factor relative to the input, when declared.
+    """
+
+    index: int
+    module: str
+    channels: int | None = None
+    reduction: int | None = None
+
+
+def feature_stages(model: nn.Module) -> list[FeatureStage]:
+    """Lists the feature stages a model declares (timm ``feature_info`` or an smp encoder).
+
+    Args:
+        model: A timm model (classifier or ``features_only``), an smp model, or any module with a
+            ``feature_info`` attribute.
+
+    Returns:
+        The stages in order, shallow to deep; empty when the model declares none.
+    """
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        return [
+            FeatureStage(i, d["module"], d.get("num_chs"), d.get("reduction"))
+            for i, d in enumerate(dicts)
+        ]
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and encoder is not model:
+        return [
+            FeatureStage(s.index, f"encoder.{s.module}", s.channels, s.reduction) for s in feature_stages(encoder)
+        ]
+    return []
+
+
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec, *, role: str = "model") -> tuple[str, nn.Module]:
+    """Finds the module a layer spec names.
+
+    Args:
+        model: The model to search.
+        layer: A module path or an integer stage index (negative counts from the end).
+        role: Word used in error messages (``"student"``, ``"teacher"``).
+
+    Returns:
+        The module path and the module itself.
+
+    Raises:
+        LayerNotFoundError: When the path or index does not exist; the message lists valid choices.
+    """
+    if isinstance(layer, bool):
+        raise LayerNotFoundError(f"{role} layer {layer!r}: expected a module path or a stage index, got a bool")
+    if isinstance(layer, int):
+        stages = feature_stages(model)
+        if not stages:
+            raise LayerNotFoundError(
+                f"{role} layer {layer}: {type(model).__name__} declares no feature stages (no `feature_info`), "
+                f"so stage indices cannot be used; name the layer by module path instead, e.g. "
+                f"{_suggest_paths(model, '')}"
+            )
+        if not -len(stages) <= layer < len(stages):
+            listing = ", ".join(f"{s.index} ({s.module}, {s.channels} ch, /{s.reduction})" for s in stages)
+            raise LayerNotFoundError(
+                f"{role} stage index {layer} is out of range for {type(model).__name__}: "
+                f"valid indices are {-len(stages)}..{len(stages) - 1}: {listing}"
+            )
+        path = stages[layer].module
+    else:
+        path = str(layer)
+    try:
+        return path, model.get_submodule(path)
+    except AttributeError:
+        raise LayerNotFoundError(
+            f"{role} layer {path!r} not found in {type(model).__name__}. "
+            f"Closest module paths: {_suggest_paths(model, path)}. "
+            f"Feature stages (usable as integer indices): {_stage_listing(model)}"
+        ) from None
+
+
+def _suggest_paths(model: nn.Module, path: str, limit: int = 8) -> str:
+    names = [name for name, _ in model.named_modules() if name]
+    matches = difflib.get_close_matches(path, names, n=limit, cutoff=0.3) if path else []
+    if not matches:
+        matches = [name for name in names if name.count(".") == 0][:limit]
+    return ", ".join(repr(m) for m in matches) or "(none)"
+
+
+def _stage_listing(model: nn.Module) -> str:
+    stages = feature_stages(model)
+    if not stages:
+        return "(none declared)"
+    return ", ".join(f"{s.index}={s.module!r}" for s in stages)
+
+
+def as_feature_map(output: object, *, name: str = "layer") -> Tensor:
+    """Turns a hooked module's output into an ``N×C×H×W`` feature map.
+
+    Token sequences ``N×L×C`` from vision transformers are reshaped to a square grid, dropping
+    leading class/register tokens.
+
+    Args:
+        output: The module's forward output (a tensor, or a tuple/list whose first item is one).
+        name: Layer name for error messages.
+
+    Returns:
+        The feature map.
+
+    Raises:
+        ValueError: When the output cannot be read as a spatial feature map.
+    """
+    if isinstance(output, list | tuple) and output:
+        output = output[0]
+    if not isinstance(output, Tensor):
+        raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
+    if output.ndim == 4:
+        return output
+    if output.ndim == 3:
+        n, length, channels = output.shape
+        side = int(length**0.5)
+        while side * side > length:
+            side -= 1
+        extra = length - side * side
+        if side == 0 or extra > 8:
+            raise ValueError(f"layer {name!r} outputs tokens of shape {tuple(output.shape)} that form no square grid")
+        grid = output[:, extra:, :].transpose(1, 2)
+        return grid.reshape(n, channels, side, side)
+    raise ValueError(
+        f"layer {name!r} outputs shape {tuple(output.shape)}; a feature map needs N×C×H×W (or N×L×C tokens)"
+    )
+
+
+class FeatureRecorder:
+    """Records the outputs of named layers of one model with forward hooks.
+
+    The recorder keeps only the latest output of each layer, so after a forward pass
+    ``recorder[layer]`` is the feature map of that pass. Hooks stay attached until ``remove``.
+
+    Args:
+        model: The model to record from.
+        layers: Module paths or stage indices.
+        role: Word used in error messages (``"student"``, ``"teacher"``).
+
+    Raises:
+        LayerNotFoundError: When a layer does not exist.
+
+    Example::
+
+        >>> import timm, torch
+        >>> model = timm.create_model("test_resnet", num_classes=3)
+        >>> recorder = FeatureRecorder(model, [-1, "layer2"])
+        >>> _ = model(torch.randn(1, 3, 32, 32))
+        >>> tuple(recorder[-1].shape), tuple(recorder["layer2"].shape)
+        ((1, 96, 1, 1), (1, 48, 4, 4))
+        >>> recorder.remove()
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec], *, role: str = "model") -> None:
+        self.role = role
+        self.paths: dict[LayerSpec, str] = {}
+        self._outputs: dict[str, object] = {}
+        self._handles = []
+        for layer in layers:
+            path, module = resolve_layer(model, layer, role=role)
+            self.paths[layer] = path
+            if path not in self._outputs:
+                self._outputs[path] = None
+                self._handles.append(module.register_forward_hook(self._make_hook(path)))
+
+    def _make_hook(self, path: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            self._outputs[path] = output
+
+        return hook
+
+    def __getitem__(self, layer: LayerSpec) -> Tensor:
+        path = self.paths[layer]
+        output = self._outputs[path]
+        if output is None:
+            raise RuntimeError(
+                f"no {self.role} output recorded for layer {path!r}: the model's forward did not run through it "
+                "(is the layer used in forward, and did the forward run since the last clear?)"
+            )
+        return as_feature_map(output, name=f"{self.role}.{path}")
+
+    def clear(self) -> None:
+        """Drops the stored outputs (and with them their autograd graphs)."""
+        for path in self._outputs:
+            self._outputs[path] = None
+
+    def remove(self) -> None:
+        """Detaches the hooks and drops the stored outputs."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+
+@contextmanager
+def recording(model: nn.Module, layers: Sequence[LayerSpec], *, role: str = "model") -> Iterator[FeatureRecorder]:
+    """Context manager around `FeatureRecorder` that always removes its hooks."""
+    recorder = FeatureRecorder(model, layers, role=role)
+    try:
+        yield recorder
+    finally:
+        recorder.remove()
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, inputs: Tensor, layers: Sequence[LayerSpec], *, role: str = "model") -> dict:
+    """Runs one forward in eval mode and returns the feature map of each layer (train flags restored).
+
+    Args:
+        model: The model.
+        inputs: A small input batch.
+        layers: Module paths or stage indices.
+        role: Word used in error messages.
+
+    Returns:
+        A dict from each layer spec to its feature map.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with recording(model, layers, role=role) as recorder:
+            model(inputs)
+            return {layer: recorder[layer] for layer in layers}
+    finally:
+        for module, mode in modes.items():
+            module.training = mode

@@ -1,0 +1,157 @@
+"""Shared teacher/student logic of every task module."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from visiondistill.distill import distillation_loss, freeze_teacher
+from visiondistill.distill.protocol import batch_inputs
+
+OptimizerName = Literal["adamw", "sgd"]
+SchedulerName = Literal["cosine", "constant"]
+
+
+class DistillationTask(pl.LightningModule):
+    """Base LightningModule: a trainable ``student``, an optional frozen ``teacher``, and the training loop.
+
+    Subclasses build the networks and implement `task_loss` (and their metrics). ``training_step`` runs
+    the student, runs the teacher under ``torch.no_grad()`` on the same augmented batch, and adds
+    `visiondistill.distill.distillation_loss` to the task loss. Without a teacher (teacher runs and
+    from-scratch baselines) the same module simply trains the student.
+
+    The teacher's weights are not written to this module's checkpoints (they come from the teacher's
+    own checkpoint), which keeps a student checkpoint as small as the student.
+
+    Args:
+        student: The network to train.
+        teacher: The frozen network to distil from, or ``None``.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
+        lr: Peak learning rate.
+        weight_decay: Weight decay.
+        warmup_epochs: Linear warm-up length, in epochs (fractions allowed).
+        scheduler: ``"cosine"`` decay to zero after warm-up, or ``"constant"``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        scheduler: SchedulerName = "cosine",
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+        if scheduler not in ("cosine", "constant"):
+            raise ValueError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+        self.student = student
+        self.teacher = teacher
+        freeze_teacher(self.teacher)
+        self.distill_adapters = nn.ModuleDict()
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.warmup_epochs, self.scheduler_name = warmup_epochs, scheduler
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    @override
+    def train(self, mode: bool = True) -> DistillationTask:
+        super().train(mode)
+        freeze_teacher(self.teacher)  # Lightning calls .train() on the whole module every epoch
+        return self
+
+    @override
+    def forward(self, x: Tensor) -> Any:
+        return self.student(x)
+
+    def task_loss(self, student_out: Any, batch: Any) -> Tensor:
+        """The supervised loss of the task on one batch."""
+        raise NotImplementedError
+
+    def teacher_forward(self, inputs: Tensor) -> Any:
+        """The teacher's output on a batch (no gradients), or ``None`` without a teacher."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            return self.teacher(inputs)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        inputs = batch_inputs(batch)
+        student_out = self.student(inputs)
+        teacher_out = self.teacher_forward(inputs)
+        task_loss = self.task_loss(student_out, batch)
+        distill = distillation_loss(self, batch, student_out, teacher_out)
+        loss = task_loss + distill
+        batch_size = inputs.shape[0]
+        self.log("train/task_loss", task_loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.on_train_outputs(student_out, batch)
+        return loss
+
+    def on_train_outputs(self, student_out: Any, batch: Any) -> None:
+        """Hook for subclasses to update training metrics."""
+
+    # -- optimisation ---------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student and connector parameters (never the teacher's)."""
+        params = list(self.student.parameters()) + list(self.distill_adapters.parameters())
+        return [p for p in params if p.requires_grad]
+
+    @override
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_name == "constant" and self.warmup_epochs <= 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total, int(round(self.warmup_epochs * total / epochs)))
+        cosine = self.scheduler_name == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        if self.teacher is not None:
+            for key, value in self.teacher.state_dict().items():
+                state.setdefault(f"teacher.{key}", value)
+        # Connectors are created by the distillation callbacks in `setup`; when a checkpoint is opened
+        # without them (evaluation, export), its connector weights are not needed.
+        if not len(self.distill_adapters):
+            for key in [k for k in state if k.startswith("distill_adapters.")]:
+                del state[key]
