@@ -50,9 +50,7 @@ class DistillationCallback(Callback):
     def setup_distillation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Attaches hooks and creates connectors; called once from ``setup`` after the teacher is frozen."""
 
-    def compute_loss(
-        self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any
-    ) -> Tensor:
+    def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
         """Returns the unweighted distillation term for one training batch."""
         raise NotImplementedError
 
@@ -100,7 +98,15 @@ class DistillationCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name)
+        # Lightning needs the key before `setup` (where unique names are assigned), so it is built
+        # from the requested name and the configuration: two callbacks of one class on different layers
+        # differ, and two identical ones must be given distinct `name`s.
+        identity = {
+            key: value
+            for key, value in vars(self).items()
+            if not key.startswith("_") and key not in ("name", "weight") and isinstance(value, str | int | float | list)
+        }
+        return self._generate_state_key(name=self._requested_name, **identity)
 
     @override
     def state_dict(self) -> dict[str, Any]:

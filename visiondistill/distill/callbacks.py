@@ -75,7 +75,7 @@ class LogitDistillation(DistillationCallback):
 class DecoupledDistillation(DistillationCallback):
     """Decoupled knowledge distillation (DKD, Zhao et al. 2022): ``α·TCKD + β·NCKD``, warmed up linearly.
 
-    The weight at epoch ``e`` is ``weight · min(e / warmup_epochs, 1)``, as in mdistiller.
+    The weight in the ``e``-th epoch (counted from 1) is ``weight · min(e / warmup_epochs, 1)``, as in mdistiller.
 
     Args:
         alpha: Weight of the target-class term.
@@ -117,7 +117,8 @@ class DecoupledDistillation(DistillationCallback):
 
     @override
     def effective_weight(self, trainer: pl.Trainer) -> float:
-        return self.weight * losses.dkd_warmup(trainer.current_epoch, self.warmup_epochs)
+        # mdistiller counts epochs from 1, so its first epoch already trains with weight 1/W.
+        return self.weight * losses.dkd_warmup(trainer.current_epoch + 1, self.warmup_epochs)
 
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:

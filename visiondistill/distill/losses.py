@@ -141,8 +141,11 @@ def dkd_loss(
 def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
     """Linear warm-up factor of DKD, ``min(epoch / W, 1)`` (``1`` when ``W = 0``).
 
+    mdistiller counts epochs from 1 (its first epoch already gets ``1 / W``); Lightning's ``current_epoch`` counts
+    from 0, so pass ``current_epoch + 1`` to reproduce mdistiller (``current_epoch`` alone zeroes the first epoch).
+
     Args:
-        epoch: Current epoch, counted from 0 (≥ 0).
+        epoch: Epoch number as the caller counts it (≥ 0).
         warmup_epochs: Warm-up length ``W`` in epochs (≥ 0); mdistiller uses 20.
 
     Returns:

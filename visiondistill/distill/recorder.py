@@ -53,18 +53,11 @@ def feature_stages(model: nn.Module) -> list[FeatureStage]:
     info = getattr(model, "feature_info", None)
     if info is not None:
         dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-        return [
-            FeatureStage(i, d["module"], d.get("num_chs"), d.get("reduction"))
-            for i, d in enumerate(dicts)
-        ]
+        return [FeatureStage(i, d["module"], d.get("num_chs"), d.get("reduction")) for i, d in enumerate(dicts)]
     encoder = getattr(model, "encoder", None)
     if encoder is not None and encoder is not model:
-        return [
-            FeatureStage(s.index, f"encoder.{s.module}", s.channels, s.reduction) for s in feature_stages(encoder)
-        ]
+        return [FeatureStage(s.index, f"encoder.{s.module}", s.channels, s.reduction) for s in feature_stages(encoder)]
     return []
-
-
 
 
 def resolve_layer(model: nn.Module, layer: LayerSpec, *, role: str = "model") -> tuple[str, nn.Module]:

@@ -393,29 +393,47 @@ def _flatten_features(x: Tensor, name: str) -> Tensor:
     return x
 
 
-def linear_cka(x: Tensor, y: Tensor) -> Tensor:
+def _unbiased_centered_gram(gram: Tensor) -> Tensor:
+    """U-centring of a Gram matrix (Song et al. 2012), as ``center_gram(unbiased=True)`` of Kornblith et al."""
+    n = gram.shape[0]
+    gram = gram.clone()
+    gram.fill_diagonal_(0.0)
+    means = gram.sum(dim=0) / (n - 2)
+    means = means - means.sum() / (2 * (n - 1))
+    gram = gram - means.unsqueeze(1) - means.unsqueeze(0)
+    gram.fill_diagonal_(0.0)
+    return gram
+
+
+def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
     """Linear centred kernel alignment (Kornblith et al., ICML 2019, "Similarity of NN Representations Revisited").
 
     With X, Y the column-centred feature matrices of the same n examples,
     ``CKA = ‖Yᵀ X‖_F² / (‖Xᵀ X‖_F · ‖Yᵀ Y‖_F)``, computed in float64 through the n×n Gram matrices when the
     features are wider than the batch. It is invariant to orthogonal transforms and isotropic scaling of either
-    side, and symmetric. Degenerate input (fewer than 2 examples, or a side with no variance, i.e. a centred norm
-    below 1e-10 of its uncentred norm) gives 0.
+    side, and symmetric. Degenerate input (fewer than 2 examples — 4 when debiased —, or a side with no variance,
+    i.e. a centred norm below 1e-10 of its uncentred norm) gives 0.
+
+    With few examples and many features the plain estimate is biased towards 1 (two independent random feature
+    sets of 64 examples × 16k features score ≈ 0.99). ``debiased=True`` uses the unbiased HSIC estimator instead
+    (Song et al. 2012; ``feature_space_linear_cka(debiased=True)`` of Kornblith et al.'s code, see also Nguyen et al.
+    2021), which is close to 0 for unrelated features and may be slightly negative.
 
     Args:
         x: Features of shape (n, p1), or (n, C, H, W) flattened per example to (n, C·H·W).
         y: Features of shape (n, p2), or (n, C', H', W'); same n.
+        debiased: Use the unbiased HSIC estimator.
 
     Returns:
-        Scalar float tensor in [0, 1], in the default float dtype.
+        Scalar float tensor (in [0, 1] unless debiased), in the default float dtype.
 
     Raises:
         ValueError: If a shape is not 2-D or 4-D or the numbers of examples differ.
 
     Example:
         >>> x = torch.randn(16, 5)
-        >>> round(float(linear_cka(x, 3.0 * x)), 6)
-        1.0
+        >>> round(float(linear_cka(x, 3.0 * x)), 6), round(float(linear_cka(x, 3.0 * x, debiased=True)), 6)
+        (1.0, 1.0)
     """
     x2 = _flatten_features(x, "x")
     y2 = _flatten_features(y, "y")
@@ -423,7 +441,7 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
         raise ValueError(f"x and y must hold the same number of examples, got {tuple(x.shape)} and {tuple(y.shape)}")
     zero = torch.zeros((), dtype=torch.get_default_dtype(), device=x.device)
     n = x2.shape[0]
-    if n < 2:
+    if n < (4 if debiased else 2):
         return zero
     x64 = x2.detach().to(torch.float64)
     y64 = y2.detach().to(torch.float64)
@@ -432,6 +450,12 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     # Centring a constant column leaves rounding noise, which must not be mistaken for signal.
     if xc.norm() <= 1e-10 * x64.norm() or yc.norm() <= 1e-10 * y64.norm():
         return zero
+    if debiased:
+        gram_x, gram_y = _unbiased_centered_gram(xc @ xc.T), _unbiased_centered_gram(yc @ yc.T)
+        denominator = gram_x.norm() * gram_y.norm()
+        if denominator <= 0:
+            return zero
+        return ((gram_x * gram_y).sum() / denominator).to(zero.dtype)
     if max(xc.shape[1], yc.shape[1]) > n:
         gram_x, gram_y = xc @ xc.T, yc @ yc.T  # ‖YᵀX‖_F² = tr(K L) and ‖XᵀX‖_F = ‖X Xᵀ‖_F
         cross = (gram_x * gram_y).sum()
@@ -586,6 +610,11 @@ class LinearCKA(Metric):
     images of 256×8×8 features per side take 8 MiB in float32. Use it on a probe set or pooled features, not on a
     whole dataset of large maps.
 
+    Args:
+        debiased: Use the unbiased HSIC estimator (see `linear_cka`); advisable when the examples are few and the
+            features many.
+        **kwargs: Passed to `torchmetrics.Metric`.
+
     Example:
         >>> metric = LinearCKA()
         >>> x = torch.randn(10, 6)
@@ -599,8 +628,9 @@ class LinearCKA(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, debiased: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.debiased = debiased
         self.add_state("student", default=[], dist_reduce_fx="cat")
         self.add_state("teacher", default=[], dist_reduce_fx="cat")
 
@@ -620,4 +650,4 @@ class LinearCKA(Metric):
         """Returns the CKA of all stored examples (0 with fewer than two)."""
         if isinstance(self.student, list) and not self.student:  # torchmetrics warns about compute() before update()
             return torch.zeros((), device=self.device)
-        return linear_cka(dim_zero_cat(self.student), dim_zero_cat(self.teacher))
+        return linear_cka(dim_zero_cat(self.student), dim_zero_cat(self.teacher), debiased=self.debiased)

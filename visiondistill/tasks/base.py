@@ -113,9 +113,7 @@ class DistillationTask(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = self.trainable_parameters()
         if self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
-            )
+            optimizer = torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler_name == "constant" and self.warmup_epochs <= 0:

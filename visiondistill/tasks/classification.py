@@ -6,8 +6,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -43,6 +41,7 @@ class ClassificationTask(DistillationTask):
 
     Example::
 
+        >>> import torch
         >>> task = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=3)
         >>> task(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 3])

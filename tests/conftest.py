@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny data, tiny models, a CPU-only trainer configuration."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def quadrant_images(n: int = 32, size: int = 32, num_classes: int = 4, seed: int = 0) -> TensorDataset:
+    """Images with one bright square; the label is the quadrant it sits in (a learnable, spatial task)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = 0.1 * torch.randn(n, 3, size, size, generator=generator)
+    labels = torch.randint(0, num_classes, (n,), generator=generator)
+    half, side = size // 2, size // 4
+    for i, label in enumerate(labels.tolist()):
+        top, left = (label // 2) * half + side // 2, (label % 2) * half + side // 2
+        images[i, :, top : top + side, left : left + side] += 1.0
+    return TensorDataset(images, labels)
+
+
+@pytest.fixture
+def tiny_loader() -> DataLoader:
+    return DataLoader(quadrant_images(), batch_size=8)
+
+
+@pytest.fixture
+def trainer_kwargs(tmp_path) -> dict:
+    """A fast, quiet, CPU-only Trainer configuration."""
+    return {
+        "default_root_dir": tmp_path,
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }

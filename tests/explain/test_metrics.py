@@ -1,0 +1,393 @@
+"""Saliency, attention and feature agreement metrics against scipy, brute force and direct numpy formulas."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from visiondistill.distill.losses import attention_transfer_loss
+from visiondistill.explain.metrics import (
+    SALIENCY_KEYS,
+    AttentionAgreement,
+    LinearCKA,
+    PointingGame,
+    SaliencyAgreement,
+    _average_ranks,
+    attention_cosine,
+    attention_distance,
+    attention_map,
+    boxes_to_masks,
+    linear_cka,
+    pointing_game,
+    pointing_game_hits,
+    saliency_agreement,
+    saliency_agreement_per_image,
+)
+
+ATOL = 1e-6
+EPS = 2.2204e-16
+
+
+def rand_maps(*shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=generator, dtype=torch.float64)
+
+
+def tied_maps(*shape, levels=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, shape, generator=generator).to(torch.float64)
+
+
+# ----------------------------------------------------------------------------------------- numpy references
+def brute_topk_iou(t, s, k):
+    count = min(max(math.ceil(round(k * t.size, 9)), 1), t.size)
+    # Python's sort is stable: equal values keep their index order, which is the documented tie rule.
+    top_t = set(sorted(range(t.size), key=lambda i: -t[i])[:count])
+    top_s = set(sorted(range(s.size), key=lambda i: -s[i])[:count])
+    return len(top_t & top_s) / len(top_t | top_s)
+
+
+def np_distribution(x):
+    return x / x.sum() if x.sum() > 0 else np.full_like(x, 1.0 / x.size)
+
+
+def reference_scores(t, s, k=0.1):
+    """Per-image scores of two flattened float64 maps, straight from DESIGN.md."""
+    constant = t.std() < 1e-8 or s.std() < 1e-8
+    norms = np.linalg.norm(t) * np.linalg.norm(s)
+    p_t, p_s = np_distribution(t), np_distribution(s)
+    return {
+        "pearson": 0.0 if constant else stats.pearsonr(t, s)[0],
+        "spearman": 0.0 if constant else stats.spearmanr(t, s)[0],
+        "topk_iou": brute_topk_iou(t, s, k),
+        "cosine": 0.0 if norms == 0 else t @ s / norms,
+        "sim": np.minimum(p_t, p_s).sum(),
+        "kld": (p_t * np.log(EPS + p_t / (p_s + EPS))).sum(),
+    }
+
+
+def assert_scores_match(teacher, student, k=0.1):
+    per_image = saliency_agreement_per_image(teacher, student, top_k=k)
+    for index in range(teacher.shape[0]):
+        expected = reference_scores(teacher[index].flatten().numpy(), student[index].flatten().numpy(), k)
+        for key in SALIENCY_KEYS:
+            assert per_image[key][index].item() == pytest.approx(expected[key], abs=ATOL), (key, index)
+    means = saliency_agreement(teacher, student, top_k=k)
+    for key in SALIENCY_KEYS:
+        assert means[key].ndim == 0
+        assert means[key].item() == pytest.approx(per_image[key].mean().item(), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ saliency agreement
+@pytest.mark.parametrize("k", [0.1, 0.25, 1.0])
+def test_saliency_agreement_random_maps(k):
+    teacher = rand_maps(5, 6, 7, seed=1)
+    student = 0.5 * teacher + rand_maps(5, 6, 7, seed=2)
+    assert_scores_match(teacher, student, k)
+
+
+def test_saliency_agreement_maps_with_many_ties():
+    teacher = tied_maps(6, 8, 8, levels=3, seed=3)
+    student = tied_maps(6, 8, 8, levels=4, seed=4)
+    assert_scores_match(teacher, student, 0.2)
+
+
+def test_average_ranks_match_scipy_rankdata():
+    x = torch.cat([tied_maps(3, 50, levels=5, seed=5), rand_maps(2, 50, seed=6)])
+    expected = np.stack([stats.rankdata(row) for row in x.numpy()])
+    np.testing.assert_allclose(_average_ranks(x).numpy(), expected, atol=1e-12)
+
+
+def test_identical_maps_agree_perfectly():
+    maps = rand_maps(4, 9, 9, seed=7)
+    scores = saliency_agreement(maps, maps)
+    for key in ("pearson", "spearman", "cosine", "topk_iou", "sim"):
+        assert scores[key].item() == pytest.approx(1.0, abs=ATOL), key
+    assert scores["kld"].item() == pytest.approx(0.0, abs=ATOL)
+
+
+def test_constant_and_all_zero_maps_are_safe():
+    teacher = torch.stack([torch.zeros(5, 5), torch.full((5, 5), 3.0), torch.zeros(5, 5), rand_maps(5, 5, seed=8)])
+    student = torch.stack([rand_maps(5, 5, seed=9), rand_maps(5, 5, seed=10), torch.zeros(5, 5), torch.ones(5, 5)])
+    per_image = saliency_agreement_per_image(teacher.double(), student.double())
+    for key in SALIENCY_KEYS:
+        assert torch.isfinite(per_image[key]).all(), key
+    assert per_image["pearson"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert per_image["spearman"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert per_image["cosine"][0] == 0.0 and per_image["cosine"][2] == 0.0
+    # Two all-zero maps are both uniform: sim 1, kld 0; all-constant maps select the same first pixels.
+    assert per_image["sim"][2].item() == pytest.approx(1.0) and per_image["kld"][2].item() == pytest.approx(0.0)
+    assert per_image["topk_iou"][2].item() == 1.0
+    # A constant map equals the uniform distribution of an all-zero one.
+    assert per_image["sim"][1].item() == pytest.approx(
+        reference_scores(np.full(25, 3.0), student[1].numpy().ravel())["sim"]
+    )
+    assert_scores_match(teacher.double(), student.double())
+
+
+def test_topk_tie_rule_is_stable_by_index():
+    # Top 2 of 4 with all values tied: indices {0, 1} for both maps -> IoU 1; with a shifted tie, {0, 1} vs {1, 2}.
+    teacher = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    student = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
+    assert saliency_agreement(teacher, teacher, top_k=0.5)["topk_iou"].item() == 1.0
+    assert saliency_agreement(teacher, student, top_k=0.5)["topk_iou"].item() == pytest.approx(1 / 3)
+
+
+def test_two_dimensional_inputs_and_dtype():
+    teacher, student = rand_maps(6, 6, seed=11).float(), rand_maps(6, 6, seed=12).float()
+    scores = saliency_agreement(teacher, student)
+    assert all(value.dtype == torch.float32 for value in scores.values())
+    per_image = saliency_agreement_per_image(teacher, student)
+    assert per_image["pearson"].shape == (1,)
+    assert scores["pearson"].item() == pytest.approx(
+        stats.pearsonr(teacher.double().flatten().numpy(), student.double().flatten().numpy())[0], abs=ATOL
+    )
+
+
+def test_student_maps_are_resized_bilinearly_to_the_teacher():
+    teacher, student = rand_maps(3, 8, 8, seed=13), rand_maps(3, 4, 4, seed=14)
+    resized = F.interpolate(student.unsqueeze(1), size=(8, 8), mode="bilinear", align_corners=False).squeeze(1)
+    ours = saliency_agreement_per_image(teacher, student)
+    expected = saliency_agreement_per_image(teacher, resized)
+    for key in SALIENCY_KEYS:
+        torch.testing.assert_close(ours[key], expected[key])
+
+
+def test_saliency_agreement_errors():
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\).*\(3, 4, 4\)"):
+        saliency_agreement(torch.zeros(2, 4, 4), torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="non-negative"):
+        saliency_agreement(torch.zeros(2, 4, 4), -torch.ones(2, 4, 4))
+    with pytest.raises(ValueError, match="top_k"):
+        saliency_agreement(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), top_k=0.0)
+    with pytest.raises(ValueError, match=re.escape("(2, 1, 4, 4)")):
+        saliency_agreement(torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------ pointing game
+def test_boxes_to_masks():
+    masks = boxes_to_masks([torch.tensor([[1, 1, 3, 2], [3.6, 2.4, 10, 10]]), torch.zeros(0, 4)], 4, 5)
+    expected = np.zeros((2, 4, 5), dtype=bool)
+    expected[0, 1:2, 1:3] = True
+    expected[0, 2:4, 4:5] = True  # centres 4.5 and 2.5/3.5 lie inside [3.6, 10] × [2.4, 10]
+    np.testing.assert_array_equal(masks.numpy(), expected)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        boxes_to_masks([torch.tensor([1, 2, 3])], 4, 4)
+
+
+def test_pointing_game_hits_by_hand():
+    maps = torch.zeros(3, 6, 6)
+    maps[0, 2, 2] = 1.0  # inside
+    maps[1, 5, 5] = 1.0  # outside, 3 px diagonally from the box corner (2, 2)
+    maps[2, 2, 5] = 1.0  # outside, 3 px right of (2, 2)
+    masks = boxes_to_masks([torch.tensor([[0, 0, 3, 3]])] * 3, 6, 6)
+    assert pointing_game_hits(maps, masks).tolist() == [True, False, False]
+    assert pointing_game_hits(maps, masks, tolerance=3).tolist() == [True, False, True]
+    assert pointing_game_hits(maps, masks, tolerance=math.sqrt(18)).tolist() == [True, True, True]
+    assert pointing_game(maps, masks).item() == pytest.approx(1 / 3)
+
+
+def test_pointing_game_resizes_the_map_not_the_mask():
+    maps = torch.zeros(1, 2, 2)
+    maps[0, 1, 1] = 1.0  # bilinear upsampling to 8×8 spreads the peak over the plateau rows/columns 6..7
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 6, 6] = True  # the first maximum in row-major order
+    assert pointing_game_hits(maps, mask).tolist() == [True]
+    mask[0, 6, 6], mask[0, 7, 7] = False, True
+    assert pointing_game_hits(maps, mask).tolist() == [False]
+    assert pointing_game_hits(maps, mask, tolerance=math.sqrt(2)).tolist() == [True]
+    mask[0, 7, 7], mask[0, 4, 4] = False, True  # outside the upsampled peak
+    assert pointing_game_hits(maps, mask).tolist() == [False]
+
+
+def test_pointing_game_empty_mask_is_a_miss_and_errors():
+    assert pointing_game_hits(torch.rand(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)).tolist() == [False]
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(torch.rand(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), tolerance=-1)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\).*\(1, 4, 4\)"):
+        pointing_game(torch.rand(2, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------- attention metrics
+def test_attention_metrics_match_the_loss_and_numpy():
+    student, teacher = torch.randn(3, 4, 4, 4, dtype=torch.float64), torch.randn(3, 8, 8, 8, dtype=torch.float64)
+    assert attention_distance(student, teacher).item() == pytest.approx(
+        attention_transfer_loss(student, teacher).item(), abs=1e-12
+    )
+    q_s = attention_map(student, size=(8, 8)).numpy()
+    q_t = attention_map(teacher).numpy()
+    assert attention_cosine(student, teacher).item() == pytest.approx((q_s * q_t).sum(axis=1).mean(), abs=ATOL)
+    assert attention_cosine(teacher, teacher).item() == pytest.approx(1.0, abs=ATOL)
+
+
+def test_attention_metrics_errors():
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 4\).*\(3, 3, 4, 4\)"):
+        attention_cosine(torch.zeros(2, 3, 4, 4), torch.zeros(3, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------------- CKA
+def np_linear_cka(x, y):
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+@pytest.mark.parametrize(("n", "p1", "p2"), [(20, 5, 8), (6, 30, 12)])  # features narrower / wider than n
+def test_linear_cka_matches_numpy(n, p1, p2):
+    generator = torch.Generator().manual_seed(n)
+    x = torch.randn(n, p1, generator=generator, dtype=torch.float64)
+    y = x[:, :1] * torch.randn(1, p2, generator=generator, dtype=torch.float64) + torch.randn(
+        n, p2, generator=generator, dtype=torch.float64
+    )
+    assert linear_cka(x, y).item() == pytest.approx(np_linear_cka(x.numpy(), y.numpy()), abs=ATOL)
+    assert linear_cka(x, y).item() == pytest.approx(linear_cka(y, x).item(), abs=ATOL)
+
+
+# Kornblith et al.'s reference code (google-research/google-research, representation_similarity), transcribed.
+def gram_linear(x):
+    return x.dot(x.T)
+
+
+def center_gram(gram, unbiased=False):
+    gram = gram.copy()
+    if unbiased:
+        n = gram.shape[0]
+        np.fill_diagonal(gram, 0)
+        means = np.sum(gram, 0, dtype=np.float64) / (n - 2)
+        means -= np.sum(means) / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0)
+    else:
+        means = np.mean(gram, 0, dtype=np.float64)
+        means -= np.mean(means) / 2
+        gram -= means[:, None]
+        gram -= means[None, :]
+    return gram
+
+
+def kornblith_cka(gram_x, gram_y, debiased=False):
+    gram_x = center_gram(gram_x, unbiased=debiased)
+    gram_y = center_gram(gram_y, unbiased=debiased)
+    scaled_hsic = gram_x.ravel().dot(gram_y.ravel())
+    normalization_x = np.linalg.norm(gram_x)
+    normalization_y = np.linalg.norm(gram_y)
+    return scaled_hsic / (normalization_x * normalization_y)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_matches_kornblith_reference(debiased):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 40, generator=generator, dtype=torch.float64)
+    y = x[:, :12] + torch.randn(10, 12, generator=generator, dtype=torch.float64)
+    expected = kornblith_cka(gram_linear(x.numpy()), gram_linear(y.numpy()), debiased=debiased)
+    assert linear_cka(x, y, debiased=debiased).item() == pytest.approx(expected, abs=ATOL)
+
+
+def test_debiased_cka_removes_the_small_sample_bias():
+    generator = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, 2000, generator=generator), torch.randn(16, 3000, generator=generator)
+    assert linear_cka(x, y).item() > 0.8
+    assert abs(linear_cka(x, y, debiased=True).item()) < 0.1
+    assert linear_cka(x[:3], y[:3], debiased=True).item() == 0.0
+    metric = LinearCKA(debiased=True)
+    metric.update(x[:7], y[:7])
+    metric.update(x[7:], y[7:])
+    assert metric.compute().item() == pytest.approx(linear_cka(x, y, debiased=True).item(), abs=ATOL)
+
+
+def test_linear_cka_invariances():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=generator, dtype=torch.float64)
+    y = torch.randn(16, 9, generator=generator, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(9, 9, generator=generator, dtype=torch.float64))
+    base = linear_cka(x, y).item()
+    assert linear_cka(x, y @ q).item() == pytest.approx(base, abs=ATOL)
+    assert linear_cka(4.0 * x, 0.1 * y).item() == pytest.approx(base, abs=ATOL)
+    assert linear_cka(x + 5.0, y).item() == pytest.approx(base, abs=ATOL)
+    q6, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))
+    assert linear_cka(x, x @ q6).item() == pytest.approx(1.0, abs=ATOL)
+    assert linear_cka(x, 3.0 * x).item() == pytest.approx(1.0, abs=ATOL)
+
+
+def test_linear_cka_four_dimensional_and_degenerate_inputs():
+    x, y = torch.randn(5, 2, 3, 3), torch.randn(5, 4, 2, 2)
+    assert linear_cka(x, y).item() == pytest.approx(linear_cka(x.flatten(1), y.flatten(1)).item(), abs=ATOL)
+    assert linear_cka(torch.full((5, 3), 0.7), torch.randn(5, 3)).item() == 0.0
+    assert linear_cka(torch.randn(1, 3), torch.randn(1, 3)).item() == 0.0
+    with pytest.raises(ValueError, match=r"\(5, 3\).*\(4, 3\)"):
+        linear_cka(torch.randn(5, 3), torch.randn(4, 3))
+
+
+# ---------------------------------------------------------------------------------------------- Metric classes
+def test_saliency_agreement_metric_equals_functional_over_uneven_batches():
+    teacher = torch.cat([rand_maps(7, 6, 6, seed=20), tied_maps(3, 6, 6, seed=21)]).float()
+    student = torch.cat([rand_maps(7, 6, 6, seed=22), tied_maps(3, 6, 6, seed=23)]).float()
+    metric = SaliencyAgreement(top_k=0.2)
+    for start, stop in [(0, 1), (1, 5), (5, 10)]:
+        metric.update(teacher[start:stop], student[start:stop])
+    result = metric.compute()
+    expected = saliency_agreement(teacher, student, top_k=0.2)
+    assert set(result) == set(SALIENCY_KEYS)
+    for key in SALIENCY_KEYS:
+        assert result[key].item() == pytest.approx(expected[key].item(), abs=ATOL), key
+
+
+def test_metric_states_merge_like_ddp():
+    teacher, student = rand_maps(6, 5, 5, seed=24), rand_maps(6, 5, 5, seed=25)
+    rank0, rank1 = SaliencyAgreement(), SaliencyAgreement()
+    rank0.update(teacher[:2], student[:2])
+    rank1.update(teacher[2:], student[2:])
+    rank0.merge_state(rank1)
+    assert rank0.compute()["spearman"].item() == pytest.approx(
+        saliency_agreement(teacher, student)["spearman"].item(), abs=ATOL
+    )
+
+    x, y = torch.randn(9, 4), torch.randn(9, 7)
+    cka0, cka1 = LinearCKA(), LinearCKA()
+    cka0.update(x[:3], y[:3])
+    cka1.update(x[3:], y[3:])
+    cka0.merge_state(cka1)
+    assert cka0.compute().item() == pytest.approx(linear_cka(x, y).item(), abs=ATOL)
+
+
+def test_pointing_game_metric():
+    maps = torch.rand(7, 8, 8)
+    masks = torch.rand(7, 8, 8) > 0.5
+    metric = PointingGame(tolerance=1)
+    metric.update(maps[:3], masks[:3])
+    metric.update(maps[3:], masks[3:])
+    assert metric.compute().item() == pytest.approx(pointing_game(maps, masks, tolerance=1).item(), abs=ATOL)
+
+
+def test_attention_agreement_metric():
+    student, teacher = torch.randn(7, 3, 4, 4), torch.randn(7, 6, 8, 8)
+    metric = AttentionAgreement()
+    for start, stop in [(0, 2), (2, 3), (3, 7)]:
+        metric.update(student[start:stop], teacher[start:stop])
+    result = metric.compute()
+    assert result["at_distance"].item() == pytest.approx(attention_distance(student, teacher).item(), abs=ATOL)
+    assert result["at_cosine"].item() == pytest.approx(attention_cosine(student, teacher).item(), abs=ATOL)
+
+
+def test_linear_cka_metric_is_full_data_cka_not_a_batch_mean():
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(12, 3, 2, 2, generator=generator)
+    teacher = student.flatten(1)[:, :5] + 0.5 * torch.randn(12, 5, generator=generator)
+    metric = LinearCKA()
+    for start, stop in [(0, 2), (2, 7), (7, 12)]:
+        metric.update(student[start:stop], teacher[start:stop])
+    assert metric.compute().item() == pytest.approx(linear_cka(student, teacher).item(), abs=ATOL)
+    metric.reset()
+    assert metric.student == [] and metric.teacher == []
+
+
+def test_metric_flags():
+    for metric_class in (SaliencyAgreement, PointingGame, AttentionAgreement, LinearCKA):
+        assert metric_class.full_state_update is False
+        assert metric_class.is_differentiable is False
+    assert PointingGame.higher_is_better is True and LinearCKA.higher_is_better is True

@@ -1,0 +1,94 @@
+"""The `visiondistill` command: every shipped config instantiates, and fit → distil works end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from visiondistill.cli import VisionDistillCLI, main
+from visiondistill.distill import DistillationCallback
+from visiondistill.tasks import DistillationTask
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def tiny_overrides(tmp_path: Path, name: str) -> list[str]:
+    """Command-line overrides that shrink any shipped classification config to a seconds-long run."""
+    return [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--trainer.logger.init_args.name={name}",
+        f"--data.init_args.data_dir={tmp_path / 'data'}",
+        "--data.init_args.image_size=32",
+        "--data.init_args.num_train=48",
+        "--data.init_args.num_val=16",
+        "--data.init_args.num_test=16",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.num_workers=0",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
+def test_every_shipped_config_instantiates(config: Path, tmp_path: Path):
+    text = config.read_text()
+    args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
+    if "checkpoint:" in text:  # distilled runs need a trained teacher; any weights will do to instantiate
+        args.append("--model.init_args.teacher.checkpoint=null")
+    cli = VisionDistillCLI(args=args, run=False)
+    assert isinstance(cli.model, DistillationTask)
+    assert cli.datamodule is not None
+    distillers = [cb for cb in cli.trainer.callbacks if isinstance(cb, DistillationCallback)]
+    if "teacher:" in text:
+        assert cli.model.teacher is not None and distillers, f"{config.name} distils without callbacks"
+    else:
+        assert cli.model.teacher is None and not distillers
+
+
+def test_config_typo_fails_with_the_key_named(tmp_path: Path, capsys):
+    config = ROOT / "configs/classification/shapes_teacher.yaml"
+    with pytest.raises(SystemExit):
+        VisionDistillCLI(args=["--config", str(config), "--model.init_args.studnet.name=resnet18"], run=False)
+    assert "studnet" in capsys.readouterr().err
+
+
+def test_fit_teacher_then_distil_from_its_checkpoint(tmp_path: Path):
+    configs = ROOT / "configs/classification"
+    teacher_args = ["fit", "--config", str(configs / "shapes_teacher.yaml"), *tiny_overrides(tmp_path, "teacher")]
+    teacher_args.append("--model.init_args.student.name=test_efficientnet")
+    assert main(teacher_args) == 0
+    run_dir = tmp_path / "runs" / "teacher"
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    assert checkpoint.is_file() and (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard is the default logger"
+
+    student_args = ["fit", "--config", str(configs / "shapes_kd.yaml"), *tiny_overrides(tmp_path, "kd")]
+    # The teacher's architecture is read from its checkpoint when the name is left out.
+    student_args += [f"--model.init_args.teacher.checkpoint={checkpoint}", "--model.init_args.teacher.name=null"]
+    assert main(student_args) == 0
+    kd_checkpoint = torch.load(tmp_path / "runs" / "kd" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert kd_checkpoint["hyper_parameters"]["teacher"]["checkpoint"] == str(checkpoint)
+    assert not any(k.startswith("teacher.") for k in kd_checkpoint["state_dict"])
+
+    validate_args = ["validate", "--config", str(configs / "shapes_kd.yaml"), *tiny_overrides(tmp_path, "kd_val")]
+    validate_args += [
+        f"--model.init_args.teacher.checkpoint={checkpoint}",
+        "--model.init_args.teacher.name=null",
+        f"--ckpt_path={tmp_path / 'runs' / 'kd' / 'checkpoints' / 'last.ckpt'}",
+    ]
+    assert main(validate_args) == 0
+
+
+def test_synth_subcommand_writes_the_data_set(tmp_path: Path, capsys):
+    out = tmp_path / "shapes"
+    args = ["synth", "--out", str(out), "--image-size", "32", "--num-train", "12", "--num-val", "6", "--num-test", "6"]
+    assert main(args) == 0
+    assert (out / "meta.json").is_file()
+    assert (out / "coco" / "annotations" / "instances_train.json").is_file()
+    assert len(list((out / "classification" / "train").rglob("*.png"))) == 12

@@ -1,0 +1,79 @@
+"""Explanation callbacks and metrics: does the student look where the teacher looks?
+
+- `GradCAMCallback`: teacher and student CAMs (grad-cam) on a fixed probe batch, their agreement
+  (``val/saliency/*``), TensorBoard grids, PNGs and ``maps.npz`` in the run folder;
+- `FeatureMapCallback`: attention-transfer distance, attention cosine and CKA of matched feature layers
+  (``val/attention/*``) with attention-map grids;
+- `metrics`: the agreement measures as pure functions and torchmetrics `Metric` classes;
+- `saliency`: task adapters around grad-cam (targets, masks, reshape transforms) and its method registry;
+- `render`: overlays and grids.
+"""
+
+from visiondistill.explain.feature_maps import FeatureMapCallback
+from visiondistill.explain.gradcam import GradCAMCallback
+from visiondistill.explain.metrics import (
+    SALIENCY_KEYS,
+    AttentionAgreement,
+    LinearCKA,
+    PointingGame,
+    SaliencyAgreement,
+    attention_cosine,
+    attention_distance,
+    attention_map,
+    boxes_to_masks,
+    linear_cka,
+    pointing_game,
+    pointing_game_hits,
+    saliency_agreement,
+    saliency_agreement_per_image,
+)
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, draw_probe_batch, untouched_training_state
+from visiondistill.explain.render import comparison_grid, overlay, render_grid, saliency_grid, save_png
+from visiondistill.explain.saliency import (
+    CAM_METHODS,
+    SALIENCY_ADAPTERS,
+    ClassificationSaliencyAdapter,
+    SaliencyAdapter,
+    TokenReshape,
+    cam_method,
+    compute_cams,
+    register_saliency_adapter,
+    saliency_adapter_for,
+)
+
+__all__ = [
+    "CAM_METHODS",
+    "SALIENCY_ADAPTERS",
+    "SALIENCY_KEYS",
+    "AttentionAgreement",
+    "ClassificationSaliencyAdapter",
+    "FeatureMapCallback",
+    "GradCAMCallback",
+    "LinearCKA",
+    "PointingGame",
+    "ProbeBatch",
+    "ProbeCallback",
+    "SaliencyAdapter",
+    "SaliencyAgreement",
+    "TokenReshape",
+    "attention_cosine",
+    "attention_distance",
+    "attention_map",
+    "boxes_to_masks",
+    "cam_method",
+    "comparison_grid",
+    "compute_cams",
+    "draw_probe_batch",
+    "linear_cka",
+    "overlay",
+    "pointing_game",
+    "pointing_game_hits",
+    "register_saliency_adapter",
+    "render_grid",
+    "saliency_adapter_for",
+    "saliency_agreement",
+    "saliency_agreement_per_image",
+    "saliency_grid",
+    "save_png",
+    "untouched_training_state",
+]

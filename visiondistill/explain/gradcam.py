@@ -1,0 +1,293 @@
+"""`GradCAMCallback`: does the student look where the teacher looks? CAMs of both on a fixed probe batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from visiondistill.distill.protocol import get_student, get_teacher, module_device
+from visiondistill.distill.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
+from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list
+from visiondistill.explain.render import saliency_grid, save_png
+from visiondistill.explain.saliency import TARGET_KINDS, SaliencyAdapter, cam_method, compute_cams, saliency_adapter_for
+
+
+class GradCAMCallback(ProbeCallback):
+    """Explains teacher and student with grad-cam on a fixed probe batch and logs how well their maps agree.
+
+    At the end of validation (every ``every_n_epochs`` epochs of ``fit``, and at every ``validate``), for the
+    same ``num_samples`` validation images each time, it computes a CAM of the teacher and one of the student for
+    the same target class, and:
+
+    - logs ``val/saliency/<metric>`` for pearson, spearman, topk_iou, cosine, sim and kld
+      (`visiondistill.explain.metrics.saliency_agreement`), and ``val/saliency/pointing_game/{teacher,student}``
+      when the batch has object masks or boxes;
+    - with ``layerwise=True``, also CAMs at every pair of feature stages (matched by index from the end: ``-1``
+      with ``-1``, ``-2`` with ``-2`` …), logged as ``val/saliency_layerwise/<stage>/<metric>``;
+    - logs an image grid (input | teacher CAM | student CAM, captioned with true and predicted classes) to
+      TensorBoard and writes ``grid.png`` and ``maps.npz`` to ``<log_dir>/saliency/epoch_XXX/``.
+
+    Without a teacher it computes the student's maps and the pointing game only. It never changes training: the
+    probe images come from a generator of its own, the global random states, every module's train flag and every
+    parameter's gradient are restored afterwards, and only global rank zero computes, logs and writes.
+
+    ``maps.npz`` holds ``images`` (N×C×H×W float32 in [0, 1]), ``student_maps``/``teacher_maps`` (N×H×W float32 in
+    [0, 1]), ``targets`` (true classes, -1 when unknown), ``explained`` (the classes explained), ``student_pred``,
+    ``teacher_pred``, ``indices`` (dataset indices), ``epoch``, ``global_step``, ``class_names``, ``method``,
+    ``target``, per-image metrics under their names (``pearson`` …), ``masks`` and ``pointing_game_{student,
+    teacher}`` hits when masks exist, and ``layerwise_*`` arrays in layer-wise mode.
+
+    Args:
+        method: grad-cam method: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, eigengradcam,
+            gradcamelementwise, scorecam, ablationcam, kpcacam, shapleycam, fem, randomcam.
+        every_n_epochs: Explain every this many training epochs.
+        num_samples: Number of probe images.
+        layers: Layer(s) to explain in both models (module paths or stage indices); default the last stage
+            (``-1``). Several layers are averaged, as grad-cam does.
+        student_layers: Student layer(s), overriding ``layers``.
+        teacher_layers: Teacher layer(s), overriding ``layers``.
+        target: Class to explain: the teacher's prediction (``"teacher"``), the true class (``"ground_truth"``) or
+            the student's prediction (``"student"``). Without a teacher, ``"teacher"`` falls back to the true class.
+        layerwise: Also explain and compare every matched pair of feature stages.
+        top_k: Fraction of pixels for ``topk_iou``.
+        seed: Seed of the probe-image draw.
+        log_images: Log the grid to TensorBoard and write PNGs (``maps.npz`` is always written).
+        save_dir: Folder for ``epoch_XXX/`` outputs instead of ``<log_dir>/saliency``.
+
+    Raises:
+        ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts.
+        LayerNotFoundError: At setup, for a layer a model does not have (the message lists the valid ones).
+
+    Example::
+
+        >>> callback = GradCAMCallback(method="gradcam++", num_samples=8, layers="layer4")
+        >>> callback.method, callback.student_layers, callback.teacher_layers
+        ('gradcam++', ['layer4'], ['layer4'])
+        >>> GradCAMCallback(method="magic")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown CAM method 'magic'; valid methods are: gradcam, gradcam++, ...
+    """
+
+    folder = "saliency"
+
+    def __init__(
+        self,
+        method: str = "gradcam",
+        every_n_epochs: int = 1,
+        num_samples: int = 16,
+        layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        student_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        teacher_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        target: str = "teacher",
+        layerwise: bool = False,
+        top_k: float = 0.1,
+        seed: int = 0,
+        log_images: bool = True,
+        save_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
+        )
+        self._cam_class = cam_method(method)
+        self.method = method
+        if target not in TARGET_KINDS:
+            raise ValueError(f"GradCAMCallback: target must be one of {', '.join(TARGET_KINDS)}, got {target!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int | float) or not 0 < top_k <= 1:
+            raise ValueError(f"GradCAMCallback: top_k must be a fraction in (0, 1], got {top_k!r}")
+        default = [-1] if layers is None else layers
+        student_layers = default if student_layers is None else student_layers
+        teacher_layers = default if teacher_layers is None else teacher_layers
+        self.student_layers = layer_list(student_layers, "GradCAMCallback", "student_layers")
+        self.teacher_layers = layer_list(teacher_layers, "GradCAMCallback", "teacher_layers")
+        self.target = target
+        self.layerwise = bool(layerwise)
+        self.top_k = float(top_k)
+        self._adapter: SaliencyAdapter | None = None
+        self._stage_pairs: list[tuple[str, str, str | None]] = []
+        self._warned_target = False
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        student = get_student(pl_module)
+        teacher = get_teacher(pl_module, required=False)
+        # Unknown layers fail here, before any epoch, with the valid choices in the message.
+        for layer in self.student_layers:
+            resolve_layer(student, layer, role="student")
+        if teacher is not None:
+            for layer in self.teacher_layers:
+                resolve_layer(teacher, layer, role="teacher")
+        self._stage_pairs = self._match_stages(student, teacher) if self.layerwise else []
+        self._adapter = saliency_adapter_for(pl_module)
+
+    @staticmethod
+    def _match_stages(student: nn.Module, teacher: nn.Module | None) -> list[tuple[str, str, str | None]]:
+        student_stages = feature_stages(student)
+        teacher_stages = feature_stages(teacher) if teacher is not None else None
+        for role, stages in (("student", student_stages), ("teacher", teacher_stages)):
+            if stages is not None and not stages:
+                raise LayerNotFoundError(
+                    f"GradCAMCallback(layerwise=True): the {role} declares no feature stages (no `feature_info`), "
+                    "so its stages cannot be matched; use layerwise=False and name the layers by module path"
+                )
+        count = min(len(student_stages), len(teacher_stages)) if teacher_stages is not None else len(student_stages)
+        return [
+            (str(-k), student_stages[-k].module, teacher_stages[-k].module if teacher_stages is not None else None)
+            for k in range(count, 0, -1)
+        ]
+
+    @override
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: ProbeBatch, out_dir: Path) -> None:
+        adapter = self._adapter or saliency_adapter_for(pl_module)
+        student = get_student(pl_module)
+        teacher = get_teacher(pl_module, required=False)
+        images = batch.images.to(module_device(student))
+        height, width = images.shape[-2:]
+        student_model = adapter.cam_model(student)
+        teacher_model = adapter.cam_model(teacher) if teacher is not None else None
+        student_model.eval()
+        student_pred = adapter.predict(student_model, images).cpu()
+        teacher_pred = None
+        if teacher_model is not None:
+            teacher_model.eval()
+            teacher_pred = adapter.predict(teacher_model, images.to(module_device(teacher))).cpu()
+        truth = adapter.ground_truth(batch.batch)
+        explained = self._explained(truth, student_pred, teacher_pred)
+        targets = adapter.targets(explained, batch.batch)
+        masks = adapter.masks(batch.batch, height, width)
+
+        cache: dict[tuple[str, tuple[str, ...]], Tensor] = {}
+
+        def cams(role: str, model: nn.Module, wrapped: nn.Module, layers: Sequence[LayerSpec]) -> Tensor:
+            # The headline layers are usually one of the layer-wise stages: compute each map once.
+            paths = tuple(resolve_layer(model, layer, role=role)[0] for layer in layers)
+            if (role, paths) not in cache:
+                cache[role, paths] = compute_cams(
+                    self._cam_class,
+                    wrapped,
+                    [model.get_submodule(path) for path in paths],  # the wrapper holds these very modules
+                    images.to(module_device(model)),
+                    targets,
+                    adapter.reshape_transform(model, paths),
+                )
+            return cache[role, paths]
+
+        student_maps = cams("student", student, student_model, self.student_layers)
+        teacher_maps = cams("teacher", teacher, teacher_model, self.teacher_layers) if teacher is not None else None
+        arrays = self._score(pl_module, "val/saliency", student_maps, teacher_maps, masks)
+
+        if self._stage_pairs:
+            layerwise: dict[str, list] = {}
+            for label, student_path, teacher_path in self._stage_pairs:
+                s_maps = cams("student", student, student_model, [student_path])
+                t_maps = cams("teacher", teacher, teacher_model, [teacher_path]) if teacher_path is not None else None
+                scores = self._score(pl_module, f"val/saliency_layerwise/{label}", s_maps, t_maps, masks)
+                scores.update(stages=label, student_maps=s_maps.numpy())
+                if t_maps is not None:
+                    scores["teacher_maps"] = t_maps.numpy()
+                for key, value in scores.items():
+                    layerwise.setdefault(key, []).append(value)
+            arrays.update({f"layerwise_{key}": np.stack(values) for key, values in layerwise.items()})
+
+        display = batch.display_images()
+        class_names = _class_names(trainer, pl_module, student_pred, teacher_pred, truth)
+        arrays.update(
+            images=display.numpy(),
+            student_maps=student_maps.numpy(),
+            student_pred=student_pred.numpy(),
+            explained=explained.numpy(),
+            targets=(truth if truth is not None else torch.full_like(student_pred, -1)).numpy(),
+            indices=batch.indices.numpy(),
+            epoch=np.int64(trainer.current_epoch),
+            global_step=np.int64(trainer.global_step),
+            class_names=np.array(class_names, dtype=str),
+            method=np.array(self.method),
+            target=np.array(self._effective_target(truth, teacher_pred)),
+        )
+        if teacher_maps is not None:
+            arrays.update(teacher_maps=teacher_maps.numpy(), teacher_pred=teacher_pred.numpy())
+        if masks is not None:
+            arrays["masks"] = masks.numpy()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out_dir / "maps.npz", **arrays)
+        if self.log_images:
+            kind = self._effective_target(truth, teacher_pred)
+            title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
+            grid = saliency_grid(
+                display,
+                student_maps,
+                teacher_maps,
+                true_labels=truth.tolist() if truth is not None else None,
+                student_pred=student_pred.tolist(),
+                teacher_pred=teacher_pred.tolist() if teacher_pred is not None else None,
+                class_names=class_names,
+                title=title,
+            )
+            save_png(grid, out_dir / "grid.png")
+            self.log_image(trainer, "val/saliency/grid", grid)
+
+    def _score(
+        self,
+        pl_module: pl.LightningModule,
+        name: str,
+        student_maps: Tensor,
+        teacher_maps: Tensor | None,
+        masks: Tensor | None,
+    ) -> dict[str, np.ndarray]:
+        """Logs the agreement (and pointing-game) scores of one pair of maps; returns the per-image values."""
+        arrays: dict[str, np.ndarray] = {}
+        if teacher_maps is not None:
+            per_image = saliency_agreement_per_image(teacher_maps, student_maps, top_k=self.top_k)
+            for key in SALIENCY_KEYS:
+                self.log_metric(pl_module, f"{name}/{key}", per_image[key].mean())
+                arrays[key] = per_image[key].numpy()
+        if masks is not None:
+            for role, maps in (("teacher", teacher_maps), ("student", student_maps)):
+                if maps is not None:
+                    hits = pointing_game_hits(maps, masks)
+                    self.log_metric(pl_module, f"{name}/pointing_game/{role}", hits.float().mean())
+                    arrays[f"pointing_game_{role}"] = hits.numpy()
+        return arrays
+
+    def _effective_target(self, truth: Tensor | None, teacher_pred: Tensor | None) -> str:
+        if self.target == "teacher" and teacher_pred is None:
+            return "ground_truth" if truth is not None else "student"
+        if self.target == "ground_truth" and truth is None:
+            return "teacher" if teacher_pred is not None else "student"
+        return self.target
+
+    def _explained(self, truth: Tensor | None, student_pred: Tensor, teacher_pred: Tensor | None) -> Tensor:
+        kind = self._effective_target(truth, teacher_pred)
+        if kind != self.target and not self._warned_target:
+            self._warned_target = True
+            rank_zero_warn(
+                f"GradCAMCallback: target={self.target!r} is not available "
+                f"({'no teacher' if self.target == 'teacher' else 'the batch has no class targets'}); "
+                f"explaining the {kind.replace('_', ' ')} class instead"
+            )
+        return {"teacher": teacher_pred, "ground_truth": truth, "student": student_pred}[kind].cpu()
+
+
+def _class_names(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    student_pred: Tensor,
+    teacher_pred: Tensor | None,
+    truth: Tensor | None,
+) -> list[str]:
+    for owner in (pl_module, getattr(trainer, "datamodule", None)):
+        names = getattr(owner, "class_names", None)
+        if isinstance(names, Sequence) and not isinstance(names, str) and names:
+            return [str(name) for name in names]
+    seen = [t for t in (student_pred, teacher_pred, truth) if t is not None and t.numel()]
+    count = max(int(t.max()) for t in seen) + 1 if seen else 0
+    return [str(i) for i in range(count)]

@@ -1,0 +1,309 @@
+"""Thin task adapters around the ``grad-cam`` package: which output to explain, where the objects are.
+
+One CAM engine serves every task; what differs is small and lives in a `SaliencyAdapter`:
+
+- `SaliencyAdapter.cam_model` — the model as grad-cam sees it (a module whose output the targets can index);
+- `SaliencyAdapter.predict` / `SaliencyAdapter.ground_truth` — the category to explain per image;
+- `SaliencyAdapter.targets` — grad-cam target callables for those categories;
+- `SaliencyAdapter.masks` — object masks for the pointing game, when the batch has masks or boxes;
+- `SaliencyAdapter.reshape_transform` — how a layer's activations become ``N×C×H×W`` (token layers of ViTs).
+
+Adapters are registered by task name (`register_saliency_adapter`); a LightningModule picks one with a
+``saliency_adapter`` attribute (a registered name, an adapter class or an instance), and classification is the
+default. `cam_method` maps method names (``"gradcam"``, ``"gradcam++"`` …) to grad-cam classes, and `compute_cams`
+runs one of them safely (in a ``with`` block, on an input that requires grad, so a frozen teacher works too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_grad_cam import (
+    FEM,
+    KPCA_CAM,
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    ScoreCAM,
+    ShapleyCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import Tensor, nn
+from typing_extensions import override
+
+from visiondistill.distill.protocol import ProtocolError, batch_targets, output_logits
+from visiondistill.distill.recorder import as_feature_map, feature_stages
+from visiondistill.explain.metrics import boxes_to_masks
+
+TargetKind = Literal["teacher", "ground_truth", "student"]
+TARGET_KINDS: tuple[str, ...] = ("teacher", "ground_truth", "student")
+
+#: grad-cam methods by name. Every class here takes ``(model, target_layers, reshape_transform)``.
+CAM_METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "kpcacam": KPCA_CAM,
+    "shapleycam": ShapleyCAM,
+    "fem": FEM,
+    "randomcam": RandomCAM,
+}
+
+
+def cam_method(name: str) -> type[BaseCAM]:
+    """The grad-cam class of a method name (case-insensitive; ``-``/``_`` ignored, ``gradcampp`` = ``gradcam++``).
+
+    Args:
+        name: A key of `CAM_METHODS`.
+
+    Returns:
+        The class.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the valid ones.
+
+    Example::
+
+        >>> cam_method("GradCAM++").__name__
+        'GradCAMPlusPlus'
+    """
+    key = str(name).lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
+    if key not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {name!r}; valid methods are: {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[key]
+
+
+class TokenReshape:
+    """grad-cam ``reshape_transform`` that turns any layer output into ``N×C×H×W``.
+
+    Token sequences ``N×L×C`` (ViT blocks) become a square grid without their class/register tokens (see
+    `visiondistill.distill.recorder.as_feature_map`); channels-last maps ``N×H×W×C`` (Swin stages) are permuted
+    when their channel count is known; ``N×C×H×W`` passes through.
+
+    Args:
+        channels: Channel counts the hooked layers are declared to have (from ``feature_info``), if known.
+    """
+
+    def __init__(self, channels: Sequence[int] = ()) -> None:
+        self.channels = frozenset(int(c) for c in channels if c)
+
+    def __call__(self, output: object) -> Tensor:
+        """Returns the layer output as ``N×C×H×W``."""
+        feature = as_feature_map(output, name="CAM layer")
+        if feature.ndim == 4 and feature.shape[1] not in self.channels and feature.shape[-1] in self.channels:
+            feature = feature.permute(0, 3, 1, 2)
+        return feature
+
+
+class SaliencyAdapter:
+    """How one task is explained with grad-cam. Subclass it per task and register it by task name.
+
+    Example::
+
+        >>> @register_saliency_adapter("my_task")
+        ... class MyAdapter(ClassificationSaliencyAdapter):
+        ...     pass
+        >>> type(saliency_adapter_for(type("M", (), {"saliency_adapter": "my_task"})())).__name__
+        'MyAdapter'
+        >>> del SALIENCY_ADAPTERS["my_task"]
+    """
+
+    task: ClassVar[str] = ""
+
+    def cam_model(self, model: nn.Module) -> nn.Module:
+        """The module grad-cam runs: its output must be what `targets` index (per image)."""
+        return model
+
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        """The category a model predicts for each image, shape ``(N,)``, computed without gradients."""
+        raise NotImplementedError
+
+    def ground_truth(self, batch: Any) -> Tensor | None:
+        """The true category of each image, shape ``(N,)``, or ``None`` when the batch has none."""
+        return None
+
+    def targets(self, categories: Tensor, batch: Any) -> list[Callable[[Tensor], Tensor]]:
+        """One grad-cam target callable per image, explaining ``categories[i]`` for image ``i``."""
+        raise NotImplementedError
+
+    def masks(self, batch: Any, height: int, width: int) -> Tensor | None:
+        """Bool object masks ``(N, H, W)`` for the pointing game, or ``None`` when the batch locates no object.
+
+        The default reads a dict batch's ``masks``/``mask`` (``N×H×W`` or ``N×1×H×W``) or ``boxes`` (xyxy pixels,
+        one ``M×4`` tensor per image or one ``N×4`` tensor), or a tuple batch's third item when it is an
+        ``N×H×W`` mask of the images' size.
+        """
+        items: Mapping[str, Any] = batch if isinstance(batch, Mapping) else {}
+        if not items and isinstance(batch, list | tuple) and len(batch) > 2 and isinstance(batch[2], Tensor):
+            candidate = batch[2]
+            if candidate.ndim == 3 and tuple(candidate.shape[-2:]) == (height, width):
+                items = {"masks": candidate}
+        for key in ("masks", "mask"):
+            value = items.get(key)
+            if isinstance(value, Tensor) and value.ndim in (3, 4):
+                masks = value if value.ndim == 3 else value.amax(dim=1)
+                return masks.bool().cpu()
+        boxes = items.get("boxes")
+        if isinstance(boxes, Tensor) and boxes.ndim == 2 and boxes.shape[-1] == 4:
+            return boxes_to_masks([box.view(1, 4) for box in boxes.cpu()], height, width)
+        if isinstance(boxes, list | tuple) and boxes and all(isinstance(b, Tensor) for b in boxes):
+            return boxes_to_masks([b.reshape(-1, 4).cpu() for b in boxes], height, width)
+        return None
+
+    def reshape_transform(self, model: nn.Module, layer_paths: Sequence[str]) -> Callable[[object], Tensor]:
+        """The grad-cam ``reshape_transform`` for these layers of ``model`` (a `TokenReshape`)."""
+        declared = {stage.module: stage.channels for stage in feature_stages(model)}
+        return TokenReshape([declared[path] for path in layer_paths if declared.get(path)])
+
+
+class LogitsModel(nn.Module):
+    """Wraps a classifier so that its output is the logits tensor, whatever structure the model returns."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return output_logits(self.model(x))
+
+
+SALIENCY_ADAPTERS: dict[str, type[SaliencyAdapter]] = {}
+
+
+def register_saliency_adapter(task: str) -> Callable[[type[SaliencyAdapter]], type[SaliencyAdapter]]:
+    """Class decorator that registers a `SaliencyAdapter` under a task name.
+
+    Args:
+        task: The name a module's ``saliency_adapter`` attribute uses to pick it.
+
+    Returns:
+        The decorator.
+    """
+
+    def register(cls: type[SaliencyAdapter]) -> type[SaliencyAdapter]:
+        cls.task = task
+        SALIENCY_ADAPTERS[task] = cls
+        return cls
+
+    return register
+
+
+@register_saliency_adapter("classification")
+class ClassificationSaliencyAdapter(SaliencyAdapter):
+    """Classification: explain a class logit (`ClassifierOutputTarget`) per image.
+
+    Ground truth is the batch's class targets (``(images, targets)`` or a ``target``/``label`` key); the pointing
+    game runs only when the batch also has masks or boxes (see `SaliencyAdapter.masks`).
+    """
+
+    @override
+    def cam_model(self, model: nn.Module) -> nn.Module:
+        return LogitsModel(model)
+
+    @override
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        return output_logits(model(images)).argmax(dim=-1)
+
+    @override
+    def ground_truth(self, batch: Any) -> Tensor | None:
+        try:
+            targets = batch_targets(batch)
+        except ProtocolError:
+            return None
+        if targets.ndim != 1 or targets.is_floating_point():
+            return None  # one-hot, soft or multi-label targets name no single class to explain
+        return targets.long()
+
+    @override
+    def targets(self, categories: Tensor, batch: Any) -> list[Callable[[Tensor], Tensor]]:
+        return [ClassifierOutputTarget(int(category)) for category in categories.tolist()]
+
+
+def saliency_adapter_for(pl_module: pl.LightningModule | object) -> SaliencyAdapter:
+    """The adapter a module asks for with its ``saliency_adapter`` attribute (classification by default).
+
+    Args:
+        pl_module: The LightningModule.
+
+    Returns:
+        An adapter instance.
+
+    Raises:
+        ValueError: When the attribute names no registered adapter.
+        TypeError: When the attribute is neither a name, an adapter class nor an adapter.
+    """
+    choice = getattr(pl_module, "saliency_adapter", None) or "classification"
+    if isinstance(choice, SaliencyAdapter):
+        return choice
+    if isinstance(choice, type) and issubclass(choice, SaliencyAdapter):
+        return choice()
+    if isinstance(choice, str):
+        if choice not in SALIENCY_ADAPTERS:
+            raise ValueError(
+                f"{type(pl_module).__name__}.saliency_adapter is {choice!r}, which is not registered; "
+                f"registered adapters: {', '.join(sorted(SALIENCY_ADAPTERS))}"
+            )
+        return SALIENCY_ADAPTERS[choice]()
+    raise TypeError(
+        f"{type(pl_module).__name__}.saliency_adapter must be a registered name, a SaliencyAdapter class or "
+        f"instance, got {type(choice).__name__}"
+    )
+
+
+def compute_cams(
+    method: type[BaseCAM],
+    model: nn.Module,
+    target_layers: Sequence[nn.Module],
+    images: Tensor,
+    targets: Sequence[Callable[[Tensor], Tensor]],
+    reshape_transform: Callable[[object], Tensor] | None = None,
+) -> Tensor:
+    """Class activation maps of a batch, one per image, at the images' resolution and scaled to [0, 1].
+
+    The CAM object lives only inside a ``with`` block (its hooks and stored activations are released at the
+    end), and its input is a fresh copy of ``images`` that requires grad, so gradients reach the target layers
+    even when every parameter of the model is frozen. Call it under ``torch.enable_grad()``: grad-cam does not
+    enable gradients itself. It changes train flags and parameter gradients of ``model`` (grad-cam calls
+    ``model.eval()`` and ``zero_grad()``): run it inside `visiondistill.explain.probe.untouched_training_state`.
+
+    Args:
+        method: A grad-cam class (see `cam_method`).
+        model: The model to explain (usually `SaliencyAdapter.cam_model` of a network).
+        target_layers: Modules of ``model`` whose activations are explained; several are averaged.
+        images: Input batch ``N×C×H×W`` (on the model's device).
+        targets: One target callable per image.
+        reshape_transform: Turns a layer's output into ``N×C×h×w`` (see `TokenReshape`).
+
+    Returns:
+        Float32 maps ``(N, H, W)`` on the CPU.
+
+    Raises:
+        RuntimeError: When the method fails; grad-cam's context manager would otherwise swallow an IndexError.
+    """
+    inputs = images.detach().clone().requires_grad_(True)
+    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+        try:
+            maps = cam(input_tensor=inputs, targets=list(targets))
+        except IndexError as error:
+            raise RuntimeError(f"{method.__name__} failed: {error}") from error
+    return torch.from_numpy(maps).to(torch.float32)
