@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# The test models are tiny: one thread is as fast, and OpenMP's spinning threads make a busy 2-core machine
+# (dataloader workers, DDP processes) much slower.
+torch.set_num_threads(1)
 
 
 def quadrant_images(n: int = 32, size: int = 32, num_classes: int = 4, seed: int = 0) -> TensorDataset:

@@ -37,6 +37,7 @@ from visiondistill.explain.saliency import (
     TokenReshape,
     cam_method,
     compute_cams,
+    compute_layer_cams,
     register_saliency_adapter,
     saliency_adapter_for,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "cam_method",
     "comparison_grid",
     "compute_cams",
+    "compute_layer_cams",
     "draw_probe_batch",
     "linear_cka",
     "overlay",

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import get_student, get_teacher, module_device
+from visiondistill.distill.protocol import get_student, get_teacher
 from visiondistill.distill.recorder import LayerSpec, probe_features, resolve_layer
 from visiondistill.explain.metrics import attention_cosine, attention_distance, attention_map, linear_cka
-from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input
 from visiondistill.explain.render import comparison_grid, save_png
 
 
@@ -46,6 +46,8 @@ class FeatureMapCallback(ProbeCallback):
         log_images: Log grids to TensorBoard and write PNGs (``maps.npz`` is always written).
         p: Exponent of the activations in the attention map ``mean_c |A_c|^p``.
         save_dir: Folder for ``epoch_XXX/`` outputs instead of ``<log_dir>/attention``.
+        debiased_cka: Use the unbiased CKA estimator (Kornblith et al.'s reference code); plain linear CKA drifts
+            towards 1 on a small probe batch with many features, even for unrelated networks.
 
     Raises:
         ValueError: When the layer lists are empty, of different lengths, or repeat a teacher layer.
@@ -70,6 +72,7 @@ class FeatureMapCallback(ProbeCallback):
         log_images: bool = True,
         p: float = 2,
         save_dir: str | Path | None = None,
+        debiased_cka: bool = True,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
@@ -91,6 +94,7 @@ class FeatureMapCallback(ProbeCallback):
         if not p > 0:
             raise ValueError(f"FeatureMapCallback: p must be > 0, got {p!r}")
         self.p = p
+        self.debiased_cka = debiased_cka
         self._active = True
 
     @override
@@ -117,12 +121,8 @@ class FeatureMapCallback(ProbeCallback):
         teacher = get_teacher(pl_module, required=True, who="FeatureMapCallback")
         images = batch.images
         # `probe_features` runs in eval mode under no_grad and restores the train flags itself.
-        student_features = probe_features(
-            student, images.to(module_device(student)), self.student_layers, role="student"
-        )
-        teacher_features = probe_features(
-            teacher, images.to(module_device(teacher)), self.teacher_layers, role="teacher"
-        )
+        student_features = probe_features(student, model_input(images, student), self.student_layers, role="student")
+        teacher_features = probe_features(teacher, model_input(images, teacher), self.teacher_layers, role="teacher")
         display = batch.display_images()
         arrays: dict[str, np.ndarray] = {
             "images": display.numpy(),
@@ -137,7 +137,7 @@ class FeatureMapCallback(ProbeCallback):
             scores = {
                 "at_distance": attention_distance(s_feature, t_feature, self.p),
                 "at_cosine": attention_cosine(s_feature, t_feature, self.p),
-                "cka": linear_cka(s_feature, t_feature),
+                "cka": linear_cka(s_feature, t_feature, debiased=self.debiased_cka),
             }
             for key, value in scores.items():
                 self.log_metric(pl_module, f"val/attention/{key}/{name}", value)
@@ -148,6 +148,7 @@ class FeatureMapCallback(ProbeCallback):
                 grid = comparison_grid(
                     display,
                     [(f"teacher {name}", t_map), (f"student {s_layer}", s_map)],
+                    labels=[f"#{int(i)}" for i in batch.indices],
                     title=f"epoch {trainer.current_epoch} · attention maps (mean_c |A|^{self.p:g})",
                 )
                 save_png(grid, out_dir / f"{_file_name(name)}.png")

@@ -12,12 +12,23 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import get_student, get_teacher, module_device
+from visiondistill.distill.protocol import get_student, get_teacher
 from visiondistill.distill.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
 from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
-from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list
-from visiondistill.explain.render import saliency_grid, save_png
-from visiondistill.explain.saliency import TARGET_KINDS, SaliencyAdapter, cam_method, compute_cams, saliency_adapter_for
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input
+from visiondistill.explain.render import comparison_grid, saliency_grid, save_png
+from visiondistill.explain.saliency import (
+    TARGET_KINDS,
+    SaliencyAdapter,
+    TargetKind,
+    cam_method,
+    compute_cams,
+    compute_layer_cams,
+    saliency_adapter_for,
+)
+
+#: Images shown in the layer-wise grid (one row each: input, then teacher and student CAM per stage).
+_LAYERWISE_ROWS = 4
 
 
 class GradCAMCallback(ProbeCallback):
@@ -33,7 +44,9 @@ class GradCAMCallback(ProbeCallback):
     - with ``layerwise=True``, also CAMs at every pair of feature stages (matched by index from the end: ``-1``
       with ``-1``, ``-2`` with ``-2`` …), logged as ``val/saliency_layerwise/<stage>/<metric>``;
     - logs an image grid (input | teacher CAM | student CAM, captioned with true and predicted classes) to
-      TensorBoard and writes ``grid.png`` and ``maps.npz`` to ``<log_dir>/saliency/epoch_XXX/``.
+      TensorBoard as ``val/saliency/grid`` and writes ``grid.png`` and ``maps.npz`` to
+      ``<log_dir>/saliency/epoch_XXX/`` (plus ``layerwise.png`` / ``val/saliency_layerwise/grid`` in layer-wise
+      mode: the first four images with both CAMs at every stage).
 
     Without a teacher it computes the student's maps and the pointing game only. It never changes training: the
     probe images come from a generator of its own, the global random states, every module's train flag and every
@@ -87,7 +100,7 @@ class GradCAMCallback(ProbeCallback):
         layers: LayerSpec | Sequence[LayerSpec] | None = None,
         student_layers: LayerSpec | Sequence[LayerSpec] | None = None,
         teacher_layers: LayerSpec | Sequence[LayerSpec] | None = None,
-        target: str = "teacher",
+        target: TargetKind = "teacher",
         layerwise: bool = False,
         top_k: float = 0.1,
         seed: int = 0,
@@ -150,56 +163,60 @@ class GradCAMCallback(ProbeCallback):
         adapter = self._adapter or saliency_adapter_for(pl_module)
         student = get_student(pl_module)
         teacher = get_teacher(pl_module, required=False)
-        images = batch.images.to(module_device(student))
-        height, width = images.shape[-2:]
-        student_model = adapter.cam_model(student)
-        teacher_model = adapter.cam_model(teacher) if teacher is not None else None
-        student_model.eval()
-        student_pred = adapter.predict(student_model, images).cpu()
+        height, width = batch.images.shape[-2:]
+        student_model = adapter.cam_model(student).eval()
+        teacher_model = adapter.cam_model(teacher).eval() if teacher is not None else None
+        student_pred = adapter.predict(student_model, model_input(batch.images, student)).cpu()
         teacher_pred = None
         if teacher_model is not None:
-            teacher_model.eval()
-            teacher_pred = adapter.predict(teacher_model, images.to(module_device(teacher))).cpu()
+            teacher_pred = adapter.predict(teacher_model, model_input(batch.images, teacher)).cpu()
         truth = adapter.ground_truth(batch.batch)
         explained = self._explained(truth, student_pred, teacher_pred)
         targets = adapter.targets(explained, batch.batch)
         masks = adapter.masks(batch.batch, height, width)
 
-        cache: dict[tuple[str, tuple[str, ...]], Tensor] = {}
-
-        def cams(role: str, model: nn.Module, wrapped: nn.Module, layers: Sequence[LayerSpec]) -> Tensor:
-            # The headline layers are usually one of the layer-wise stages: compute each map once.
-            paths = tuple(resolve_layer(model, layer, role=role)[0] for layer in layers)
-            if (role, paths) not in cache:
-                cache[role, paths] = compute_cams(
-                    self._cam_class,
-                    wrapped,
-                    [model.get_submodule(path) for path in paths],  # the wrapper holds these very modules
-                    images.to(module_device(model)),
-                    targets,
-                    adapter.reshape_transform(model, paths),
-                )
-            return cache[role, paths]
-
-        student_maps = cams("student", student, student_model, self.student_layers)
-        teacher_maps = cams("teacher", teacher, teacher_model, self.teacher_layers) if teacher is not None else None
+        student_group = tuple(resolve_layer(student, layer, role="student")[0] for layer in self.student_layers)
+        student_all = self._maps(
+            adapter,
+            student,
+            student_model,
+            batch.images,
+            targets,
+            [student_group] + [(s,) for _, s, _ in self._stage_pairs],
+        )
+        student_maps, teacher_maps, teacher_all = student_all[student_group], None, {}
+        if teacher is not None:
+            teacher_group = tuple(resolve_layer(teacher, layer, role="teacher")[0] for layer in self.teacher_layers)
+            teacher_all = self._maps(
+                adapter,
+                teacher,
+                teacher_model,
+                batch.images,
+                targets,
+                [teacher_group] + [(t,) for _, _, t in self._stage_pairs],
+            )
+            teacher_maps = teacher_all[teacher_group]
         arrays = self._score(pl_module, "val/saliency", student_maps, teacher_maps, masks)
 
+        layer_columns: list[tuple[str, Tensor]] = []
         if self._stage_pairs:
             layerwise: dict[str, list] = {}
             for label, student_path, teacher_path in self._stage_pairs:
-                s_maps = cams("student", student, student_model, [student_path])
-                t_maps = cams("teacher", teacher, teacher_model, [teacher_path]) if teacher_path is not None else None
+                s_maps = student_all[(student_path,)]
+                t_maps = teacher_all.get((teacher_path,)) if teacher_path is not None else None
                 scores = self._score(pl_module, f"val/saliency_layerwise/{label}", s_maps, t_maps, masks)
-                scores.update(stages=label, student_maps=s_maps.numpy())
+                scores.update(stages=np.array(label), student_maps=s_maps.numpy())
                 if t_maps is not None:
                     scores["teacher_maps"] = t_maps.numpy()
+                    layer_columns.append((f"T {label}", t_maps))
+                layer_columns.append((f"S {label}", s_maps))
                 for key, value in scores.items():
                     layerwise.setdefault(key, []).append(value)
             arrays.update({f"layerwise_{key}": np.stack(values) for key, values in layerwise.items()})
 
         display = batch.display_images()
         class_names = _class_names(trainer, pl_module, student_pred, teacher_pred, truth)
+        kind = self._effective_target(truth, teacher_pred)
         arrays.update(
             images=display.numpy(),
             student_maps=student_maps.numpy(),
@@ -211,29 +228,70 @@ class GradCAMCallback(ProbeCallback):
             global_step=np.int64(trainer.global_step),
             class_names=np.array(class_names, dtype=str),
             method=np.array(self.method),
-            target=np.array(self._effective_target(truth, teacher_pred)),
+            target=np.array(kind),
         )
-        if teacher_maps is not None:
+        if teacher_maps is not None and teacher_pred is not None:
             arrays.update(teacher_maps=teacher_maps.numpy(), teacher_pred=teacher_pred.numpy())
         if masks is not None:
             arrays["masks"] = masks.numpy()
         out_dir.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out_dir / "maps.npz", **arrays)
-        if self.log_images:
-            kind = self._effective_target(truth, teacher_pred)
-            title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
-            grid = saliency_grid(
-                display,
-                student_maps,
-                teacher_maps,
-                true_labels=truth.tolist() if truth is not None else None,
-                student_pred=student_pred.tolist(),
-                teacher_pred=teacher_pred.tolist() if teacher_pred is not None else None,
-                class_names=class_names,
-                title=title,
+        if not self.log_images:
+            return
+        title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
+        grid = saliency_grid(
+            display,
+            student_maps,
+            teacher_maps,
+            true_labels=truth.tolist() if truth is not None else None,
+            student_pred=student_pred.tolist(),
+            teacher_pred=teacher_pred.tolist() if teacher_pred is not None else None,
+            class_names=class_names,
+            title=title,
+        )
+        save_png(grid, out_dir / "grid.png")
+        self.log_image(trainer, "val/saliency/grid", grid)
+        if layer_columns:
+            shown = min(len(display), _LAYERWISE_ROWS)
+            grid = comparison_grid(
+                display[:shown],
+                [(name, maps[:shown]) for name, maps in layer_columns],
+                labels=[f"#{int(i)}" for i in batch.indices[:shown]],
+                samples_per_row=1,
+                title=f"epoch {trainer.current_epoch} · {self.method} per stage (T teacher, S student; -1 = last)",
             )
-            save_png(grid, out_dir / "grid.png")
-            self.log_image(trainer, "val/saliency/grid", grid)
+            save_png(grid, out_dir / "layerwise.png")
+            self.log_image(trainer, "val/saliency_layerwise/grid", grid)
+
+    def _maps(
+        self,
+        adapter: SaliencyAdapter,
+        model: nn.Module,
+        wrapped: nn.Module,
+        images: Tensor,
+        targets: list,
+        groups: list[tuple[str, ...]],
+    ) -> dict[tuple[str, ...], Tensor]:
+        """CAMs of ``model`` for each group of layer paths; every single-layer group comes out of one pass."""
+        inputs = model_input(images, model)
+        singles = list(dict.fromkeys(group[0] for group in groups if len(group) == 1))
+        maps: dict[tuple[str, ...], Tensor] = {}
+        if singles:
+            layer_maps = compute_layer_cams(
+                self._cam_class,
+                wrapped,
+                [model.get_submodule(path) for path in singles],  # the wrapper holds these very modules
+                inputs,
+                targets,
+                adapter.reshape_transform(model, singles),
+            )
+            maps.update({(path,): layer_map for path, layer_map in zip(singles, layer_maps, strict=True)})
+        for group in groups:
+            if group not in maps:
+                modules = [model.get_submodule(path) for path in group]
+                transform = adapter.reshape_transform(model, group)
+                maps[group] = compute_cams(self._cam_class, wrapped, modules, inputs, targets, transform)
+        return maps
 
     def _score(
         self,

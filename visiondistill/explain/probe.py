@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import default_collate
 from typing_extensions import override
 
-from visiondistill.distill.protocol import batch_inputs
+from visiondistill.distill.protocol import batch_inputs, module_device
 from visiondistill.distill.recorder import LayerSpec
 
 
@@ -72,7 +72,8 @@ def preserved_rng() -> Iterator[None]:
     """
     python_state = random.getstate()
     numpy_state = np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    # Only the current device: touching every GPU's generator would open a CUDA context on each from every rank.
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield
@@ -144,7 +145,8 @@ def draw_probe_batch(trainer: pl.Trainer, num_samples: int, seed: int) -> ProbeB
             indices = torch.randperm(len(dataset), generator=generator)[:num_samples]
             batch = collate([dataset[int(i)] for i in indices])
     # Clone outside inference mode: tensors made inside Lightning's evaluation loop cannot enter autograd.
-    batch = apply_to_collection(batch, Tensor, lambda t: t.detach().cpu().clone())
+    with torch.inference_mode(False):
+        batch = apply_to_collection(batch, Tensor, lambda t: t.detach().cpu().clone())
     datamodule = getattr(trainer, "datamodule", None)
     mean, std = _normalisation(getattr(datamodule, "mean", None)), _normalisation(getattr(datamodule, "std", None))
     return ProbeBatch(batch=batch, images=batch_inputs(batch), indices=indices, mean=mean, std=std)
@@ -203,6 +205,12 @@ def _normalisation(values: object) -> tuple[float, ...] | None:
         except (TypeError, ValueError):
             return None
     return None
+
+
+def model_input(images: Tensor, model: nn.Module) -> Tensor:
+    """The probe images on the model's device, in the dtype of its floating-point weights (``16-true`` runs …)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    return images.to(device=module_device(model), dtype=dtype if images.is_floating_point() else images.dtype)
 
 
 def layer_list(layers: LayerSpec | Sequence[LayerSpec], owner: str, name: str) -> list[LayerSpec]:
@@ -310,7 +318,8 @@ class ProbeCallback(Callback):
 
     def log_metric(self, pl_module: pl.LightningModule, name: str, value: Tensor | float) -> None:
         """Logs one epoch-level scalar from rank zero (no collective call)."""
-        value = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+        # A Python float: Lightning puts it on the module's device, wherever the maps were scored.
+        value = float(value.detach().cpu()) if isinstance(value, Tensor) else float(value)
         pl_module.log(name, value, on_step=False, on_epoch=True, rank_zero_only=True, batch_size=1)
 
     def log_image(self, trainer: pl.Trainer, tag: str, image: np.ndarray) -> None:

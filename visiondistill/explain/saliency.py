@@ -42,7 +42,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import ProtocolError, batch_targets, output_logits
+from visiondistill.distill.protocol import ProtocolError, batch_inputs, batch_targets, output_logits
 from visiondistill.distill.recorder import as_feature_map, feature_stages
 from visiondistill.explain.metrics import boxes_to_masks
 
@@ -96,7 +96,8 @@ class TokenReshape:
 
     Token sequences ``N×L×C`` (ViT blocks) become a square grid without their class/register tokens (see
     `visiondistill.distill.recorder.as_feature_map`); channels-last maps ``N×H×W×C`` (Swin stages) are permuted
-    when their channel count is known; ``N×C×H×W`` passes through.
+    when their channel count is known; ``N×C×H×W`` passes through. Half-precision values become float32 (grad-cam
+    copies them to numpy), so ``16-true``/``bf16-true`` runs can be explained too.
 
     Args:
         channels: Channel counts the hooked layers are declared to have (from ``feature_info``), if known.
@@ -110,7 +111,8 @@ class TokenReshape:
         feature = as_feature_map(output, name="CAM layer")
         if feature.ndim == 4 and feature.shape[1] not in self.channels and feature.shape[-1] in self.channels:
             feature = feature.permute(0, 3, 1, 2)
-        return feature
+        # grad-cam turns activations and gradients into numpy arrays, which have no bfloat16.
+        return feature.float() if feature.dtype in (torch.float16, torch.bfloat16) else feature
 
 
 class SaliencyAdapter:
@@ -230,7 +232,7 @@ class ClassificationSaliencyAdapter(SaliencyAdapter):
             targets = batch_targets(batch)
         except ProtocolError:
             return None
-        if targets.ndim != 1 or targets.is_floating_point():
+        if targets.ndim != 1 or targets.is_floating_point() or len(targets) != len(batch_inputs(batch)):
             return None  # one-hot, soft or multi-label targets name no single class to explain
         return targets.long()
 
@@ -307,3 +309,50 @@ def compute_cams(
         except IndexError as error:
             raise RuntimeError(f"{method.__name__} failed: {error}") from error
     return torch.from_numpy(maps).to(torch.float32)
+
+
+def compute_layer_cams(
+    method: type[BaseCAM],
+    model: nn.Module,
+    target_layers: Sequence[nn.Module],
+    images: Tensor,
+    targets: Sequence[Callable[[Tensor], Tensor]],
+    reshape_transform: Callable[[object], Tensor] | None = None,
+) -> list[Tensor]:
+    """One CAM per target layer, each as `compute_cams` would give it for that layer alone, from a single pass.
+
+    grad-cam computes a map per target layer and then averages them; this keeps each layer's map instead (scaled
+    exactly as a single-layer CAM is), so comparing many stages costs one forward and one backward, not one per
+    stage. A method that does not go through grad-cam's per-layer step falls back to one `compute_cams` per layer.
+
+    Args:
+        method: A grad-cam class (see `cam_method`).
+        model: The model to explain.
+        target_layers: Modules of ``model``, each run through the model's forward once.
+        images: Input batch ``N×C×H×W``.
+        targets: One target callable per image.
+        reshape_transform: Turns a layer's output into ``N×C×h×w`` (for every layer).
+
+    Returns:
+        Float32 maps ``(N, H, W)`` on the CPU, one per layer, in the order of ``target_layers``.
+
+    Raises:
+        RuntimeError: When the method fails.
+    """
+    captured: list[Tensor] = []
+    inputs = images.detach().clone().requires_grad_(True)
+    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+        aggregate = cam.aggregate_multi_layers
+
+        def keep_each_layer(cam_per_layer: list) -> Any:
+            captured.extend(torch.from_numpy(aggregate([layer])).to(torch.float32) for layer in cam_per_layer)
+            return aggregate(cam_per_layer)
+
+        cam.aggregate_multi_layers = keep_each_layer
+        try:
+            cam(input_tensor=inputs, targets=list(targets))
+        except IndexError as error:
+            raise RuntimeError(f"{method.__name__} failed: {error}") from error
+    if len(captured) != len(target_layers):
+        return [compute_cams(method, model, [layer], images, targets, reshape_transform) for layer in target_layers]
+    return captured
