@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 
@@ -29,32 +30,60 @@ class DemoRun:
 
     label: str
     config: str
-    run_dir: str
+    name: str  # run folder under <runs>/<task>/
+    distilled: bool = False
 
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Where the demo writes, and the command-line overrides applied to every run."""
+
+    runs: Path
+    data_dir: Path
+    out: Path
+    overrides: tuple[str, ...] = ()
+    data_overrides: dict = field(default_factory=dict)
+    skip_existing: bool = False
+
+    def run_dir(self, task: str, run: DemoRun) -> Path:
+        """The folder of one run."""
+        return self.runs / task / run.name
+
+    def checkpoint(self, task: str, run: DemoRun) -> Path:
+        """The best checkpoint of one run."""
+        return self.run_dir(task, run) / "checkpoints" / "best.ckpt"
+
+
+#: A seconds-long version of every run, for smoke tests and for trying the pipeline out.
+QUICK_OVERRIDES = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1")
+QUICK_DATA = {"image_size": 32, "num_train": 48, "num_val": 16, "num_test": 16, "batch_size": 8, "num_workers": 0}
+
+#: Images and feature stage of the report's teacher-agreement measurement (the stage before last keeps a 4×4
+#: map at 64 px, where the last stage is only 2×2).
+AGREEMENT_IMAGES = 64
+AGREEMENT_LAYERS = (-2,)
 
 CLASSIFICATION_RUNS = (
-    DemoRun("teacher (resnet18)", "configs/classification/shapes_teacher.yaml", "runs/classification/teacher"),
-    DemoRun(
-        "student, scratch (test_resnet)",
-        "configs/classification/shapes_student_scratch.yaml",
-        "runs/classification/student_scratch",
-    ),
-    DemoRun(
-        "student, distilled KD+AT (test_resnet)",
-        "configs/classification/shapes_kd.yaml",
-        "runs/classification/student_kd",
-    ),
+    DemoRun("teacher (resnet18)", "configs/classification/shapes_teacher.yaml", "teacher"),
+    DemoRun("student, scratch (test_resnet)", "configs/classification/shapes_student_scratch.yaml", "student_scratch"),
+    DemoRun("student, distilled KD+AT (test_resnet)", "configs/classification/shapes_kd.yaml", "student_kd", True),
 )
 
 
-def _fit(run: DemoRun, epochs: int | None, skip_existing: bool) -> float:
-    checkpoint = Path(run.run_dir) / "checkpoints" / "best.ckpt"
-    if skip_existing and checkpoint.is_file():
+def _fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> float:
+    checkpoint = settings.checkpoint(task, run)
+    if settings.skip_existing and checkpoint.is_file():
         print(f"\n== {run.label}: reusing {checkpoint}", flush=True)
         return 0.0
     command = [sys.executable, "-m", "visiondistill.cli", "fit", "--config", run.config]
-    if epochs is not None:
-        command += ["--trainer.max_epochs", str(epochs)]
+    command += [
+        f"--trainer.logger.init_args.save_dir={settings.runs / task}",
+        f"--data.init_args.data_dir={settings.data_dir}",
+    ]
+    command += [f"--data.init_args.{key}={value}" for key, value in settings.data_overrides.items()]
+    if run.distilled:
+        command.append(f"--model.init_args.teacher.checkpoint={settings.checkpoint(task, teacher)}")
+    command += settings.overrides
     shown = "visiondistill " + " ".join(shlex.quote(part) for part in command[3:])
     print(f"\n== {run.label}\n$ {shown}", flush=True)
     start = time.perf_counter()
@@ -62,34 +91,50 @@ def _fit(run: DemoRun, epochs: int | None, skip_existing: bool) -> float:
     return time.perf_counter() - start
 
 
-def _data_args(config: str) -> dict:
+def _data_args(config: str, settings: DemoSettings) -> dict:
     with open(config) as handle:
-        return dict(yaml.safe_load(handle)["data"]["init_args"])
+        args = dict(yaml.safe_load(handle)["data"]["init_args"])
+    return {**args, "data_dir": str(settings.data_dir), **settings.data_overrides}
 
 
-def run_classification(out_dir: Path, epochs: int | None, skip_existing: bool) -> Path:
+def run_classification(settings: DemoSettings) -> Path:
     """Trains the three classification runs, evaluates them on the test split and writes the report."""
     from visiondistill.data import ShapesClassification
-    from visiondistill.evaluation import evaluate_classifier, load_student, markdown_table
+    from visiondistill.evaluation import evaluate_classifier, load_student, markdown_table, teacher_agreement
 
-    data_args = _data_args(CLASSIFICATION_RUNS[0].config)
+    task, runs = "classification", CLASSIFICATION_RUNS
+    data_args = _data_args(runs[0].config, settings)
     datamodule = ShapesClassification(**data_args)
     print(f"== data: synthetic shapes under {data_args['data_dir']} (generated on first use)", flush=True)
     datamodule.prepare_data()
 
-    train_seconds = {run.label: _fit(run, epochs, skip_existing) for run in CLASSIFICATION_RUNS}
+    train_seconds = {run.label: _fit(task, run, runs[0], settings) for run in runs}
 
     datamodule.setup("test")
-    reports = []
-    for run in CLASSIFICATION_RUNS:
-        checkpoint = Path(run.run_dir) / "checkpoints" / "best.ckpt"
-        model, _ = load_student(checkpoint)
-        reports.append(
-            evaluate_classifier(
-                run.label, model, datamodule.test_dataloader(), datamodule.class_names, checkpoint_path=checkpoint
-            )
+    models = {run.label: load_student(settings.checkpoint(task, run))[0] for run in runs}
+    reports = [
+        evaluate_classifier(
+            run.label,
+            models[run.label],
+            datamodule.test_dataloader(),
+            datamodule.class_names,
+            checkpoint_path=settings.checkpoint(task, run),
         )
-    teacher = reports[0]
+        for run in runs
+    ]
+    teacher, scratch, distilled = reports
+    probe = torch.cat([images for images, _ in datamodule.test_dataloader()])[:AGREEMENT_IMAGES]
+    agreement = {
+        report.name: teacher_agreement(
+            models[teacher.name],
+            models[report.name],
+            probe,
+            teacher_layers=AGREEMENT_LAYERS,
+            student_layers=AGREEMENT_LAYERS,
+        )
+        for report in (scratch, distilled)
+    }
+    gain = 100 * (distilled.top1 - scratch.top1)
     rows = [
         {
             "model": r.name,
@@ -100,13 +145,14 @@ def run_classification(out_dir: Path, epochs: int | None, skip_existing: bool) -
             "MFLOPs": f"{r.flops / 1e6:.1f}",
             "CPU latency / image": f"{r.latency_ms:.2f} ms",
             "train time": f"{train_seconds[r.name]:.0f} s" if train_seconds[r.name] else "reused",
+            "CAM pearson vs teacher": f"{agreement[r.name]['pearson']:.3f}" if r.name in agreement else "–",
+            "CAM top-10% IoU vs teacher": f"{agreement[r.name]['topk_iou']:.3f}" if r.name in agreement else "–",
         }
         for r in reports
     ]
     per_class = [{"model": r.name, **{c: f"{100 * v:.0f}%" for c, v in r.per_class.items()}} for r in reports]
     table = markdown_table(rows)
-    scratch, distilled = reports[1], reports[2]
-    gain = 100 * (distilled.top1 - scratch.top1)
+    distilled_dir = settings.run_dir(task, runs[2])
     text = "\n\n".join(
         [
             "# visiondistill demo — classification on synthetic shapes",
@@ -115,13 +161,24 @@ def run_classification(out_dir: Path, epochs: int | None, skip_existing: bool) -
             table,
             f"Distillation changed the student's top-1 by {gain:+.1f} points over training from scratch "
             f"(teacher: {100 * teacher.top1:.1f}%).",
+            "## Does the student look where the teacher looks?",
+            f"Grad-CAM of the teacher and of each student at feature stage {AGREEMENT_LAYERS[0]}, on the first "
+            f"{len(probe)} test images, all explaining the teacher's prediction (definitions in DESIGN.md).",
+            markdown_table(
+                [{"student": name, **{k: f"{v:.3f}" for k, v in values.items()}} for name, values in agreement.items()]
+            ),
+            "Higher is closer to the teacher for every column but `kld` (0 = same distribution).",
+            "Per-epoch agreement of the distilled run (Grad-CAM and attention maps on a fixed probe batch) is in "
+            "TensorBoard under `val/saliency/*` and `val/attention/*`, and as PNG grids and `maps.npz` under "
+            f"`{distilled_dir}/saliency/` (open them with `notebooks/inspect_saliency.ipynb`).",
             "## Per-class accuracy (test)",
             markdown_table(per_class),
-            "Runs: " + ", ".join(f"`{run.run_dir}`" for run in CLASSIFICATION_RUNS) + " (TensorBoard: "
-            "`tensorboard --logdir runs/classification`).",
+            "Runs: "
+            + ", ".join(f"`{settings.run_dir(task, run)}`" for run in runs)
+            + f" (TensorBoard: `tensorboard --logdir {settings.runs / task}`).",
         ]
     )
-    out = out_dir / "classification"
+    out = settings.out / task
     out.mkdir(parents=True, exist_ok=True)
     report = out / "report.md"
     report.write_text(text + "\n")
@@ -137,12 +194,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="all", choices=[*TASKS, "all"])
     parser.add_argument("--epochs", type=int, default=None, help="override every run's max_epochs")
+    parser.add_argument("--runs", default="runs", help="root of the run folders")
+    parser.add_argument("--data-dir", default="data/shapes", help="where the synthetic data set is generated")
     parser.add_argument("--out", default="runs/demo", help="where the reports go")
     parser.add_argument("--skip-existing", action="store_true", help="reuse runs that already have a checkpoint")
+    parser.add_argument("--quick", action="store_true", help="seconds-long runs on tiny data: checks the pipeline")
     args = parser.parse_args(argv)
+    overrides = QUICK_OVERRIDES if args.quick else ()
+    if args.epochs is not None:
+        overrides = (*overrides, f"--trainer.max_epochs={args.epochs}")
+    settings = DemoSettings(
+        runs=Path(args.runs),
+        data_dir=Path(args.data_dir),
+        out=Path(args.out),
+        overrides=overrides,
+        data_overrides=QUICK_DATA if args.quick else {},
+        skip_existing=args.skip_existing,
+    )
     tasks = list(TASKS) if args.task == "all" else [args.task]
     for task in tasks:
-        TASKS[task](Path(args.out), args.epochs, args.skip_existing)
+        TASKS[task](settings)
     return 0
 
 

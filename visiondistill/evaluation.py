@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy
 
+from visiondistill.distill.recorder import LayerSpec, resolve_layer
 from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 
@@ -136,6 +137,47 @@ def evaluate_classifier(
         latency_ms=measure_latency(model, example),
         checkpoint_mb=size,
     )
+
+
+def teacher_agreement(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: Tensor,
+    method: str = "gradcam",
+    teacher_layers: Sequence[LayerSpec] = (-1,),
+    student_layers: Sequence[LayerSpec] = (-1,),
+    top_k: float = 0.1,
+) -> dict[str, float]:
+    """How far a student's saliency agrees with the teacher's on a set of images (the teacher's predictions explained).
+
+    The same measurement serves students trained with and without a teacher, so a report can show whether
+    distillation raised agreement.
+
+    Args:
+        teacher: The teacher classifier.
+        student: The student classifier.
+        images: Input batch ``N×C×H×W``.
+        method: grad-cam method name (see `visiondistill.explain.saliency.CAM_METHODS`).
+        teacher_layers: Teacher layers to explain (module paths or stage indices).
+        student_layers: Student layers to explain.
+        top_k: Fraction of pixels for ``topk_iou``.
+
+    Returns:
+        The mean of each `visiondistill.explain.metrics.saliency_agreement` metric.
+    """
+    from visiondistill.explain.metrics import saliency_agreement
+    from visiondistill.explain.saliency import ClassificationSaliencyAdapter, cam_method, compute_cams
+
+    adapter = ClassificationSaliencyAdapter()
+    teacher, student = teacher.eval().cpu(), student.eval().cpu()
+    explained = adapter.predict(teacher, images)
+    targets = adapter.targets(explained, None)
+    maps = {}
+    for role, model, layers in (("teacher", teacher, teacher_layers), ("student", student, student_layers)):
+        modules = [resolve_layer(model, layer, role=role)[1] for layer in layers]
+        with torch.enable_grad():
+            maps[role] = compute_cams(cam_method(method), adapter.cam_model(model), modules, images, targets)
+    return {k: float(v) for k, v in saliency_agreement(maps["teacher"], maps["student"], top_k=top_k).items()}
 
 
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
