@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from visiondistill.cli import VisionDistillCLI, main
 from visiondistill.distill import DistillationCallback
@@ -35,12 +36,22 @@ def tiny_overrides(tmp_path: Path, name: str) -> list[str]:
     ]
 
 
+def with_teacher(config: Path, tmp_path: Path, **teacher) -> Path:
+    """A copy of a shipped config whose teacher spec is replaced (for keys that can't be unset from the command line)."""
+    data = yaml.safe_load(config.read_text())
+    data["model"]["init_args"]["teacher"] = teacher
+    path = tmp_path / config.name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
 def test_every_shipped_config_instantiates(config: Path, tmp_path: Path):
     text = config.read_text()
-    args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
     if "checkpoint:" in text:  # distilled runs need a trained teacher; any weights will do to instantiate
-        args.append("--model.init_args.teacher.checkpoint=null")
+        teacher = yaml.safe_load(text)["model"]["init_args"]["teacher"]
+        config = with_teacher(config, tmp_path, **{k: v for k, v in teacher.items() if k != "checkpoint"})
+    args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
     cli = VisionDistillCLI(args=args, run=False)
     assert isinstance(cli.model, DistillationTask)
     assert cli.datamodule is not None
@@ -68,20 +79,16 @@ def test_fit_teacher_then_distil_from_its_checkpoint(tmp_path: Path):
     assert checkpoint.is_file() and (run_dir / "config.yaml").is_file()
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard is the default logger"
 
-    student_args = ["fit", "--config", str(configs / "shapes_kd.yaml"), *tiny_overrides(tmp_path, "kd")]
     # The teacher's architecture is read from its checkpoint when the name is left out.
-    student_args += [f"--model.init_args.teacher.checkpoint={checkpoint}", "--model.init_args.teacher.name=null"]
+    kd_config = with_teacher(configs / "shapes_kd.yaml", tmp_path, checkpoint=str(checkpoint))
+    student_args = ["fit", "--config", str(kd_config), *tiny_overrides(tmp_path, "kd")]
     assert main(student_args) == 0
     kd_checkpoint = torch.load(tmp_path / "runs" / "kd" / "checkpoints" / "last.ckpt", weights_only=True)
     assert kd_checkpoint["hyper_parameters"]["teacher"]["checkpoint"] == str(checkpoint)
     assert not any(k.startswith("teacher.") for k in kd_checkpoint["state_dict"])
 
-    validate_args = ["validate", "--config", str(configs / "shapes_kd.yaml"), *tiny_overrides(tmp_path, "kd_val")]
-    validate_args += [
-        f"--model.init_args.teacher.checkpoint={checkpoint}",
-        "--model.init_args.teacher.name=null",
-        f"--ckpt_path={tmp_path / 'runs' / 'kd' / 'checkpoints' / 'last.ckpt'}",
-    ]
+    validate_args = ["validate", "--config", str(kd_config), *tiny_overrides(tmp_path, "kd_val")]
+    validate_args.append(f"--ckpt_path={tmp_path / 'runs' / 'kd' / 'checkpoints' / 'last.ckpt'}")
     assert main(validate_args) == 0
 
 

@@ -147,3 +147,25 @@ def test_metrics_and_checkpoint_round_trip(tmp_path: Path, tiny_loader, trainer_
     assert report.top1 == pytest.approx(expected)
     assert report.params == sum(p.numel() for p in task.student.parameters())
     assert report.flops > 0 and report.latency_ms > 0 and report.checkpoint_mb > 0
+
+
+def test_task_and_shapes_datamodule_log_hparams_together(tmp_path: Path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from visiondistill.data import ShapesClassification
+
+    data = ShapesClassification(
+        str(tmp_path / "data"), image_size=32, num_train=24, num_val=12, num_test=0, batch_size=8, num_workers=0
+    )
+    task = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=6)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(task, datamodule=data)
+    assert task.class_names == list(data.class_names)

@@ -80,10 +80,22 @@ class ClassificationTask(DistillationTask):
             warmup_epochs=warmup_epochs,
             scheduler=scheduler,
         )
-        self.save_hyperparameters()
-        # Plain dicts in checkpoints, so they load with torch's safe loader and without this module.
-        self.hparams["student"] = dataclasses.asdict(student_spec)
-        self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec else None
+        # Plain dicts, so checkpoints load with torch's safe loader and without this module. `class_names`
+        # left to the datamodule is not recorded: Lightning would see its value there as a clash.
+        hparams = {
+            "student": dataclasses.asdict(student_spec),
+            "teacher": dataclasses.asdict(teacher_spec) if teacher_spec else None,
+            "num_classes": num_classes,
+            "label_smoothing": label_smoothing,
+            "optimizer": optimizer,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "scheduler": scheduler,
+        }
+        if class_names is not None:
+            hparams["class_names"] = list(class_names)
+        self.save_hyperparameters(hparams)
         self.student_spec, self.teacher_spec = student_spec, teacher_spec
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -117,7 +129,7 @@ class ClassificationTask(DistillationTask):
                 "set the same in_chans on the data and the models"
             )
         names = getattr(datamodule, "class_names", None)
-        if self.hparams.get("class_names") is None and names is not None:
+        if "class_names" not in self.hparams and names is not None:
             self.class_names = list(names)
 
     @override
