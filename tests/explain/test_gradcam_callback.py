@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -31,7 +33,6 @@ from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask
 
 SIZE, CLASSES, PROBES = 48, 4, 8
-
 
 
 def quadrant_data(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,6 +112,11 @@ def test_fit_logs_metrics_maps_pngs_and_tensorboard_grid(tmp_path):
     events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0})
     events.Reload()
     assert "val/saliency/grid" in events.Tags()["images"]
+    # TensorBoard gets the very PNG written to disk (encoded once).
+    (logged,) = events.Images("val/saliency/grid")
+    assert logged.encoded_image_string == (out / "grid.png").read_bytes()
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert (logged.height, logged.width) == grid.shape[:2] and logged.step == trainer.global_step
 
 
 class _Snapshot(Callback):
@@ -338,6 +344,21 @@ def test_layer_cams_from_one_pass_equal_single_layer_cams():
         alone = [compute_cams(cam_method("gradcam"), model, [layer], images, targets) for layer in layers]
     for a, b in zip(together, alone, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam"])
+def test_backward_stops_at_a_single_target_layer_and_maps_are_unchanged(method):
+    model = timm.create_model("test_resnet", num_classes=CLASSES).eval()
+    images = quadrant_data(4)[0]
+    targets = [ClassifierOutputTarget(c) for c in range(4)]
+    with torch.enable_grad():
+        maps = compute_cams(cam_method(method), model, [model.layer3], images, targets)
+        reached = {name: p.grad is not None for name, p in model.named_parameters()}
+        with cam_method(method)(model=model, target_layers=[model.layer3]) as cam:  # grad-cam itself, uncut
+            reference = torch.from_numpy(cam(input_tensor=images.clone().requires_grad_(True), targets=targets))
+    assert torch.equal(maps, reference.float())
+    assert reached["fc.weight"] and reached["layer4.0.conv1.weight"]
+    assert not reached["conv1.0.weight"] and not reached["layer3.0.conv1.weight"]  # nothing below the cut
 
 
 class _Stream(IterableDataset):

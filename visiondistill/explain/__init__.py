@@ -28,7 +28,7 @@ from visiondistill.explain.metrics import (
     saliency_agreement_per_image,
 )
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, draw_probe_batch, untouched_training_state
-from visiondistill.explain.render import comparison_grid, overlay, render_grid, saliency_grid, save_png
+from visiondistill.explain.render import comparison_grid, encode_png, overlay, render_grid, saliency_grid, save_png
 from visiondistill.explain.saliency import (
     CAM_METHODS,
     SALIENCY_ADAPTERS,
@@ -41,12 +41,18 @@ from visiondistill.explain.saliency import (
     register_saliency_adapter,
     saliency_adapter_for,
 )
+from visiondistill.explain.segmentation import (
+    ClassRegionTarget,
+    SegmentationSaliencyAdapter,
+    segmentation_teacher_agreement,
+)
 
 __all__ = [
     "CAM_METHODS",
     "SALIENCY_ADAPTERS",
     "SALIENCY_KEYS",
     "AttentionAgreement",
+    "ClassRegionTarget",
     "ClassificationSaliencyAdapter",
     "FeatureMapCallback",
     "GradCAMCallback",
@@ -56,6 +62,7 @@ __all__ = [
     "ProbeCallback",
     "SaliencyAdapter",
     "SaliencyAgreement",
+    "SegmentationSaliencyAdapter",
     "TokenReshape",
     "attention_cosine",
     "attention_distance",
@@ -66,6 +73,7 @@ __all__ = [
     "compute_cams",
     "compute_layer_cams",
     "draw_probe_batch",
+    "encode_png",
     "linear_cka",
     "overlay",
     "pointing_game",
@@ -76,6 +84,7 @@ __all__ = [
     "saliency_agreement",
     "saliency_agreement_per_image",
     "saliency_grid",
+    "segmentation_teacher_agreement",
     "save_png",
     "untouched_training_state",
 ]

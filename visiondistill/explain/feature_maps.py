@@ -14,8 +14,8 @@ from typing_extensions import override
 from visiondistill.distill.protocol import get_student, get_teacher
 from visiondistill.distill.recorder import LayerSpec, probe_features, resolve_layer
 from visiondistill.explain.metrics import attention_cosine, attention_distance, attention_map, linear_cka
-from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input
-from visiondistill.explain.render import comparison_grid, save_png
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
+from visiondistill.explain.render import comparison_grid
 
 
 class FeatureMapCallback(ProbeCallback):
@@ -151,9 +151,8 @@ class FeatureMapCallback(ProbeCallback):
                     labels=[f"#{int(i)}" for i in batch.indices],
                     title=f"epoch {trainer.current_epoch} · attention maps (mean_c |A|^{self.p:g})",
                 )
-                save_png(grid, out_dir / f"{_file_name(name)}.png")
-                self.log_image(trainer, f"val/attention/grid/{name}", grid)
-        np.savez_compressed(out_dir / "maps.npz", **arrays)
+                self.save_image(trainer, f"val/attention/grid/{name}", grid, out_dir / f"{_file_name(name)}.png")
+        save_npz(out_dir / "maps.npz", arrays)
 
 
 def _file_name(stage: str) -> str:

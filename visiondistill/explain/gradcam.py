@@ -15,8 +15,8 @@ from typing_extensions import override
 from visiondistill.distill.protocol import get_student, get_teacher
 from visiondistill.distill.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
 from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
-from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input
-from visiondistill.explain.render import comparison_grid, saliency_grid, save_png
+from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
+from visiondistill.explain.render import comparison_grid, saliency_grid
 from visiondistill.explain.saliency import (
     TARGET_KINDS,
     SaliencyAdapter,
@@ -234,8 +234,7 @@ class GradCAMCallback(ProbeCallback):
             arrays.update(teacher_maps=teacher_maps.numpy(), teacher_pred=teacher_pred.numpy())
         if masks is not None:
             arrays["masks"] = masks.numpy()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out_dir / "maps.npz", **arrays)
+        save_npz(out_dir / "maps.npz", arrays)
         if not self.log_images:
             return
         title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
@@ -249,8 +248,7 @@ class GradCAMCallback(ProbeCallback):
             class_names=class_names,
             title=title,
         )
-        save_png(grid, out_dir / "grid.png")
-        self.log_image(trainer, "val/saliency/grid", grid)
+        self.save_image(trainer, "val/saliency/grid", grid, out_dir / "grid.png")
         if layer_columns:
             shown = min(len(display), _LAYERWISE_ROWS)
             grid = comparison_grid(
@@ -260,8 +258,7 @@ class GradCAMCallback(ProbeCallback):
                 samples_per_row=1,
                 title=f"epoch {trainer.current_epoch} · {self.method} per stage (T teacher, S student; -1 = last)",
             )
-            save_png(grid, out_dir / "layerwise.png")
-            self.log_image(trainer, "val/saliency_layerwise/grid", grid)
+            self.save_image(trainer, "val/saliency_layerwise/grid", grid, out_dir / "layerwise.png")
 
     def _maps(
         self,

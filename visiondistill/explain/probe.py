@@ -10,6 +10,7 @@ module's train flag, every parameter's gradient and the global random number gen
 from __future__ import annotations
 
 import random
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing_extensions import override
 
 from visiondistill.distill.protocol import batch_inputs, module_device
 from visiondistill.distill.recorder import LayerSpec
+from visiondistill.explain.render import encode_png, save_png
 
 
 @dataclass
@@ -322,8 +324,55 @@ class ProbeCallback(Callback):
         value = float(value.detach().cpu()) if isinstance(value, Tensor) else float(value)
         pl_module.log(name, value, on_step=False, on_epoch=True, rank_zero_only=True, batch_size=1)
 
-    def log_image(self, trainer: pl.Trainer, tag: str, image: np.ndarray) -> None:
-        """Adds an ``H×W×3`` uint8 image to every attached `TensorBoardLogger` (other loggers are skipped)."""
+    def log_image(self, trainer: pl.Trainer, tag: str, image: np.ndarray, png: bytes | None = None) -> None:
+        """Adds an ``H×W×3`` uint8 image to every attached `TensorBoardLogger` (other loggers are skipped).
+
+        Args:
+            trainer: The trainer.
+            tag: The image's TensorBoard tag.
+            image: The image.
+            png: The image already encoded (`encode_png`), so that it is not encoded again.
+        """
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            if png is None or not _add_encoded_image(logger.experiment, tag, png, image.shape, trainer.global_step):
                 logger.experiment.add_image(tag, image, global_step=trainer.global_step, dataformats="HWC")
+
+    def save_image(self, trainer: pl.Trainer, tag: str, image: np.ndarray, path: Path) -> None:
+        """Writes an ``H×W×3`` uint8 image to ``path`` as PNG and logs it as `log_image` does, encoding it once."""
+        png = encode_png(image)
+        save_png(png, path)
+        self.log_image(trainer, tag, image, png=png)
+
+
+def _add_encoded_image(experiment: object, tag: str, png: bytes, shape: tuple[int, ...], step: int) -> bool:
+    """Adds PNG bytes as an image summary to torch's `SummaryWriter`; ``False`` for any other writer.
+
+    This is what ``SummaryWriter.add_image`` does once it has encoded the image itself, which costs ~0.1 s for a
+    saliency grid (a float copy of the image and a PNG at zlib level 6) on top of the PNG written to disk.
+    """
+    try:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return False
+    file_writer = getattr(experiment, "_get_file_writer", None)
+    if not isinstance(experiment, SummaryWriter) or file_writer is None or len(shape) != 3:
+        return False
+    height, width, channels = shape
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+    file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    return True
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`numpy.savez_compressed` at zlib level 1 (numpy's is level 6): ~3× faster for ~8 % more bytes.
+
+    The file is an ordinary compressed ``.npz``; `numpy.load` reads it as it reads one from ``savez_compressed``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as file:
+                np.lib.format.write_array(file, np.asanyarray(value), allow_pickle=False)

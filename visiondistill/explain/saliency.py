@@ -16,7 +16,8 @@ runs one of them safely (in a ``with`` block, on an input that requires grad, so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -272,6 +273,41 @@ def saliency_adapter_for(pl_module: pl.LightningModule | object) -> SaliencyAdap
     )
 
 
+@contextmanager
+def _backward_from_target_layer(cam: BaseCAM, target_layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Makes the output of the one target layer a new leaf of the autograd graph while the block runs.
+
+    Gradient methods need d(target)/d(activation) at the target layer only, but grad-cam's ``backward`` otherwise
+    runs on through every earlier layer, to the input and to every parameter: for a last-stage CAM nearly all of
+    the backward work. The activations and gradients at the layer, hence the maps, are the same. It cuts only with
+    one target layer (a gradient must flow from a later target layer to an earlier one), only for methods that
+    backpropagate to the target layer and no further, and only a tensor output (other outputs pass unchanged; the
+    input requires grad either way, so the gradient then reaches the layer as before).
+    """
+    cut = (
+        len(target_layers) == 1
+        and cam.uses_gradients
+        and getattr(cam, "detach", True)
+        and not getattr(cam, "compute_input_gradient", False)
+    )
+    if not cut:
+        yield
+        return
+
+    def start_graph(module: nn.Module, args: object, output: object) -> Tensor | None:
+        if not isinstance(output, Tensor) or not output.is_floating_point():
+            return None
+        # A non-leaf copy, as the output was: the next layer may modify it in place.
+        return output.detach().requires_grad_(True).clone()
+
+    # Prepended, so that grad-cam's own hooks on the layer see (and hook the gradient of) the new output.
+    handle = target_layers[0].register_forward_hook(start_graph, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def compute_cams(
     method: type[BaseCAM],
     model: nn.Module,
@@ -284,8 +320,9 @@ def compute_cams(
 
     The CAM object lives only inside a ``with`` block (its hooks and stored activations are released at the
     end), and its input is a fresh copy of ``images`` that requires grad, so gradients reach the target layers
-    even when every parameter of the model is frozen. Call it under ``torch.enable_grad()``: grad-cam does not
-    enable gradients itself. It changes train flags and parameter gradients of ``model`` (grad-cam calls
+    even when every parameter of the model is frozen; with a single target layer, backward stops at that layer
+    (`_backward_from_target_layer`). Call it under ``torch.enable_grad()``: grad-cam does not enable gradients
+    itself. It changes train flags and parameter gradients of ``model`` (grad-cam calls
     ``model.eval()`` and ``zero_grad()``): run it inside `visiondistill.explain.probe.untouched_training_state`.
 
     Args:
@@ -304,10 +341,11 @@ def compute_cams(
     """
     inputs = images.detach().clone().requires_grad_(True)
     with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
-        try:
-            maps = cam(input_tensor=inputs, targets=list(targets))
-        except IndexError as error:
-            raise RuntimeError(f"{method.__name__} failed: {error}") from error
+        with _backward_from_target_layer(cam, target_layers):
+            try:
+                maps = cam(input_tensor=inputs, targets=list(targets))
+            except IndexError as error:
+                raise RuntimeError(f"{method.__name__} failed: {error}") from error
     return torch.from_numpy(maps).to(torch.float32)
 
 
@@ -349,10 +387,11 @@ def compute_layer_cams(
             return aggregate(cam_per_layer)
 
         cam.aggregate_multi_layers = keep_each_layer
-        try:
-            cam(input_tensor=inputs, targets=list(targets))
-        except IndexError as error:
-            raise RuntimeError(f"{method.__name__} failed: {error}") from error
+        with _backward_from_target_layer(cam, target_layers):
+            try:
+                cam(input_tensor=inputs, targets=list(targets))
+            except IndexError as error:
+                raise RuntimeError(f"{method.__name__} failed: {error}") from error
     if len(captured) != len(target_layers):
         return [compute_cams(method, model, [layer], images, targets, reshape_transform) for layer in target_layers]
     return captured
