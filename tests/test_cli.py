@@ -36,11 +36,15 @@ def tiny_overrides(tmp_path: Path, name: str) -> list[str]:
     ]
 
 
-def with_teacher(config: Path, tmp_path: Path, **teacher) -> Path:
-    """A copy of a shipped config whose teacher spec is replaced (for keys that can't be unset from the command line)."""
+def edited_config(config: Path, tmp_path: Path, **model_args) -> Path:
+    """A copy of a shipped config with some model arguments replaced.
+
+    Nested model specs are edited in the file: jsonargparse does not take dotted command-line overrides
+    (`--model.init_args.teacher.name=…`) into dataclass arguments of a `class_path` model reliably.
+    """
     data = yaml.safe_load(config.read_text())
-    data["model"]["init_args"]["teacher"] = teacher
-    path = tmp_path / config.name
+    data["model"]["init_args"].update(model_args)
+    path = tmp_path / f"edited_{config.name}"
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -50,7 +54,7 @@ def test_every_shipped_config_instantiates(config: Path, tmp_path: Path):
     text = config.read_text()
     if "checkpoint:" in text:  # distilled runs need a trained teacher; any weights will do to instantiate
         teacher = yaml.safe_load(text)["model"]["init_args"]["teacher"]
-        config = with_teacher(config, tmp_path, **{k: v for k, v in teacher.items() if k != "checkpoint"})
+        config = edited_config(config, tmp_path, teacher={k: v for k, v in teacher.items() if k != "checkpoint"})
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
     cli = VisionDistillCLI(args=args, run=False)
     assert isinstance(cli.model, DistillationTask)
@@ -71,8 +75,8 @@ def test_config_typo_fails_with_the_key_named(tmp_path: Path, capsys):
 
 def test_fit_teacher_then_distil_from_its_checkpoint(tmp_path: Path):
     configs = ROOT / "configs/classification"
-    teacher_args = ["fit", "--config", str(configs / "shapes_teacher.yaml"), *tiny_overrides(tmp_path, "teacher")]
-    teacher_args.append("--model.init_args.student.name=test_efficientnet")
+    teacher_config = edited_config(configs / "shapes_teacher.yaml", tmp_path, student={"name": "test_efficientnet"})
+    teacher_args = ["fit", "--config", str(teacher_config), *tiny_overrides(tmp_path, "teacher")]
     assert main(teacher_args) == 0
     run_dir = tmp_path / "runs" / "teacher"
     checkpoint = run_dir / "checkpoints" / "best.ckpt"
@@ -80,7 +84,7 @@ def test_fit_teacher_then_distil_from_its_checkpoint(tmp_path: Path):
     assert list(run_dir.glob("events.out.tfevents.*")), "TensorBoard is the default logger"
 
     # The teacher's architecture is read from its checkpoint when the name is left out.
-    kd_config = with_teacher(configs / "shapes_kd.yaml", tmp_path, checkpoint=str(checkpoint))
+    kd_config = edited_config(configs / "shapes_kd.yaml", tmp_path, teacher={"checkpoint": str(checkpoint)})
     student_args = ["fit", "--config", str(kd_config), *tiny_overrides(tmp_path, "kd")]
     assert main(student_args) == 0
     kd_checkpoint = torch.load(tmp_path / "runs" / "kd" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -80,22 +80,13 @@ class ClassificationTask(DistillationTask):
             warmup_epochs=warmup_epochs,
             scheduler=scheduler,
         )
-        # Plain dicts, so checkpoints load with torch's safe loader and without this module. `class_names`
-        # left to the datamodule is not recorded: Lightning would see its value there as a clash.
-        hparams = {
-            "student": dataclasses.asdict(student_spec),
-            "teacher": dataclasses.asdict(teacher_spec) if teacher_spec else None,
-            "num_classes": num_classes,
-            "label_smoothing": label_smoothing,
-            "optimizer": optimizer,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "scheduler": scheduler,
-        }
-        if class_names is not None:
-            hparams["class_names"] = list(class_names)
-        self.save_hyperparameters(hparams)
+        # `class_names` left to the datamodule is not recorded: Lightning would see the datamodule's value as a clash.
+        # (No positional arguments: under LightningCLI this records the config, `_class_path` included, which
+        # `visiondistill validate --ckpt_path …` reads back.)
+        self.save_hyperparameters(ignore=["class_names"] if class_names is None else None)
+        # Plain dicts in checkpoints, so they load with torch's safe loader and without this module.
+        self.hparams["student"] = dataclasses.asdict(student_spec)
+        self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec else None
         self.student_spec, self.teacher_spec = student_spec, teacher_spec
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
