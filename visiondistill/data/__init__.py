@@ -1,0 +1,36 @@
+"""Data: the synthetic shapes generator and writers, albumentations pipelines and Lightning data modules."""
+
+from visiondistill.data.classification import ImageFolderClassification, ImageFolderDataset, ShapesClassification
+from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.medical import LesionGenerator, SyntheticLesions
+from visiondistill.data.segmentation import (
+    MaskFolderDataset,
+    MaskFolderSegmentation,
+    ShapesSegmentation,
+    segmentation_transforms,
+)
+from visiondistill.data.shapes import MAX_KEYPOINTS, SHAPE_CLASSES, ShapeObject, ShapesGenerator, ShapesSample
+from visiondistill.data.synthesize import write_shapes_dataset
+from visiondistill.data.transforms import classification_transforms
+
+__all__ = [
+    "MAX_KEYPOINTS",
+    "SHAPE_CLASSES",
+    "CorruptImageError",
+    "DataError",
+    "ImageFolderClassification",
+    "ImageFolderDataset",
+    "LesionGenerator",
+    "MaskFolderDataset",
+    "MaskFolderSegmentation",
+    "MissingDataError",
+    "ShapeObject",
+    "ShapesClassification",
+    "ShapesGenerator",
+    "ShapesSample",
+    "ShapesSegmentation",
+    "SyntheticLesions",
+    "classification_transforms",
+    "segmentation_transforms",
+    "write_shapes_dataset",
+]

@@ -1,0 +1,495 @@
+"""Image classification data: an ImageFolder dataset and the Lightning data modules built on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.shapes import SHAPE_CLASSES
+from visiondistill.data.synthesize import meta_differences, read_meta, write_shapes_dataset
+from visiondistill.data.transforms import classification_transforms
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# what PIL raises for files that are not (complete) images; FileNotFoundError is an OSError too
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def find_class_folders(root: str | Path) -> list[str]:
+    """Return the sorted names of the visible sub-folders of ``root`` (the ImageFolder class names).
+
+    Args:
+        root: A split folder such as ``data/train``.
+
+    Returns:
+        The class names, sorted.
+
+    Raises:
+        MissingDataError: When ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingDataError(f"Image folder '{root}' does not exist.", path=root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<class_name>/**/<file>`` with the class given by the folder.
+
+    Args:
+        root: Split folder holding one sub-folder per class.
+        transform: Albumentations-style callable, ``transform(image=array)["image"]``; ``None`` returns a ``float32``
+            tensor ``C x H x W`` in [0, 1].
+        in_chans: 3 loads images as RGB, 1 as grayscale (``H x W`` arrays).
+        class_names: Fixed class order (use the training split's to keep labels equal across splits). Folders of
+            other names are an error; listed classes without images only warn. ``None`` = sorted folder names,
+            each of which must hold images.
+        extensions: File name endings that count as images (case-insensitive).
+
+    Raises:
+        MissingDataError: When ``root`` does not exist.
+        DataError: When there are no class folders or images, an unlisted class folder, or (without
+            ``class_names``) an empty class folder.
+
+    Example::
+
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "cat").mkdir()
+        >>> Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "cat" / "0.png")
+        >>> dataset = ImageFolderDataset(root)
+        >>> image, label = dataset[0]
+        >>> tuple(image.shape), label, dataset.class_names
+        ((3, 8, 8), 0, ['cat'])
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        in_chans: int = 3,
+        class_names: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ) -> None:
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+        self.root = Path(root)
+        self.transform = transform
+        self.in_chans = in_chans
+        self.extensions = tuple(e.lower() for e in extensions)
+        folders = find_class_folders(self.root)
+        inferred = class_names is None
+        if class_names is None:
+            if not folders:
+                raise DataError(
+                    f"No class folders in '{self.root}': an ImageFolder split needs one sub-folder per class "
+                    "(e.g. train/cat/001.png)."
+                )
+            class_names = folders
+        else:
+            unknown = sorted(set(folders) - set(class_names))
+            if unknown:
+                raise DataError(
+                    f"'{self.root}' holds class folders {unknown} that are not among the expected classes "
+                    f"{list(class_names)}; remove them or fix the class list."
+                )
+        self.class_names = list(class_names)
+        self.samples: list[tuple[Path, int]] = []
+        empty = []
+        for label, name in enumerate(self.class_names):
+            files = self._scan(self.root / name)
+            if not files:
+                empty.append(name)
+            self.samples.extend((path, label) for path in files)
+        if not self.samples:
+            raise DataError(
+                f"No images ({', '.join(self.extensions)}) found in the class folders of '{self.root}'; "
+                "regenerate or re-download the data."
+            )
+        if empty and inferred:
+            raise DataError(
+                f"Class folder(s) {empty} in '{self.root}' hold no images ({', '.join(self.extensions)}); "
+                "add images or delete the empty folders."
+            )
+        if empty:
+            rank_zero_warn(f"'{self.root}' has no images of class(es) {empty}.")
+
+    def _scan(self, folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in self.extensions and not p.name.startswith(".") and p.is_file()
+        )
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, in order."""
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.samples)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode image ``index`` as a ``uint8`` array (``H x W x 3`` for RGB, ``H x W`` for grayscale).
+
+        Raises:
+            CorruptImageError: When the file cannot be decoded; the message names the file.
+        """
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB" if self.in_chans == 3 else "L"))
+        except _DECODE_ERRORS as err:
+            raise CorruptImageError.for_file(path, err) from err
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Return ``(image tensor C x H x W, label)``."""
+        image = self.load_image(index)
+        label = self.samples[index][1]
+        if self.transform is not None:
+            return self.transform(image=image)["image"], label
+        tensor = torch.from_numpy(image.copy()).float().div_(255)
+        return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()), label
+
+    def verify(self) -> None:
+        """Check that every file is a readable image (PIL ``verify``: headers and checksums, no full decode).
+
+        Raises:
+            CorruptImageError: For the first unreadable file, naming it.
+        """
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except _DECODE_ERRORS as err:
+                raise CorruptImageError.for_file(path, err) from err
+
+
+class ImageFolderClassification(pl.LightningDataModule):
+    """Classification data module over ``data_dir/{train,val,test}/<class_name>/<image>``.
+
+    Labels follow the sorted class folders of ``train`` (or ``class_names``), for every split. Without a ``test``
+    folder the test and predict loaders use ``val``.
+
+    Args:
+        data_dir: Folder holding the ``train`` and ``val`` (and optionally ``test``) splits.
+        image_size: Images are resized to ``image_size x image_size``.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        in_chans: 3 loads RGB, 1 grayscale.
+        augment: Augment training images (see :func:`~visiondistill.data.transforms.classification_transforms`).
+        verify_images: In ``setup``, check every file is a readable image, so a corrupt file fails at once and by
+            name rather than mid-epoch.
+        seed: Seed of the training shuffle order.
+        class_names: Fixed class order instead of the sorted folder names.
+
+    Raises:
+        ValueError: For non-positive sizes, negative workers or ``in_chans`` other than 1 or 3.
+
+    Example::
+
+        >>> dm = ImageFolderClassification("data/my_images", image_size=32)  # doctest: +SKIP
+        >>> dm.setup("fit")  # doctest: +SKIP
+        >>> images, labels = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        in_chans: int = 3,
+        augment: bool = True,
+        verify_images: bool = True,
+        seed: int = 0,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ValueError(
+                f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
+                f"batch_size={batch_size!r}, num_workers={num_workers!r}"
+            )
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.in_chans = in_chans
+        self.augment = augment
+        self.verify_images = verify_images
+        self.seed = seed
+        self._class_names = list(class_names) if class_names is not None else None
+        self.train_dataset: ImageFolderDataset | None = None
+        self.val_dataset: ImageFolderDataset | None = None
+        self.test_dataset: ImageFolderDataset | None = None
+
+    @property
+    def image_root(self) -> Path:
+        """The folder that holds the split folders."""
+        return self.data_dir
+
+    def split_dir(self, split: str) -> Path:
+        """Return the folder of one split (``train``, ``val``, ``test``)."""
+        return self.image_root / split
+
+    def missing_data_hint(self) -> str:
+        """How to create missing data; appended to :class:`MissingDataError` messages."""
+        return "Check data_dir: it must hold train/<class>/... and val/<class>/... image folders."
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (the training split's sorted folder names unless given)."""
+        if self._class_names is None:
+            self._class_names = find_class_folders(self._require_split("train"))
+            if not self._class_names:
+                raise DataError(f"No class folders in '{self.split_dir('train')}'.")
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def test_split(self) -> str:
+        """``"test"`` when that folder exists, else ``"val"``."""
+        return "test" if self.split_dir("test").is_dir() else "val"
+
+    def _require_split(self, split: str) -> Path:
+        if not self.image_root.is_dir():
+            raise MissingDataError(
+                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
+            )
+        folder = self.split_dir(split)
+        if not folder.is_dir():
+            raise MissingDataError(f"Split folder '{folder}' does not exist. {self.missing_data_hint()}", path=folder)
+        return folder
+
+    def _dataset(self, split: str, train: bool) -> ImageFolderDataset:
+        dataset = ImageFolderDataset(
+            self._require_split(split),
+            transform=classification_transforms(self.image_size, train=train and self.augment, in_chans=self.in_chans),
+            in_chans=self.in_chans,
+            class_names=self.class_names,
+        )
+        if self.verify_images:
+            dataset.verify()
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
+        if stage in ("fit", None) and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", train=True)
+        if stage in ("fit", "validate", None) and self.val_dataset is None:
+            self.val_dataset = self._dataset("val", train=False)
+        if stage in ("test", "predict", None) and self.test_dataset is None:
+            split = self.test_split
+            if split == "val":
+                rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
+            self.test_dataset = self._dataset(split, train=False)
+
+    def _loader(self, dataset: ImageFolderDataset | None, stage: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches ``(images, labels)``."""
+        return self._loader(self.train_dataset, "fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader(self.val_dataset, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (the val split when there is no test folder)."""
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for ``predict``."""
+        return self._loader(self.test_dataset, "predict")
+
+
+class ShapesClassification(ImageFolderClassification):
+    """Classification on the synthetic shapes, generated into ``data_dir`` on first use.
+
+    Reads ``data_dir/classification/{train,val,test}/<shape>/`` with labels in ``SHAPE_CLASSES`` order.
+    ``prepare_data`` writes only the classification task (about 5 s for the default 4000 images on one core); the
+    other tasks can be added later to the same ``data_dir`` with ``visiondistill synth`` and the same parameters, and
+    are then generated from the very same samples. The parameters are checked against ``data_dir/meta.json`` so a
+    data set generated with other settings is never used silently.
+
+    Args:
+        data_dir: Root of the generated data set.
+        image_size: Image size to generate and load.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes.
+        in_chans: 3 generates RGB images, 1 grayscale.
+        augment: Augment training images.
+        generate: Generate the data when missing; when false a missing data set is an error.
+        num_train: Training images.
+        num_val: Validation images.
+        num_test: Test images (0: test on val).
+        difficulty: Generator difficulty (0 clean, 1 benchmark).
+        seed: Data-set seed (also seeds the shuffle order).
+        verify_images: Check every file is readable in ``setup``.
+
+    Raises:
+        ValueError: For invalid counts or sizes.
+
+    Example::
+
+        >>> dm = ShapesClassification("data/shapes", image_size=64)  # doctest: +SKIP
+        >>> dm.prepare_data()  # generates data/shapes/classification once  # doctest: +SKIP
+        >>> dm.setup("fit")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/shapes",
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        in_chans: int = 3,
+        augment: bool = True,
+        generate: bool = True,
+        num_train: int = 3000,
+        num_val: int = 500,
+        num_test: int = 500,
+        difficulty: float = 1.0,
+        seed: int = 0,
+        verify_images: bool = True,
+    ) -> None:
+        if num_train <= 0 or num_val <= 0 or num_test < 0:
+            raise ValueError(
+                f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
+                f"num_val={num_val!r}, num_test={num_test!r}"
+            )
+        if difficulty < 0:
+            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
+        super().__init__(
+            data_dir=data_dir,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            in_chans=in_chans,
+            augment=augment,
+            verify_images=verify_images,
+            seed=seed,
+            class_names=list(SHAPE_CLASSES),
+        )
+        self.generate = generate
+        self.num_train = num_train
+        self.num_val = num_val
+        self.num_test = num_test
+        self.difficulty = difficulty
+
+    @property
+    def image_root(self) -> Path:
+        """``data_dir/classification``."""
+        return self.data_dir / "classification"
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Requested images per split (a split with 0 images is not generated)."""
+        return {name: n for name, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)) if n}
+
+    def missing_data_hint(self) -> str:
+        """Explain how to generate the data."""
+        return (
+            f"Generate it with `visiondistill synth --out {self.data_dir} --tasks classification "
+            f"--image-size {self.image_size} --num-train {self.num_train} --num-val {self.num_val} "
+            f"--num-test {self.num_test} --seed {self.seed} --difficulty {self.difficulty}"
+            f"{' --grayscale' if self.in_chans == 1 else ''}`, or set generate: true."
+        )
+
+    def _write(self) -> None:
+        write_shapes_dataset(
+            self.data_dir,
+            tasks=("classification",),
+            splits=self.splits,
+            image_size=self.image_size,
+            seed=self.seed,
+            grayscale=self.in_chans == 1,
+            difficulty=self.difficulty,
+        )
+
+    def _request(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "difficulty": float(self.difficulty),
+            "grayscale": self.in_chans == 1,
+            "classes": list(SHAPE_CLASSES),
+            "seed": self.seed,
+            "splits": self.splits,
+        }
+
+    def check_data(self) -> None:
+        """Check the data set on disk exists and matches the requested parameters.
+
+        Raises:
+            MissingDataError: When ``data_dir/classification`` does not exist.
+            DataError: When ``meta.json`` records other parameters, or lacks the classification task.
+        """
+        if not self.image_root.is_dir():
+            raise MissingDataError(
+                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
+            )
+        meta = read_meta(self.data_dir)
+        if meta is None:
+            rank_zero_warn(
+                f"'{self.data_dir}' has no meta.json, so its parameters cannot be checked; using the images as found."
+            )
+            return
+        differences = meta_differences(meta, self._request())
+        if "classification" not in meta.get("tasks", []):
+            differences.append(f"tasks: on disk {meta.get('tasks')}, classification requested")
+        if differences:
+            raise DataError(
+                f"The shapes data set at '{self.data_dir}' does not match this data module ("
+                + "; ".join(differences)
+                + f"). Point data_dir at another folder, or delete '{self.data_dir}' to regenerate it."
+            )
+
+    def prepare_data(self) -> None:
+        """Generate the data set when it is missing (and ``generate`` is true), then check it matches the request."""
+        meta = read_meta(self.data_dir)
+        complete = self.image_root.is_dir() and (meta is None or "classification" in meta.get("tasks", []))
+        if not complete and self.generate:
+            if meta is None or not meta_differences(meta, self._request()):
+                rank_zero_info(f"Generating the shapes classification data set in '{self.data_dir}'.")
+                self._write()
+        self.check_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the data on disk, then build the datasets (see :meth:`ImageFolderClassification.setup`)."""
+        self.check_data()
+        super().setup(stage)

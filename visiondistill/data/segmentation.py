@@ -1,0 +1,566 @@
+"""Semantic segmentation data: image + mask folders, joint albumentations pipelines and the Lightning data modules.
+
+The folder format (the one ``visiondistill synth`` writes for the shapes)::
+
+    data_dir/<split>/images/<name>.<png|jpg|…>     the images
+    data_dir/<split>/masks/<name>.png              one mask per image, same file stem: a single-channel PNG whose
+                                                   pixel values are class indices (0 … num_classes − 1), or
+                                                   ``ignore_index`` for pixels that count for neither loss nor metric
+
+Every problem with a file is reported by name: an image without a mask, an image and a mask of different sizes, a
+mask with values that are neither class indices nor ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from visiondistill.data.classification import IMAGE_EXTENSIONS
+from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.shapes import SHAPE_CLASSES
+from visiondistill.data.synthesize import meta_differences, read_meta, write_shapes_dataset
+from visiondistill.data.transforms import resolve_normalization
+
+__all__ = [
+    "MASK_EXTENSIONS",
+    "MaskFolderDataset",
+    "MaskFolderSegmentation",
+    "ShapesSegmentation",
+    "segmentation_transforms",
+]
+
+#: Lossless formats a mask may be stored in (a JPEG would blur the class indices).
+MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff")
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_INDEX_MODES = ("L", "P", "I", "I;16", "1")
+
+
+def segmentation_transforms(
+    image_size: int,
+    train: bool,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> A.Compose:
+    """Build the joint image + mask pipeline for segmentation.
+
+    Geometric steps move image and mask together (the mask with nearest-neighbour interpolation, so class indices
+    and ``ignore_index`` stay exact); photometric steps touch the image only. Training adds flips, 90-degree
+    rotations, a small affine and brightness/contrast; evaluation only resizes.
+
+    Args:
+        image_size: Output height and width.
+        train: Add augmentation.
+        in_channels: 1 for ``H x W`` grayscale input, 3 for RGB.
+        mean: Per-channel mean in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+        std: Per-channel std in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+
+    Returns:
+        A pipeline called as ``pipeline(image=array, mask=array)`` that returns a ``float32`` image tensor
+        ``in_channels x S x S`` and the mask as an ``S x S`` tensor.
+
+    Raises:
+        ValueError: For a non-positive ``image_size`` or inconsistent normalisation arguments.
+
+    Example::
+
+        >>> out = segmentation_transforms(32, train=True, in_channels=1)(
+        ...     image=np.zeros((40, 40), np.uint8), mask=np.full((40, 40), 255, np.uint8))
+        >>> tuple(out["image"].shape), tuple(out["mask"].shape), int(out["mask"].max())
+        ((1, 32, 32), (32, 32), 255)
+    """
+    if int(image_size) <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    mean, std = resolve_normalization(in_channels, mean, std)
+    steps: list[A.BasicTransform] = [
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
+    ]
+    if train:
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.Affine(
+                scale=(0.9, 1.1),
+                translate_percent=(-0.0625, 0.0625),
+                rotate=(-15, 15),
+                border_mode=cv2.BORDER_REFLECT_101,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=0.5,
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        ]
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+class MaskFolderDataset(Dataset):
+    """Images in ``root/images/`` with their class-index masks in ``root/masks/`` (matched by file stem).
+
+    Args:
+        root: Split folder holding ``images`` and ``masks``.
+        num_classes: Number of classes; mask values must be below it (or equal ``ignore_index``).
+        transform: Joint albumentations pipeline, ``transform(image=…, mask=…)``; ``None`` returns the image as a
+            ``float32`` tensor in [0, 1].
+        in_channels: 3 loads images as RGB, 1 as grayscale.
+        ignore_index: Mask value of pixels to ignore; ``None`` allows none.
+        extensions: File name endings that count as images.
+
+    Raises:
+        MissingDataError: When ``root/images`` or ``root/masks`` does not exist, or an image has no mask (the
+            message names the image and the mask file it looked for).
+        DataError: When there are no images.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("images", "masks"):
+        ...     (root / sub).mkdir()
+        >>> Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "a.jpg")
+        >>> Image.fromarray(np.ones((8, 8), np.uint8)).save(root / "masks" / "a.png")
+        >>> image, mask = MaskFolderDataset(root, num_classes=2)[0]
+        >>> tuple(image.shape), mask.dtype, int(mask.sum())
+        ((3, 8, 8), torch.int64, 64)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        in_channels: int = 3,
+        ignore_index: int | None = 255,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ) -> None:
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        self.root = Path(root)
+        self.num_classes = int(num_classes)
+        self.transform = transform
+        self.in_channels = in_channels
+        self.ignore_index = ignore_index
+        image_dir, mask_dir = self.root / "images", self.root / "masks"
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise MissingDataError(
+                    f"Segmentation folder '{folder}' does not exist: a split needs 'images/' and 'masks/' "
+                    "sub-folders (masks: single-channel PNGs of class indices, same file stem as the image).",
+                    path=folder,
+                )
+        suffixes = tuple(e.lower() for e in extensions)
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
+        if not images:
+            raise DataError(f"No images ({', '.join(suffixes)}) in '{image_dir}'.")
+        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in MASK_EXTENSIONS}
+        missing = [image for image in images if image.stem not in masks]
+        if missing:
+            shown = ", ".join(f"'{image}' (expected '{mask_dir / (image.stem + '.png')}')" for image in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise MissingDataError(
+                f"{len(missing)} image(s) have no mask file: {shown}{more}. Every image needs a mask of the same "
+                f"file stem in '{mask_dir}'; add the masks or remove those images.",
+                path=mask_dir / (missing[0].stem + ".png"),
+            )
+        self.samples: list[tuple[Path, Path]] = [(image, masks[image.stem]) for image in images]
+
+    def __len__(self) -> int:
+        """Number of image/mask pairs."""
+        return len(self.samples)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode image ``index`` as ``uint8`` (``H x W x 3`` RGB or ``H x W`` grayscale)."""
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
+        except _DECODE_ERRORS as err:
+            raise CorruptImageError.for_file(path, err) from err
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Decode mask ``index`` as an ``H x W`` integer array of class indices, checking its values.
+
+        Raises:
+            CorruptImageError: When the file cannot be decoded.
+            DataError: When the mask has several channels, or values that are neither class indices nor
+                ``ignore_index`` (the message lists the values found).
+        """
+        path = self.samples[index][1]
+        try:
+            with Image.open(path) as image:
+                if image.mode not in _INDEX_MODES:
+                    raise DataError(
+                        f"Mask '{path}' is a {image.mode} image; masks must be single-channel (mode L or P) PNGs "
+                        "whose pixel values are class indices, not colours."
+                    )
+                mask = np.asarray(image)
+        except _DECODE_ERRORS as err:
+            raise CorruptImageError.for_file(path, err) from err
+        self._check_values(mask, path)
+        return mask
+
+    def _check_values(self, mask: np.ndarray, path: Path) -> None:
+        if mask.size == 0 or (mask.min() >= 0 and mask.max() < self.num_classes):
+            return
+        values = np.unique(mask)
+        bad = [int(v) for v in values if not (0 <= v < self.num_classes) and v != self.ignore_index]
+        if bad:
+            shown = bad if len(bad) <= 12 else [*bad[:12], "…"]
+            raise DataError(
+                f"Mask '{path}' holds values {shown} (all values found: {[int(v) for v in values][:20]}), but with "
+                f"num_classes={self.num_classes} the valid values are 0..{self.num_classes - 1}"
+                + (f" and ignore_index={self.ignore_index}" if self.ignore_index is not None else "")
+                + ". Set num_classes (or class_names) to cover every class, set ignore_index to the value of "
+                "unlabelled pixels, or fix the mask."
+            )
+
+    def check_sizes(self, index: int, image_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+        """Raise a `DataError` naming both files when the image and mask sizes (width, height) differ."""
+        if tuple(image_size) != tuple(mask_size):
+            image, mask = self.samples[index]
+            raise DataError(
+                f"Image '{image}' is {image_size[0]}x{image_size[1]} (width x height) but its mask '{mask}' is "
+                f"{mask_size[0]}x{mask_size[1]}; a mask must have the same size as its image."
+            )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(image C x H x W float32, mask H x W int64)``."""
+        image, mask = self.load_image(index), self.load_mask(index)
+        self.check_sizes(index, image.shape[1::-1], mask.shape[1::-1])
+        mask = mask.astype(np.int64)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            return out["image"], torch.as_tensor(out["mask"]).long()
+        tensor = torch.from_numpy(image.copy()).float().div_(255)
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+        return tensor, torch.from_numpy(mask)
+
+    def verify(self) -> None:
+        """Check every pair: readable files, equal sizes (from the headers) and valid mask values.
+
+        Raises:
+            CorruptImageError: For an unreadable file.
+            DataError: For the first pair whose sizes differ or whose mask holds invalid values.
+        """
+        for index, (image_path, _) in enumerate(self.samples):
+            try:
+                with Image.open(image_path) as image:
+                    image_size = image.size
+            except _DECODE_ERRORS as err:
+                raise CorruptImageError.for_file(image_path, err) from err
+            mask = self.load_mask(index)
+            self.check_sizes(index, image_size, mask.shape[1::-1])
+
+
+class MaskFolderSegmentation(pl.LightningDataModule):
+    """Segmentation data module over ``data_dir/{train,val,test}/{images,masks}/`` (see the module docstring).
+
+    Without a ``test`` folder the test and predict loaders use ``val``. Batches are ``(images, masks)``: images
+    ``N×C×H×W`` float32, masks ``N×H×W`` int64 with ``ignore_index`` on unlabelled pixels.
+
+    Args:
+        data_dir: Folder holding the split folders.
+        num_classes: Number of classes, background included; may be left out when ``class_names`` is given.
+        class_names: Class names in index order (``class_names[0]`` is usually the background).
+        image_size: Images and masks are resized to ``image_size x image_size``.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        in_channels: 3 loads RGB, 1 grayscale.
+        ignore_index: Mask value of unlabelled pixels (255 by default); ``None`` allows none.
+        augment: Augment training images (see `segmentation_transforms`).
+        verify: In ``setup``, check every pair (sizes, mask values), so a bad file fails at once and by name.
+        seed: Seed of the training shuffle order.
+
+    Raises:
+        ValueError: For non-positive sizes, negative workers, ``in_channels`` other than 1 or 3, no class count,
+            or a ``class_names`` list that disagrees with ``num_classes``.
+
+    Example::
+
+        >>> dm = MaskFolderSegmentation("data/my_scans", class_names=["background", "tumour"])  # doctest: +SKIP
+        >>> dm.setup("fit")  # doctest: +SKIP
+        >>> images, masks = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        image_size: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        in_channels: int = 3,
+        ignore_index: int | None = 255,
+        augment: bool = True,
+        verify: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+            raise ValueError(
+                f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
+                f"batch_size={batch_size!r}, num_workers={num_workers!r}"
+            )
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        if num_classes is None and class_names is None:
+            raise ValueError("give num_classes or class_names (background included), e.g. num_classes: 2")
+        if num_classes is not None and class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        if ignore_index is not None and num_classes is not None and 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+        self.data_dir = Path(data_dir)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.num_classes = len(self.class_names)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.in_channels = in_channels
+        self.ignore_index = ignore_index
+        self.augment = augment
+        self.verify = verify
+        self.seed = seed
+        self.mean, self.std = resolve_normalization(in_channels)
+        self.train_dataset: MaskFolderDataset | None = None
+        self.val_dataset: MaskFolderDataset | None = None
+        self.test_dataset: MaskFolderDataset | None = None
+
+    @property
+    def in_chans(self) -> int:
+        """Alias of ``in_channels`` (the classification data modules' name)."""
+        return self.in_channels
+
+    @property
+    def image_root(self) -> Path:
+        """The folder that holds the split folders."""
+        return self.data_dir
+
+    def split_dir(self, split: str) -> Path:
+        """The folder of one split."""
+        return self.image_root / split
+
+    def missing_data_hint(self) -> str:
+        """How to create missing data; appended to `MissingDataError` messages."""
+        return "Check data_dir: it must hold train/{images,masks}/ and val/{images,masks}/ folders."
+
+    @property
+    def test_split(self) -> str:
+        """``"test"`` when that folder exists, else ``"val"``."""
+        return "test" if self.split_dir("test").is_dir() else "val"
+
+    def _dataset(self, split: str, train: bool) -> MaskFolderDataset:
+        folder = self.split_dir(split)
+        if not folder.is_dir():
+            raise MissingDataError(f"Split folder '{folder}' does not exist. {self.missing_data_hint()}", path=folder)
+        dataset = MaskFolderDataset(
+            folder,
+            num_classes=self.num_classes,
+            transform=segmentation_transforms(self.image_size, train and self.augment, self.in_channels),
+            in_channels=self.in_channels,
+            ignore_index=self.ignore_index,
+        )
+        if self.verify:
+            dataset.verify()
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
+        if stage in ("fit", None) and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", train=True)
+        if stage in ("fit", "validate", None) and self.val_dataset is None:
+            self.val_dataset = self._dataset("val", train=False)
+        if stage in ("test", "predict", None) and self.test_dataset is None:
+            if self.test_split == "val":
+                rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
+            self.test_dataset = self._dataset(self.test_split, train=False)
+
+    def _loader(self, dataset: MaskFolderDataset | None, stage: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches ``(images, masks)``."""
+        return self._loader(self.train_dataset, "fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader(self.val_dataset, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (the val split when there is no test folder)."""
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for ``predict``."""
+        return self._loader(self.test_dataset, "predict")
+
+
+class ShapesSegmentation(MaskFolderSegmentation):
+    """Semantic segmentation of the synthetic shapes, generated into ``data_dir`` on first use.
+
+    Reads ``data_dir/segmentation/{train,val,test}/{images,masks}/``; the classes are ``background`` and the six
+    shapes (mask value ``i + 1`` for ``SHAPE_CLASSES[i]``). The generation parameters are checked against
+    ``data_dir/meta.json`` (shared with the other tasks of the same ``data_dir``), so data generated with other
+    settings is never used silently.
+
+    Args:
+        data_dir: Root of the generated data set.
+        image_size: Image size to generate and load.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes.
+        in_channels: 3 generates RGB images, 1 grayscale.
+        augment: Augment training images.
+        generate: Generate the data when missing; when false a missing data set is an error.
+        num_train: Training images.
+        num_val: Validation images.
+        num_test: Test images (0: test on val).
+        difficulty: Generator difficulty (0 clean, 1 benchmark).
+        seed: Data-set seed (also seeds the shuffle order).
+        verify: Check every pair in ``setup``.
+
+    Raises:
+        ValueError: For invalid counts or sizes.
+
+    Example::
+
+        >>> dm = ShapesSegmentation("data/shapes_segmentation", image_size=64)  # doctest: +SKIP
+        >>> dm.prepare_data()  # generates data/shapes_segmentation/segmentation once  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/shapes",
+        image_size: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        in_channels: int = 3,
+        augment: bool = True,
+        generate: bool = True,
+        num_train: int = 3000,
+        num_val: int = 500,
+        num_test: int = 500,
+        difficulty: float = 1.0,
+        seed: int = 0,
+        verify: bool = True,
+    ) -> None:
+        if num_train <= 0 or num_val <= 0 or num_test < 0:
+            raise ValueError(
+                f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
+                f"num_val={num_val!r}, num_test={num_test!r}"
+            )
+        if difficulty < 0:
+            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
+        super().__init__(
+            data_dir=data_dir,
+            class_names=["background", *SHAPE_CLASSES],
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            in_channels=in_channels,
+            ignore_index=None,
+            augment=augment,
+            verify=verify,
+            seed=seed,
+        )
+        self.generate = generate
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.difficulty = difficulty
+
+    @property
+    def image_root(self) -> Path:
+        """``data_dir/segmentation``."""
+        return self.data_dir / "segmentation"
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Requested images per split (a split with 0 images is not generated)."""
+        return {name: n for name, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)) if n}
+
+    def missing_data_hint(self) -> str:
+        """Explain how to generate the data."""
+        return (
+            f"Generate it with `visiondistill synth --out {self.data_dir} --tasks segmentation "
+            f"--image-size {self.image_size} --num-train {self.num_train} --num-val {self.num_val} "
+            f"--num-test {self.num_test} --seed {self.seed} --difficulty {self.difficulty}"
+            f"{' --grayscale' if self.in_channels == 1 else ''}`, or set generate: true."
+        )
+
+    def _request(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "difficulty": float(self.difficulty),
+            "grayscale": self.in_channels == 1,
+            "classes": list(SHAPE_CLASSES),
+            "seed": self.seed,
+            "splits": self.splits,
+        }
+
+    def check_data(self) -> None:
+        """Check the data set on disk exists and matches the requested parameters.
+
+        Raises:
+            MissingDataError: When ``data_dir/segmentation`` does not exist.
+            DataError: When ``meta.json`` records other parameters, or lacks the segmentation task.
+        """
+        if not self.image_root.is_dir():
+            raise MissingDataError(
+                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
+            )
+        meta = read_meta(self.data_dir)
+        if meta is None:
+            rank_zero_warn(f"'{self.data_dir}' has no meta.json, so its parameters cannot be checked.")
+            return
+        differences = meta_differences(meta, self._request())
+        if "segmentation" not in meta.get("tasks", []):
+            differences.append(f"tasks: on disk {meta.get('tasks')}, segmentation requested")
+        if differences:
+            raise DataError(
+                f"The shapes data set at '{self.data_dir}' does not match this data module ("
+                + "; ".join(differences)
+                + f"). Point data_dir at another folder, or delete '{self.data_dir}' to regenerate it."
+            )
+
+    def prepare_data(self) -> None:
+        """Generate the segmentation masks when missing (and ``generate`` is true), then check the data."""
+        meta = read_meta(self.data_dir)
+        complete = self.image_root.is_dir() and (meta is None or "segmentation" in meta.get("tasks", []))
+        if not complete and self.generate and (meta is None or not meta_differences(meta, self._request())):
+            rank_zero_info(f"Generating the shapes segmentation data set in '{self.data_dir}'.")
+            write_shapes_dataset(
+                self.data_dir,
+                tasks=("segmentation",),
+                splits=self.splits,
+                image_size=self.image_size,
+                seed=self.seed,
+                grayscale=self.in_channels == 1,
+                difficulty=self.difficulty,
+            )
+        self.check_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the data on disk, then build the datasets."""
+        self.check_data()
+        super().setup(stage)

@@ -1,0 +1,103 @@
+"""Albumentations pipelines for the data modules (written against albumentations 2.x)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "classification_transforms", "resolve_normalization"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def resolve_normalization(
+    in_chans: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return per-channel mean and std for ``in_chans`` channels.
+
+    ``None`` means the ImageNet statistics; three-channel statistics are averaged for a one-channel input.
+
+    Args:
+        in_chans: 1 (grayscale) or 3 (RGB).
+        mean: Per-channel mean in [0, 1] units, or ``None``.
+        std: Per-channel standard deviation in [0, 1] units, or ``None``.
+
+    Returns:
+        ``(mean, std)``, each a tuple of ``in_chans`` floats.
+
+    Raises:
+        ValueError: For another channel count, a length that does not fit, or a non-positive std.
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+    resolved = []
+    for name, values, default in (("mean", mean, IMAGENET_MEAN), ("std", std, IMAGENET_STD)):
+        values = tuple(float(v) for v in (default if values is None else values))
+        if len(values) == 3 and in_chans == 1:
+            values = (sum(values) / 3,)
+        if len(values) != in_chans:
+            raise ValueError(f"{name} needs {in_chans} value(s) for in_chans={in_chans}, got {values!r}")
+        resolved.append(values)
+    if min(resolved[1]) <= 0:
+        raise ValueError(f"std must be positive, got {resolved[1]!r}")
+    return resolved[0], resolved[1]
+
+
+def classification_transforms(
+    image_size: int,
+    train: bool,
+    in_chans: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> A.Compose:
+    """Build the image pipeline for classification.
+
+    Training adds light augmentation that keeps a shape's class: flips, 90-degree rotations, a small affine
+    (shift, scale, rotation) and brightness/contrast. Evaluation only resizes. Both end with ``Normalize`` and
+    ``ToTensorV2``.
+
+    Args:
+        image_size: Output height and width.
+        train: Add augmentation.
+        in_chans: 1 for ``H x W`` or ``H x W x 1`` grayscale input, 3 for RGB ``H x W x 3``.
+        mean: Per-channel mean in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+        std: Per-channel std in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+
+    Returns:
+        A pipeline called as ``pipeline(image=array)["image"]`` that returns a ``float32`` tensor
+        ``in_chans x image_size x image_size``.
+
+    Raises:
+        ValueError: For a non-positive ``image_size`` or inconsistent normalisation arguments.
+
+    Example::
+
+        >>> import numpy as np
+        >>> pipeline = classification_transforms(32, train=False, in_chans=1)
+        >>> pipeline(image=np.zeros((40, 40), dtype=np.uint8))["image"].shape
+        torch.Size([1, 32, 32])
+    """
+    if int(image_size) <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    mean, std = resolve_normalization(in_chans, mean, std)
+    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)]
+    if train:
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.Affine(
+                scale=(0.9, 1.1),
+                translate_percent=(-0.0625, 0.0625),
+                rotate=(-15, 15),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.5,
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        ]
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
