@@ -217,5 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- segmentation section (visiondistill/demo_segmentation.py); imported when run, as it imports this module --
+
+
+def _run_segmentation(settings: DemoSettings) -> Path:
+    from visiondistill.demo_segmentation import run_segmentation
+
+    return run_segmentation(settings)
+
+
+TASKS["segmentation"] = _run_segmentation
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,9 +16,11 @@ from visiondistill.distill.callbacks import (
 )
 from visiondistill.distill.protocol import ProtocolError, freeze_teacher
 from visiondistill.distill.recorder import FeatureRecorder, LayerNotFoundError, feature_stages, resolve_layer
+from visiondistill.distill.segmentation import ChannelWiseDistillation, PairwiseSimilarity, PixelwiseDistillation
 
 __all__ = [
     "AttentionTransfer",
+    "ChannelWiseDistillation",
     "DecoupledDistillation",
     "DistillationCallback",
     "FeatureHint",
@@ -26,6 +28,8 @@ __all__ = [
     "HintConnector",
     "LayerNotFoundError",
     "LogitDistillation",
+    "PairwiseSimilarity",
+    "PixelwiseDistillation",
     "ProtocolError",
     "ShapeMismatchError",
     "distillation_callbacks",

@@ -2,5 +2,6 @@
 
 from visiondistill.tasks.base import DistillationTask
 from visiondistill.tasks.classification import ClassificationTask
+from visiondistill.tasks.segmentation import SegmentationTask
 
-__all__ = ["ClassificationTask", "DistillationTask"]
+__all__ = ["ClassificationTask", "DistillationTask", "SegmentationTask"]
