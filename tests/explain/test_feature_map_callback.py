@@ -21,7 +21,6 @@ from visiondistill.tasks import ClassificationTask
 SIZE, CLASSES, PROBES = 48, 4, 8
 
 
-
 def loader() -> DataLoader:
     """Images with a bright square in one quadrant, labelled by the quadrant."""
     generator = torch.Generator().manual_seed(0)
