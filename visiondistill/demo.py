@@ -62,6 +62,7 @@ QUICK_DATA = {"image_size": 32, "num_train": 48, "num_val": 16, "num_test": 16, 
 #: map at 64 px, where the last stage is only 2×2).
 AGREEMENT_IMAGES = 64
 AGREEMENT_LAYERS = (-2,)
+ATTENTION_LAYERS = (-3, -2, -1)
 
 CLASSIFICATION_RUNS = (
     DemoRun("teacher (resnet18)", "configs/classification/shapes_teacher.yaml", "teacher"),
@@ -100,7 +101,13 @@ def _data_args(config: str, settings: DemoSettings) -> dict:
 def run_classification(settings: DemoSettings) -> Path:
     """Trains the three classification runs, evaluates them on the test split and writes the report."""
     from visiondistill.data import ShapesClassification
-    from visiondistill.evaluation import evaluate_classifier, load_student, markdown_table, teacher_agreement
+    from visiondistill.evaluation import (
+        attention_agreement,
+        evaluate_classifier,
+        load_student,
+        markdown_table,
+        teacher_agreement,
+    )
 
     task, runs = "classification", CLASSIFICATION_RUNS
     data_args = _data_args(runs[0].config, settings)
@@ -131,6 +138,16 @@ def run_classification(settings: DemoSettings) -> Path:
             probe,
             teacher_layers=AGREEMENT_LAYERS,
             student_layers=AGREEMENT_LAYERS,
+        )
+        for report in (scratch, distilled)
+    }
+    attention = {
+        report.name: attention_agreement(
+            models[teacher.name],
+            models[report.name],
+            probe,
+            teacher_layers=ATTENTION_LAYERS,
+            student_layers=ATTENTION_LAYERS,
         )
         for report in (scratch, distilled)
     }
@@ -167,7 +184,14 @@ def run_classification(settings: DemoSettings) -> Path:
             markdown_table(
                 [{"student": name, **{k: f"{v:.3f}" for k, v in values.items()}} for name, values in agreement.items()]
             ),
-            "Higher is closer to the teacher for every column but `kld` (0 = same distribution).",
+            "Higher is closer to the teacher for every column but `kld` (0 = same distribution). At 64 px these "
+            "CAMs are 4×4 maps, so they are coarse and noisy; the attention maps and features below are the steadier "
+            "signal.",
+            f"Attention-map cosine (`at_cosine`) and debiased linear CKA of the features at stages "
+            f"{', '.join(str(layer) for layer in ATTENTION_LAYERS)}, same images:",
+            markdown_table(
+                [{"student": name, **{k: f"{v:.3f}" for k, v in values.items()}} for name, values in attention.items()]
+            ),
             "Per-epoch agreement of the distilled run (Grad-CAM and attention maps on a fixed probe batch) is in "
             "TensorBoard under `val/saliency/*` and `val/attention/*`, and as PNG grids and `maps.npz` under "
             f"`{distilled_dir}/saliency/` (open them with `notebooks/inspect_saliency.ipynb`).",

@@ -180,6 +180,40 @@ def teacher_agreement(
     return {k: float(v) for k, v in saliency_agreement(maps["teacher"], maps["student"], top_k=top_k).items()}
 
 
+@torch.no_grad()
+def attention_agreement(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: Tensor,
+    teacher_layers: Sequence[LayerSpec] = (-1,),
+    student_layers: Sequence[LayerSpec] = (-1,),
+) -> dict[str, float]:
+    """Attention-map and representation agreement of a student with the teacher, per matched stage.
+
+    Args:
+        teacher: The teacher network.
+        student: The student network.
+        images: Input batch ``N×C×H×W``.
+        teacher_layers: Teacher layers (module paths or stage indices).
+        student_layers: Student layers, matched pairwise.
+
+    Returns:
+        ``at_cosine/<teacher layer>`` (1 = same attention map) and ``cka/<teacher layer>`` (debiased linear CKA of
+        the features; 1 = same up to rotation and scale).
+    """
+    from visiondistill.distill.recorder import probe_features
+    from visiondistill.explain.metrics import attention_cosine, linear_cka
+
+    teacher_features = probe_features(teacher.cpu(), images, list(teacher_layers), role="teacher")
+    student_features = probe_features(student.cpu(), images, list(student_layers), role="student")
+    result = {}
+    for s_layer, t_layer in zip(student_layers, teacher_layers, strict=True):
+        s, t = student_features[s_layer], teacher_features[t_layer]
+        result[f"at_cosine/{t_layer}"] = float(attention_cosine(s, t))
+        result[f"cka/{t_layer}"] = float(linear_cka(s, t, debiased=True))
+    return result
+
+
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
     """Renders dict rows (same keys) as a Markdown table."""
     if not rows:
