@@ -147,7 +147,7 @@ def test_shapes_module_generates_then_reuses(generated, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the data set should have been reused, not regenerated")
 
-    monkeypatch.setattr("visiondistill.data.classification.write_shapes_dataset", fail)
+    monkeypatch.setattr("visiondistill.data.generated.write_shapes_dataset", fail)
     again = shapes_module(generated.data_dir)
     again.prepare_data()
     again.setup("test")

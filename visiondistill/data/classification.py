@@ -14,8 +14,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
-from visiondistill.data.synthesize import meta_differences, read_meta, write_shapes_dataset
 from visiondistill.data.transforms import classification_transforms
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
@@ -338,7 +338,7 @@ class ImageFolderClassification(pl.LightningDataModule):
         return self._loader(self.test_dataset, "predict")
 
 
-class ShapesClassification(ImageFolderClassification):
+class ShapesClassification(GeneratedShapes, ImageFolderClassification):
     """Classification on the synthetic shapes, generated into ``data_dir`` on first use.
 
     Reads ``data_dir/classification/{train,val,test}/<shape>/`` with labels in ``SHAPE_CLASSES`` order.
@@ -372,6 +372,8 @@ class ShapesClassification(ImageFolderClassification):
         >>> dm.setup("fit")  # doctest: +SKIP
     """
 
+    shapes_task = "classification"
+
     def __init__(
         self,
         data_dir: str = "data/shapes",
@@ -388,13 +390,6 @@ class ShapesClassification(ImageFolderClassification):
         seed: int = 0,
         verify_images: bool = True,
     ) -> None:
-        if num_train <= 0 or num_val <= 0 or num_test < 0:
-            raise ValueError(
-                f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
-                f"num_val={num_val!r}, num_test={num_test!r}"
-            )
-        if difficulty < 0:
-            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
         super().__init__(
             data_dir=data_dir,
             image_size=image_size,
@@ -406,90 +401,4 @@ class ShapesClassification(ImageFolderClassification):
             seed=seed,
             class_names=list(SHAPE_CLASSES),
         )
-        self.generate = generate
-        self.num_train = num_train
-        self.num_val = num_val
-        self.num_test = num_test
-        self.difficulty = difficulty
-
-    @property
-    def image_root(self) -> Path:
-        """``data_dir/classification``."""
-        return self.data_dir / "classification"
-
-    @property
-    def splits(self) -> dict[str, int]:
-        """Requested images per split (a split with 0 images is not generated)."""
-        return {name: n for name, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)) if n}
-
-    def missing_data_hint(self) -> str:
-        """Explain how to generate the data."""
-        return (
-            f"Generate it with `visiondistill synth --out {self.data_dir} --tasks classification "
-            f"--image-size {self.image_size} --num-train {self.num_train} --num-val {self.num_val} "
-            f"--num-test {self.num_test} --seed {self.seed} --difficulty {self.difficulty}"
-            f"{' --grayscale' if self.in_chans == 1 else ''}`, or set generate: true."
-        )
-
-    def _write(self) -> None:
-        write_shapes_dataset(
-            self.data_dir,
-            tasks=("classification",),
-            splits=self.splits,
-            image_size=self.image_size,
-            seed=self.seed,
-            grayscale=self.in_chans == 1,
-            difficulty=self.difficulty,
-        )
-
-    def _request(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "difficulty": float(self.difficulty),
-            "grayscale": self.in_chans == 1,
-            "classes": list(SHAPE_CLASSES),
-            "seed": self.seed,
-            "splits": self.splits,
-        }
-
-    def check_data(self) -> None:
-        """Check the data set on disk exists and matches the requested parameters.
-
-        Raises:
-            MissingDataError: When ``data_dir/classification`` does not exist.
-            DataError: When ``meta.json`` records other parameters, or lacks the classification task.
-        """
-        if not self.image_root.is_dir():
-            raise MissingDataError(
-                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
-            )
-        meta = read_meta(self.data_dir)
-        if meta is None:
-            rank_zero_warn(
-                f"'{self.data_dir}' has no meta.json, so its parameters cannot be checked; using the images as found."
-            )
-            return
-        differences = meta_differences(meta, self._request())
-        if "classification" not in meta.get("tasks", []):
-            differences.append(f"tasks: on disk {meta.get('tasks')}, classification requested")
-        if differences:
-            raise DataError(
-                f"The shapes data set at '{self.data_dir}' does not match this data module ("
-                + "; ".join(differences)
-                + f"). Point data_dir at another folder, or delete '{self.data_dir}' to regenerate it."
-            )
-
-    def prepare_data(self) -> None:
-        """Generate the data set when it is missing (and ``generate`` is true), then check it matches the request."""
-        meta = read_meta(self.data_dir)
-        complete = self.image_root.is_dir() and (meta is None or "classification" in meta.get("tasks", []))
-        if not complete and self.generate:
-            if meta is None or not meta_differences(meta, self._request()):
-                rank_zero_info(f"Generating the shapes classification data set in '{self.data_dir}'.")
-                self._write()
-        self.check_data()
-
-    def setup(self, stage: str | None = None) -> None:
-        """Check the data on disk, then build the datasets (see :meth:`ImageFolderClassification.setup`)."""
-        self.check_data()
-        super().setup(stage)
+        self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -24,13 +24,13 @@ import pytorch_lightning as pl
 import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.data.classification import IMAGE_EXTENSIONS
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
-from visiondistill.data.synthesize import meta_differences, read_meta, write_shapes_dataset
 from visiondistill.data.transforms import resolve_normalization
 
 __all__ = [
@@ -418,7 +418,7 @@ class MaskFolderSegmentation(pl.LightningDataModule):
         return self._loader(self.test_dataset, "predict")
 
 
-class ShapesSegmentation(MaskFolderSegmentation):
+class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
     """Semantic segmentation of the synthetic shapes, generated into ``data_dir`` on first use.
 
     Reads ``data_dir/segmentation/{train,val,test}/{images,masks}/``; the classes are ``background`` and the six
@@ -450,6 +450,8 @@ class ShapesSegmentation(MaskFolderSegmentation):
         >>> dm.prepare_data()  # generates data/shapes_segmentation/segmentation once  # doctest: +SKIP
     """
 
+    shapes_task = "segmentation"
+
     def __init__(
         self,
         data_dir: str = "data/shapes",
@@ -466,13 +468,6 @@ class ShapesSegmentation(MaskFolderSegmentation):
         seed: int = 0,
         verify: bool = True,
     ) -> None:
-        if num_train <= 0 or num_val <= 0 or num_test < 0:
-            raise ValueError(
-                f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
-                f"num_val={num_val!r}, num_test={num_test!r}"
-            )
-        if difficulty < 0:
-            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
         super().__init__(
             data_dir=data_dir,
             class_names=["background", *SHAPE_CLASSES],
@@ -485,82 +480,4 @@ class ShapesSegmentation(MaskFolderSegmentation):
             verify=verify,
             seed=seed,
         )
-        self.generate = generate
-        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
-        self.difficulty = difficulty
-
-    @property
-    def image_root(self) -> Path:
-        """``data_dir/segmentation``."""
-        return self.data_dir / "segmentation"
-
-    @property
-    def splits(self) -> dict[str, int]:
-        """Requested images per split (a split with 0 images is not generated)."""
-        return {name: n for name, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)) if n}
-
-    def missing_data_hint(self) -> str:
-        """Explain how to generate the data."""
-        return (
-            f"Generate it with `visiondistill synth --out {self.data_dir} --tasks segmentation "
-            f"--image-size {self.image_size} --num-train {self.num_train} --num-val {self.num_val} "
-            f"--num-test {self.num_test} --seed {self.seed} --difficulty {self.difficulty}"
-            f"{' --grayscale' if self.in_channels == 1 else ''}`, or set generate: true."
-        )
-
-    def _request(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "difficulty": float(self.difficulty),
-            "grayscale": self.in_channels == 1,
-            "classes": list(SHAPE_CLASSES),
-            "seed": self.seed,
-            "splits": self.splits,
-        }
-
-    def check_data(self) -> None:
-        """Check the data set on disk exists and matches the requested parameters.
-
-        Raises:
-            MissingDataError: When ``data_dir/segmentation`` does not exist.
-            DataError: When ``meta.json`` records other parameters, or lacks the segmentation task.
-        """
-        if not self.image_root.is_dir():
-            raise MissingDataError(
-                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
-            )
-        meta = read_meta(self.data_dir)
-        if meta is None:
-            rank_zero_warn(f"'{self.data_dir}' has no meta.json, so its parameters cannot be checked.")
-            return
-        differences = meta_differences(meta, self._request())
-        if "segmentation" not in meta.get("tasks", []):
-            differences.append(f"tasks: on disk {meta.get('tasks')}, segmentation requested")
-        if differences:
-            raise DataError(
-                f"The shapes data set at '{self.data_dir}' does not match this data module ("
-                + "; ".join(differences)
-                + f"). Point data_dir at another folder, or delete '{self.data_dir}' to regenerate it."
-            )
-
-    def prepare_data(self) -> None:
-        """Generate the segmentation masks when missing (and ``generate`` is true), then check the data."""
-        meta = read_meta(self.data_dir)
-        complete = self.image_root.is_dir() and (meta is None or "segmentation" in meta.get("tasks", []))
-        if not complete and self.generate and (meta is None or not meta_differences(meta, self._request())):
-            rank_zero_info(f"Generating the shapes segmentation data set in '{self.data_dir}'.")
-            write_shapes_dataset(
-                self.data_dir,
-                tasks=("segmentation",),
-                splits=self.splits,
-                image_size=self.image_size,
-                seed=self.seed,
-                grayscale=self.in_channels == 1,
-                difficulty=self.difficulty,
-            )
-        self.check_data()
-
-    def setup(self, stage: str | None = None) -> None:
-        """Check the data on disk, then build the datasets."""
-        self.check_data()
-        super().setup(stage)
+        self.init_generation(generate, num_train, num_val, num_test, difficulty)
