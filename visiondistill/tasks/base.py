@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -101,6 +104,56 @@ class DistillationTask(pl.LightningModule):
 
     def on_train_outputs(self, student_out: Any, batch: Any) -> None:
         """Hook for subclasses to update training metrics."""
+
+    # -- shared by the task modules --------------------------------------------------------------
+
+    def record_hyperparameters(self, student_spec: Any, teacher_spec: Any, class_names: Sequence[str] | None) -> None:
+        """Saves the caller's ``__init__`` arguments as hyper-parameters, with the model specs as plain dicts.
+
+        Call it from a subclass's ``__init__`` after ``super().__init__``. ``class_names`` left to the datamodule
+        is not recorded (Lightning would see the datamodule's value as a clash). Under LightningCLI the config is
+        recorded, ``_class_path`` included, which ``visiondistill validate --ckpt_path …`` reads back. Plain dicts
+        keep checkpoints loadable with torch's safe loader and without visiondistill.
+        """
+        frame = inspect.currentframe()
+        self.save_hyperparameters(ignore=["class_names"] if class_names is None else None, frame=frame.f_back)
+        self.hparams["student"] = dataclasses.asdict(student_spec)
+        self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec is not None else None
+        self.student_spec, self.teacher_spec = student_spec, teacher_spec
+
+    def check_datamodule(self, student_channels: int, classes_note: str = "") -> Any:
+        """Checks the attached datamodule's classes and channels against the model; adopts its class names.
+
+        Args:
+            student_channels: Input channels the student takes.
+            classes_note: Words added after the data's class count in the message (e.g. "(background included)").
+
+        Returns:
+            The datamodule, or ``None`` when the module is not attached to one.
+
+        Raises:
+            ValueError: When the class count or the channel count differ, naming the setting to change.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            note = f" {classes_note}" if classes_note else ""
+            raise ValueError(
+                f"the data has {data_classes} classes{note} but the model is built for {self.num_classes}; "
+                f"set model.init_args.num_classes: {data_classes}"
+            )
+        data_channels = getattr(datamodule, "in_channels", getattr(datamodule, "in_chans", None))
+        if data_channels is not None and data_channels != student_channels:
+            raise ValueError(
+                f"the data has {data_channels} channels but the student takes {student_channels}; "
+                "set the same number of input channels on the data and the models"
+            )
+        names = getattr(datamodule, "class_names", None)
+        if "class_names" not in self.hparams and names is not None:
+            self.class_names = list(names)
+        return datamodule
 
     # -- optimisation ---------------------------------------------------------------------------
 

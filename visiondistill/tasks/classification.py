@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +79,7 @@ class ClassificationTask(DistillationTask):
             warmup_epochs=warmup_epochs,
             scheduler=scheduler,
         )
-        # `class_names` left to the datamodule is not recorded: Lightning would see the datamodule's value as a clash.
-        # (No positional arguments: under LightningCLI this records the config, `_class_path` included, which
-        # `visiondistill validate --ckpt_path …` reads back.)
-        self.save_hyperparameters(ignore=["class_names"] if class_names is None else None)
-        # Plain dicts in checkpoints, so they load with torch's safe loader and without this module.
-        self.hparams["student"] = dataclasses.asdict(student_spec)
-        self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec else None
-        self.student_spec, self.teacher_spec = student_spec, teacher_spec
+        self.record_hyperparameters(student_spec, teacher_spec, class_names)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.label_smoothing = label_smoothing
@@ -104,24 +96,7 @@ class ClassificationTask(DistillationTask):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            return
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(
-                f"the data has {data_classes} classes but the model is built for {self.num_classes}; "
-                f"set model.init_args.num_classes: {data_classes}"
-            )
-        data_chans = getattr(datamodule, "in_chans", None)
-        if data_chans is not None and data_chans != self.student_spec.in_chans:
-            raise ValueError(
-                f"the data has {data_chans} channels but the student takes {self.student_spec.in_chans}; "
-                "set the same in_chans on the data and the models"
-            )
-        names = getattr(datamodule, "class_names", None)
-        if "class_names" not in self.hparams and names is not None:
-            self.class_names = list(names)
+        self.check_datamodule(self.student_spec.in_chans)
 
     @override
     def task_loss(self, student_out: Tensor, batch: Any) -> Tensor:

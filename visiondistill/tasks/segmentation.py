@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -101,13 +100,7 @@ class SegmentationTask(DistillationTask):
             warmup_epochs=warmup_epochs,
             scheduler=scheduler,
         )
-        # As ClassificationTask: `class_names` left to the datamodule is not recorded (Lightning would see the
-        # datamodule's value as a clash); no positional arguments, so under LightningCLI the config is recorded
-        # (`validate --ckpt_path` reads it back); specs stored as plain dicts, for torch's safe loader.
-        self.save_hyperparameters(ignore=["class_names"] if class_names is None else None)
-        self.hparams["student"] = dataclasses.asdict(student_spec)
-        self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec else None
-        self.student_spec, self.teacher_spec = student_spec, teacher_spec
+        self.record_hyperparameters(student_spec, teacher_spec, class_names)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.loss_name, self.dice_weight, self.ignore_index = loss, float(dice_weight), ignore_index
@@ -126,30 +119,13 @@ class SegmentationTask(DistillationTask):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            return
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(
-                f"the data has {data_classes} classes (background included) but the model is built for "
-                f"{self.num_classes}; set model.init_args.num_classes: {data_classes}"
-            )
-        data_channels = getattr(datamodule, "in_channels", getattr(datamodule, "in_chans", None))
-        if data_channels is not None and data_channels != self.student_spec.in_channels:
-            raise ValueError(
-                f"the data has {data_channels} channels but the student takes {self.student_spec.in_channels}; "
-                "set the same in_channels on the data and the models"
-            )
+        datamodule = self.check_datamodule(self.student_spec.in_channels, classes_note="(background included)")
         data_ignore = getattr(datamodule, "ignore_index", None)
         if data_ignore is not None and data_ignore != self.ignore_index:
             raise ValueError(
                 f"the data marks unlabelled pixels with {data_ignore} but the model ignores {self.ignore_index}; "
                 f"set model.init_args.ignore_index: {data_ignore}"
             )
-        names = getattr(datamodule, "class_names", None)
-        if "class_names" not in self.hparams and names is not None:
-            self.class_names = list(names)
 
     def _loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         if logits.shape[-2:] != masks.shape[-2:]:
