@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import Dataset
 
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
+from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import classification_transforms
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
@@ -180,7 +180,7 @@ class ImageFolderDataset(Dataset):
                 raise CorruptImageError.for_file(path, err) from err
 
 
-class ImageFolderClassification(pl.LightningDataModule):
+class ImageFolderClassification(SplitFolderDataModule):
     """Classification data module over ``data_dir/{train,val,test}/<class_name>/<image>``.
 
     Labels follow the sorted class folders of ``train`` (or ``class_names``), for every split. Without a ``test``
@@ -242,15 +242,6 @@ class ImageFolderClassification(pl.LightningDataModule):
         self.val_dataset: ImageFolderDataset | None = None
         self.test_dataset: ImageFolderDataset | None = None
 
-    @property
-    def image_root(self) -> Path:
-        """The folder that holds the split folders."""
-        return self.data_dir
-
-    def split_dir(self, split: str) -> Path:
-        """Return the folder of one split (``train``, ``val``, ``test``)."""
-        return self.image_root / split
-
     def missing_data_hint(self) -> str:
         """How to create missing data; appended to :class:`MissingDataError` messages."""
         return "Check data_dir: it must hold train/<class>/... and val/<class>/... image folders."
@@ -269,21 +260,6 @@ class ImageFolderClassification(pl.LightningDataModule):
         """Number of classes."""
         return len(self.class_names)
 
-    @property
-    def test_split(self) -> str:
-        """``"test"`` when that folder exists, else ``"val"``."""
-        return "test" if self.split_dir("test").is_dir() else "val"
-
-    def _require_split(self, split: str) -> Path:
-        if not self.image_root.is_dir():
-            raise MissingDataError(
-                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
-            )
-        folder = self.split_dir(split)
-        if not folder.is_dir():
-            raise MissingDataError(f"Split folder '{folder}' does not exist. {self.missing_data_hint()}", path=folder)
-        return folder
-
     def _dataset(self, split: str, train: bool) -> ImageFolderDataset:
         dataset = ImageFolderDataset(
             self._require_split(split),
@@ -294,48 +270,6 @@ class ImageFolderClassification(pl.LightningDataModule):
         if self.verify_images:
             dataset.verify()
         return dataset
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
-        if stage in ("fit", None) and self.train_dataset is None:
-            self.train_dataset = self._dataset("train", train=True)
-        if stage in ("fit", "validate", None) and self.val_dataset is None:
-            self.val_dataset = self._dataset("val", train=False)
-        if stage in ("test", "predict", None) and self.test_dataset is None:
-            split = self.test_split
-            if split == "val":
-                rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
-            self.test_dataset = self._dataset(split, train=False)
-
-    def _loader(self, dataset: ImageFolderDataset | None, stage: str, shuffle: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=False,
-            drop_last=False,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches ``(images, labels)``."""
-        return self._loader(self.train_dataset, "fit", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
-        return self._loader(self.val_dataset, "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches (the val split when there is no test folder)."""
-        return self._loader(self.test_dataset, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test batches, for ``predict``."""
-        return self._loader(self.test_dataset, "predict")
 
 
 class ShapesClassification(GeneratedShapes, ImageFolderClassification):

@@ -20,17 +20,16 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
-from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from visiondistill.data.classification import IMAGE_EXTENSIONS
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
+from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import resolve_normalization
 
 __all__ = [
@@ -266,7 +265,7 @@ class MaskFolderDataset(Dataset):
             self.check_sizes(index, image_size, mask.shape[1::-1])
 
 
-class MaskFolderSegmentation(pl.LightningDataModule):
+class MaskFolderSegmentation(SplitFolderDataModule):
     """Segmentation data module over ``data_dir/{train,val,test}/{images,masks}/`` (see the module docstring).
 
     Without a ``test`` folder the test and predict loaders use ``val``. Batches are ``(images, masks)``: images
@@ -345,23 +344,9 @@ class MaskFolderSegmentation(pl.LightningDataModule):
         """Alias of ``in_channels`` (the classification data modules' name)."""
         return self.in_channels
 
-    @property
-    def image_root(self) -> Path:
-        """The folder that holds the split folders."""
-        return self.data_dir
-
-    def split_dir(self, split: str) -> Path:
-        """The folder of one split."""
-        return self.image_root / split
-
     def missing_data_hint(self) -> str:
         """How to create missing data; appended to `MissingDataError` messages."""
         return "Check data_dir: it must hold train/{images,masks}/ and val/{images,masks}/ folders."
-
-    @property
-    def test_split(self) -> str:
-        """``"test"`` when that folder exists, else ``"val"``."""
-        return "test" if self.split_dir("test").is_dir() else "val"
 
     def _dataset(self, split: str, train: bool) -> MaskFolderDataset:
         folder = self.split_dir(split)
@@ -377,45 +362,6 @@ class MaskFolderSegmentation(pl.LightningDataModule):
         if self.verify:
             dataset.verify()
         return dataset
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
-        if stage in ("fit", None) and self.train_dataset is None:
-            self.train_dataset = self._dataset("train", train=True)
-        if stage in ("fit", "validate", None) and self.val_dataset is None:
-            self.val_dataset = self._dataset("val", train=False)
-        if stage in ("test", "predict", None) and self.test_dataset is None:
-            if self.test_split == "val":
-                rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
-            self.test_dataset = self._dataset(self.test_split, train=False)
-
-    def _loader(self, dataset: MaskFolderDataset | None, stage: str, shuffle: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches ``(images, masks)``."""
-        return self._loader(self.train_dataset, "fit", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
-        return self._loader(self.val_dataset, "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches (the val split when there is no test folder)."""
-        return self._loader(self.test_dataset, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test batches, for ``predict``."""
-        return self._loader(self.test_dataset, "predict")
 
 
 class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):

@@ -1,0 +1,103 @@
+"""The part every folder-per-split datamodule shares: split folders, per-stage datasets and their dataloaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from visiondistill.data.errors import MissingDataError
+
+
+class SplitFolderDataModule(pl.LightningDataModule):
+    """Base datamodule for data laid out as ``image_root/{train,val[,test]}/…``.
+
+    Subclasses set ``data_dir``, ``batch_size``, ``num_workers`` and ``seed`` in ``__init__`` and implement
+    `_dataset`; this class builds the datasets each stage needs (testing falls back to ``val`` without a ``test``
+    folder) and the dataloaders (training batches shuffled with a generator seeded by ``seed``).
+    """
+
+    data_dir: Path
+    batch_size: int
+    num_workers: int
+    seed: int
+    train_dataset: Dataset | None = None
+    val_dataset: Dataset | None = None
+    test_dataset: Dataset | None = None
+
+    @property
+    def image_root(self) -> Path:
+        """The folder that holds the split folders."""
+        return self.data_dir
+
+    def split_dir(self, split: str) -> Path:
+        """Return the folder of one split (``train``, ``val``, ``test``)."""
+        return self.image_root / split
+
+    def missing_data_hint(self) -> str:
+        """How to create missing data; appended to `MissingDataError` messages."""
+        return "Check data_dir: it must hold train/ and val/ split folders."
+
+    @property
+    def test_split(self) -> str:
+        """``"test"`` when that folder exists, else ``"val"``."""
+        return "test" if self.split_dir("test").is_dir() else "val"
+
+    def _require_split(self, split: str) -> Path:
+        if not self.image_root.is_dir():
+            raise MissingDataError(
+                f"Data folder '{self.image_root}' does not exist. {self.missing_data_hint()}", path=self.image_root
+            )
+        folder = self.split_dir(split)
+        if not folder.is_dir():
+            raise MissingDataError(f"Split folder '{folder}' does not exist. {self.missing_data_hint()}", path=folder)
+        return folder
+
+    def _dataset(self, split: str, train: bool) -> Dataset:
+        """The dataset of one split (``train`` selects the augmenting transform)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
+        if stage in ("fit", None) and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", train=True)
+        if stage in ("fit", "validate", None) and self.val_dataset is None:
+            self.val_dataset = self._dataset("val", train=False)
+        if stage in ("test", "predict", None) and self.test_dataset is None:
+            split = self.test_split
+            if split == "val":
+                rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
+            self.test_dataset = self._dataset(split, train=False)
+
+    def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader(self.train_dataset, "fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in file order."""
+        return self._loader(self.val_dataset, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (the val split when there is no test folder)."""
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test batches, for ``predict``."""
+        return self._loader(self.test_dataset, "predict")
