@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -30,7 +28,7 @@ from visiondistill.data.errors import CorruptImageError, DataError, MissingDataE
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
-from visiondistill.data.transforms import resolve_normalization
+from visiondistill.data.transforms import augmentation_pipeline, resolve_normalization
 
 __all__ = [
     "MASK_EXTENSIONS",
@@ -80,29 +78,7 @@ def segmentation_transforms(
         >>> tuple(out["image"].shape), tuple(out["mask"].shape), int(out["mask"].max())
         ((1, 32, 32), (32, 32), 255)
     """
-    if int(image_size) <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    mean, std = resolve_normalization(in_channels, mean, std)
-    steps: list[A.BasicTransform] = [
-        A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
-    ]
-    if train:
-        steps += [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.Affine(
-                scale=(0.9, 1.1),
-                translate_percent=(-0.0625, 0.0625),
-                rotate=(-15, 15),
-                border_mode=cv2.BORDER_REFLECT_101,
-                mask_interpolation=cv2.INTER_NEAREST,
-                p=0.5,
-            ),
-            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-        ]
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    return augmentation_pipeline(image_size, train, in_channels, mean, std)
 
 
 class MaskFolderDataset(Dataset):

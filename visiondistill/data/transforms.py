@@ -8,7 +8,13 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "classification_transforms", "resolve_normalization"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "augmentation_pipeline",
+    "classification_transforms",
+    "resolve_normalization",
+]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -81,10 +87,28 @@ def classification_transforms(
         >>> pipeline(image=np.zeros((40, 40), dtype=np.uint8))["image"].shape
         torch.Size([1, 32, 32])
     """
+    return augmentation_pipeline(image_size, train, in_chans, mean, std)
+
+
+def augmentation_pipeline(
+    image_size: int,
+    train: bool,
+    in_chans: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> A.Compose:
+    """The resize + augmentation + normalisation pipeline shared by the tasks' transforms.
+
+    Geometric steps move a ``mask`` passed alongside the image with nearest-neighbour interpolation (class indices
+    and ``ignore_index`` stay exact); photometric steps touch the image only. Arguments as in
+    `classification_transforms`.
+    """
     if int(image_size) <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     mean, std = resolve_normalization(in_chans, mean, std)
-    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)]
+    steps: list[A.BasicTransform] = [
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
+    ]
     if train:
         steps += [
             A.HorizontalFlip(p=0.5),
@@ -95,6 +119,7 @@ def classification_transforms(
                 translate_percent=(-0.0625, 0.0625),
                 rotate=(-15, 15),
                 border_mode=cv2.BORDER_REFLECT_101,
+                mask_interpolation=cv2.INTER_NEAREST,
                 p=0.5,
             ),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),

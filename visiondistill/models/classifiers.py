@@ -45,17 +45,32 @@ class ClassifierSpec:
         Raises:
             TypeError: On unknown keys, naming them and the valid ones.
         """
-        if isinstance(value, cls):
-            return value
         if isinstance(value, str):
             return cls(name=value)
-        if isinstance(value, Mapping):
-            valid = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - valid)
-            if unknown:
-                raise TypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
-            return cls(**dict(value))
-        raise TypeError(f"{role} spec must be a mapping or a model name, got {type(value).__name__}")
+        return spec_from(cls, value, role, expected="a mapping or a model name")
+
+
+def spec_from(cls: type, value: object, role: str, expected: str) -> Any:
+    """Returns ``value`` when it is a ``cls`` spec, or builds one from a mapping (as stored in checkpoints).
+
+    Args:
+        cls: A spec dataclass.
+        value: The spec or a mapping of its fields.
+        role: ``"teacher"``/``"student"`` for messages.
+        expected: What the caller accepts, for the message on another type.
+
+    Raises:
+        TypeError: On unknown keys (naming them and the valid ones) or another type.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - valid)
+        if unknown:
+            raise TypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**dict(value))
+    raise TypeError(f"{role} spec must be {expected}, got {type(value).__name__}")
 
 
 def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model") -> nn.Module:

@@ -8,7 +8,6 @@ its encoder stages by index (``-1`` = the deepest stage), as they do for timm cl
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+from visiondistill.models.classifiers import spec_from
 
 __all__ = ["SegmenterSpec", "create_segmenter", "encoder_feature_info", "load_segmenter", "segmenter_architectures"]
 
@@ -66,15 +66,7 @@ class SegmenterSpec:
         Raises:
             TypeError: On unknown keys (naming them and the valid ones) or another type.
         """
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            valid = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - valid)
-            if unknown:
-                raise TypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
-            return cls(**dict(value))
-        raise TypeError(f"{role} spec must be a mapping with arch and encoder_name, got {type(value).__name__}")
+        return spec_from(cls, value, role, expected="a mapping with arch and encoder_name")
 
 
 def create_segmenter(spec: SegmenterSpec, num_classes: int, role: str = "model") -> nn.Module:
