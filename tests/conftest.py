@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +48,17 @@ def trainer_kwargs(tmp_path) -> dict:
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
     }
+
+
+@pytest.fixture(scope="session")
+def quick_classification_demo(tmp_path_factory) -> Path:
+    """The seconds-long classification demo (teacher, scratch, distilled CLI runs + reports), run once per session.
+
+    Returns the root holding ``runs/``, ``data/`` and ``demo/`` (the reports).
+    """
+    from visiondistill.demo import main
+
+    root = tmp_path_factory.mktemp("quick_demo")
+    args = ["--task", "classification", "--quick", "--runs", str(root / "runs"), "--data-dir", str(root / "data")]
+    assert main([*args, "--out", str(root / "demo")]) == 0
+    return root

@@ -5,6 +5,7 @@ Examples::
     visiondistill fit --config configs/classification/shapes_teacher.yaml
     visiondistill fit --config configs/classification/shapes_kd.yaml --trainer.max_epochs 5
     visiondistill synth --out data/shapes
+    visiondistill report runs/classification/teacher runs/classification/student_scratch runs/classification/student_kd
 """
 
 from __future__ import annotations
@@ -39,8 +40,17 @@ def _synth(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _report(argv: Sequence[str]) -> int:
+    from visiondistill.reporting.report import main
+
+    return main(argv)
+
+
 def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
-    return {"synth": (_synth, "write the synthetic shapes data set to disk in standard formats")}
+    return {
+        "synth": (_synth, "write the synthetic shapes data set to disk in standard formats"),
+        "report": (_report, "compare teacher / scratch / distilled run folders: Markdown + HTML report, model cards"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

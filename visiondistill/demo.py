@@ -238,7 +238,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = list(TASKS) if args.task == "all" else [args.task]
     for task in tasks:
         TASKS[task](settings)
+        write_run_reports(task, settings)
     return 0
+
+
+def write_run_reports(task: str, settings: DemoSettings) -> list[Path]:
+    """``visiondistill report`` over the task's runs: one HTML + Markdown report per data set with a teacher run."""
+    from visiondistill.reporting import RunError, write_report
+    from visiondistill.reporting.runs import run_folders_by_data
+
+    reports = []
+    for index, folders in enumerate(run_folders_by_data(settings.runs / task)):
+        if len(folders) < 2:
+            continue
+        out = settings.out / task / ("run_report" if index == 0 else f"run_report_{index}")
+        shown = " ".join(shlex.quote(str(folder)) for folder in folders)
+        print(f"\n== run report\n$ visiondistill report {shown} --out {out}", flush=True)
+        try:
+            reports.append(write_report(folders, out)[1])
+        except RunError as error:
+            print(f"   no run report: {error}", flush=True)
+    return reports
 
 
 # -- segmentation section (visiondistill/demo_segmentation.py); imported when run, as it imports this module --

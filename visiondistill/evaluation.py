@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy
 
-from visiondistill.distill.recorder import LayerSpec, resolve_layer
+from visiondistill.distill.recorder import LayerSpec
 from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 
@@ -165,22 +165,21 @@ def teacher_agreement(
     Returns:
         The mean of each `visiondistill.explain.metrics.saliency_agreement` metric.
     """
-    from visiondistill.explain.metrics import saliency_agreement
-    from visiondistill.explain.saliency import ClassificationSaliencyAdapter, cam_method, compute_cams
+    from visiondistill.explain.agreement import saliency_teacher_agreement
+    from visiondistill.explain.saliency import ClassificationSaliencyAdapter
 
-    adapter = ClassificationSaliencyAdapter()
-    teacher, student = teacher.eval().cpu(), student.eval().cpu()
-    explained = adapter.predict(teacher, images)
-    targets = adapter.targets(explained, None)
-    maps = {}
-    for role, model, layers in (("teacher", teacher, teacher_layers), ("student", student, student_layers)):
-        modules = [resolve_layer(model, layer, role=role)[1] for layer in layers]
-        with torch.enable_grad():
-            maps[role] = compute_cams(cam_method(method), adapter.cam_model(model), modules, images, targets)
-    return {k: float(v) for k, v in saliency_agreement(maps["teacher"], maps["student"], top_k=top_k).items()}
+    return saliency_teacher_agreement(
+        ClassificationSaliencyAdapter(),
+        teacher,
+        student,
+        images,
+        method=method,
+        teacher_layers=teacher_layers,
+        student_layers=student_layers,
+        top_k=top_k,
+    )
 
 
-@torch.no_grad()
 def attention_agreement(
     teacher: nn.Module,
     student: nn.Module,
@@ -201,17 +200,9 @@ def attention_agreement(
         ``at_cosine/<teacher layer>`` (1 = same attention map) and ``cka/<teacher layer>`` (debiased linear CKA of
         the features; 1 = same up to rotation and scale).
     """
-    from visiondistill.distill.recorder import probe_features
-    from visiondistill.explain.metrics import attention_cosine, linear_cka
+    from visiondistill.explain.agreement import attention_teacher_agreement
 
-    teacher_features = probe_features(teacher.cpu(), images, list(teacher_layers), role="teacher")
-    student_features = probe_features(student.cpu(), images, list(student_layers), role="student")
-    result = {}
-    for s_layer, t_layer in zip(student_layers, teacher_layers, strict=True):
-        s, t = student_features[s_layer], teacher_features[t_layer]
-        result[f"at_cosine/{t_layer}"] = float(attention_cosine(s, t))
-        result[f"cka/{t_layer}"] = float(linear_cka(s, t, debiased=True))
-    return result
+    return attention_teacher_agreement(teacher, student, images, teacher_layers, student_layers)
 
 
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.distill.protocol import ProtocolError, batch_targets, output_logits
-from visiondistill.distill.recorder import LayerSpec, resolve_layer
+from visiondistill.distill.recorder import LayerSpec
 from visiondistill.explain.saliency import LogitsModel, SaliencyAdapter, register_saliency_adapter
 
 __all__ = ["ClassRegionTarget", "SegmentationSaliencyAdapter", "segmentation_teacher_agreement"]
@@ -187,25 +187,21 @@ def segmentation_teacher_agreement(
         The mean of each saliency-agreement metric, ``pixel_agreement`` (fraction of pixels where the two
         predictions agree) and, with masks, ``pointing_game_teacher`` / ``pointing_game_student``.
     """
-    from visiondistill.explain.metrics import pointing_game_hits, saliency_agreement
-    from visiondistill.explain.saliency import cam_method, compute_cams
+    from visiondistill.explain.agreement import saliency_teacher_agreement
 
-    adapter = SegmentationSaliencyAdapter()
     teacher, student = teacher.eval().cpu(), student.eval().cpu()
-    batch = (images, masks) if masks is not None else (images,)
     with torch.no_grad():
         agree = (output_logits(student(images)).argmax(1) == output_logits(teacher(images)).argmax(1)).float().mean()
-    explained = adapter.predict(teacher, images)
-    targets = adapter.targets(explained, batch)
-    maps = {}
-    for role, model, layers in (("teacher", teacher, teacher_layers), ("student", student, student_layers)):
-        modules = [resolve_layer(model, layer, role=role)[1] for layer in layers]
-        with torch.enable_grad():
-            maps[role] = compute_cams(cam_method(method), adapter.cam_model(model), modules, images, targets)
-    result = {k: float(v) for k, v in saliency_agreement(maps["teacher"], maps["student"], top_k=top_k).items()}
+    batch = (images, masks) if masks is not None else (images,)
+    result = saliency_teacher_agreement(
+        SegmentationSaliencyAdapter(),
+        teacher,
+        student,
+        batch,
+        method=method,
+        teacher_layers=teacher_layers,
+        student_layers=student_layers,
+        top_k=top_k,
+    )
     result["pixel_agreement"] = float(agree)
-    pointing = adapter.masks(batch, *images.shape[-2:]) if masks is not None else None
-    if pointing is not None:
-        for role in ("teacher", "student"):
-            result[f"pointing_game_{role}"] = float(pointing_game_hits(maps[role], pointing).float().mean())
     return result

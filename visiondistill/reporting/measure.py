@@ -1,0 +1,164 @@
+"""Measuring the runs of a report: test metrics, size and cost, and agreement with the teacher."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from visiondistill.distill.protocol import batch_inputs
+from visiondistill.evaluation import count_flops, count_parameters, measure_latency
+from visiondistill.reporting.runs import Run, build_datamodule, load_task_module
+
+
+@dataclass
+class Measurements:
+    """What a report shows for one run.
+
+    Attributes:
+        test: The task module's ``test/*`` metrics of the run's checkpoint on the test split.
+        params: Parameters of the network the run trained.
+        flops: FLOPs of one forward pass on one image (``torch.utils.flop_counter``; a multiply-add counts 2).
+        latency_ms: Median CPU wall time of one forward pass on one image, in milliseconds.
+        checkpoint_mb: Size of the run's checkpoint file (teacher weights are never stored in it).
+        saliency: Grad-CAM agreement with the teacher on test images (students only, when measured).
+        attention: Attention-map cosine and CKA with the teacher per stage (students only, when measured).
+    """
+
+    test: dict[str, float]
+    params: int
+    flops: int
+    latency_ms: float
+    checkpoint_mb: float
+    saliency: dict[str, float] = field(default_factory=dict)
+    attention: dict[str, float] = field(default_factory=dict)
+
+
+def test_metrics(module: pl.LightningModule, datamodule: Any) -> dict[str, float]:
+    """Runs Lightning's test loop on the CPU, without logger or callbacks, and returns its metrics."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[],
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+    return {key: float(value) for key, value in (results[0] if results else {}).items()}
+
+
+def probe_batch(datamodule: Any, num_images: int) -> Any:
+    """The first ``num_images`` test samples as one batch, collated by the test loader's own ``collate_fn``."""
+    loader = datamodule.test_dataloader()
+    single = DataLoader(loader.dataset, batch_size=num_images, shuffle=False, collate_fn=loader.collate_fn)
+    return next(iter(single))
+
+
+def _probe_settings(run: Run) -> dict[str, Any]:
+    """Method and layers of the agreement measurement: those of the run's own explanation callbacks, if any."""
+    settings: dict[str, Any] = {"method": "gradcam", "cam_teacher": [-1], "cam_student": [-1]}
+    settings |= {"at_teacher": [-1], "at_student": [-1]}
+    for callback in run.callbacks("GradCAMCallback"):
+        args = callback.get("init_args") or {}
+        layers = args.get("layers") if args.get("layers") is not None else [-1]
+        layers = layers if isinstance(layers, list) else [layers]
+        settings["method"] = args.get("method", "gradcam")
+        settings["cam_teacher"] = _as_list(args.get("teacher_layers"), layers)
+        settings["cam_student"] = _as_list(args.get("student_layers"), layers)
+    for callback in run.callbacks("FeatureMapCallback"):
+        args = callback.get("init_args") or {}
+        settings["at_teacher"] = _as_list(args.get("teacher_layers"), [-1])
+        settings["at_student"] = _as_list(args.get("student_layers"), settings["at_teacher"])
+    return settings
+
+
+def _as_list(value: Any, default: Sequence[Any]) -> list[Any]:
+    if value is None:
+        return list(default)
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def measure_runs(
+    runs: Sequence[Run],
+    num_images: int = 32,
+    data_dir: str | None = None,
+    log: Any = print,
+) -> dict[str, Measurements]:
+    """Measures every run of a report on the test split of the first run's data.
+
+    Agreement with the teacher is measured for every student run when a teacher run is among ``runs``, with the
+    grad-cam method and layers of the first distilled run's explanation callbacks (stage ``-1`` by default), on
+    the first ``num_images`` test images, so scratch and distilled students are compared on the same footing.
+
+    Args:
+        runs: The runs, roles assigned (`visiondistill.reporting.runs.assign_roles`).
+        num_images: Test images of the agreement measurement.
+        data_dir: Data folder replacing the one in the configs (e.g. when the report runs elsewhere).
+        log: Where progress lines go.
+
+    Returns:
+        Measurements by run name.
+    """
+    from visiondistill.explain.agreement import attention_teacher_agreement, saliency_teacher_agreement
+    from visiondistill.explain.saliency import saliency_adapter_for
+
+    datamodule = build_datamodule(runs[0], data_dir)
+    modules = {}
+    measured: dict[str, Measurements] = {}
+    example: Tensor | None = None
+    for run in runs:
+        log(f"== measuring {run.name} ({run.role}, {run.checkpoint})")
+        module = load_task_module(run)
+        modules[run.name] = module
+        metrics = test_metrics(module, datamodule)
+        if example is None:
+            example = batch_inputs(probe_batch(datamodule, 1))
+        network: nn.Module = module.student.eval()
+        measured[run.name] = Measurements(
+            test=metrics,
+            params=count_parameters(network),
+            flops=count_flops(network, example),
+            latency_ms=measure_latency(network, example),
+            checkpoint_mb=run.checkpoint.stat().st_size / 2**20,
+        )
+    teachers = [run for run in runs if run.role == "teacher"]
+    if not teachers:
+        return measured
+    teacher = modules[teachers[0].name].student
+    reference = next((run for run in runs if run.role == "distilled"), runs[-1])
+    settings = _probe_settings(reference)
+    batch = probe_batch(datamodule, num_images)
+    images = batch_inputs(batch)
+    for run in runs:
+        if run.role == "teacher":
+            continue
+        module = modules[run.name]
+        student = module.student
+        try:
+            measured[run.name].saliency = saliency_teacher_agreement(
+                saliency_adapter_for(module),
+                teacher,
+                student,
+                batch,
+                method=settings["method"],
+                teacher_layers=settings["cam_teacher"],
+                student_layers=settings["cam_student"],
+            )
+        except (NotImplementedError, KeyError, ValueError, RuntimeError) as error:
+            log(f"   Grad-CAM agreement of {run.name} not measured: {error}")
+        try:
+            measured[run.name].attention = attention_teacher_agreement(
+                teacher, student, images, settings["at_teacher"], settings["at_student"]
+            )
+        except (KeyError, ValueError, RuntimeError) as error:
+            log(f"   attention agreement of {run.name} not measured: {error}")
+    return measured
