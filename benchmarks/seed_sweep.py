@@ -13,7 +13,7 @@ Sweep file::
     metric: miou                       # read as val/<metric> and test/<metric>
     runs:
       scratch: {config: configs/segmentation/shapes_student_scratch.yaml}
-      pkd: {config: configs/segmentation/shapes_distilled.yaml}
+      pkd: {config: configs/segmentation/shapes_distilled.yaml, seeds: [0, 1, 2, 3, 4]}   # a run may set its own seeds
       pkd_t4: {config: configs/segmentation/shapes_distilled.yaml,
                set: {"trainer.callbacks.0.init_args.temperature": 4.0}}     # dotted path into the base config
       pkd_cwd:
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = materialise(scaled(spec), out, label)
         with open(config) as handle:
             has_teacher = bool(yaml.safe_load(handle)["model"]["init_args"].get("teacher"))
-        for seed in seeds:
+        for seed in spec.get("seeds", seeds):
             run_extra = [*extra, *(teacher_args if has_teacher else [])]
             jobs.append((label, seed, config, out / f"{label}_seed{seed}", run_extra))
     _prepare_data([job[2] for job in jobs])
