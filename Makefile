@@ -25,7 +25,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml requirements/torch.txt
 
 install: $(STAMP) ## Create .venv (if missing) and install the package with its dev tools
 
-demo: $(STAMP) ## Synthesise data, train teacher / scratch / distilled students, print the report (TASK=classification|segmentation|all)
+demo: $(STAMP) ## Synthesise data, train teacher / scratch / distilled students, write the reports (TASK=classification|segmentation|detection|keypoints|all)
 	$(PY) -m visiondistill.demo --task $(TASK)
 
 test: $(STAMP) ## Run the fast test suite (everything not marked slow)

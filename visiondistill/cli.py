@@ -6,6 +6,7 @@ Examples::
     visiondistill fit --config configs/classification/shapes_kd.yaml --trainer.max_epochs 5
     visiondistill synth --out data/shapes
     visiondistill report runs/classification/teacher runs/classification/student_scratch runs/classification/student_kd
+    visiondistill export runs/classification/student_kd/checkpoints/best.ckpt --format onnx
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def _synth(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _export(argv: Sequence[str]) -> int:
+    from visiondistill.export import main
+
+    return main(argv)
+
+
 def _report(argv: Sequence[str]) -> int:
     from visiondistill.reporting.report import main
 
@@ -49,6 +56,7 @@ def _report(argv: Sequence[str]) -> int:
 def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     return {
         "synth": (_synth, "write the synthetic shapes data set to disk in standard formats"),
+        "export": (_export, "export a checkpoint's student for the edge (ONNX), checked against PyTorch"),
         "report": (_report, "compare teacher / scratch / distilled run folders: Markdown + HTML report, model cards"),
     }
 

@@ -102,12 +102,12 @@ def run_classification(settings: DemoSettings) -> Path:
     """Trains the three classification runs, evaluates them on the test split and writes the report."""
     from visiondistill.data import ShapesClassification
     from visiondistill.evaluation import (
-        attention_agreement,
         evaluate_classifier,
         load_student,
         markdown_table,
         teacher_agreement,
     )
+    from visiondistill.explain.agreement import attention_teacher_agreement
 
     task, runs = "classification", CLASSIFICATION_RUNS
     data_args = _data_args(runs[0].config, settings)
@@ -142,7 +142,7 @@ def run_classification(settings: DemoSettings) -> Path:
         for report in (scratch, distilled)
     }
     attention = {
-        report.name: attention_agreement(
+        report.name: attention_teacher_agreement(
             models[teacher.name],
             models[report.name],
             probe,
@@ -271,6 +271,30 @@ def _run_segmentation(settings: DemoSettings) -> Path:
 
 
 TASKS["segmentation"] = _run_segmentation
+
+
+# -- keypoint section (visiondistill/demo_keypoints.py); imported when run, as it imports this module --
+
+
+def _run_keypoints(settings: DemoSettings) -> Path:
+    from visiondistill.demo_keypoints import run_keypoints
+
+    return run_keypoints(settings)
+
+
+TASKS["keypoints"] = _run_keypoints
+
+
+# -- detection section (visiondistill/demo_detection.py); imported when run, as it imports this module --
+
+
+def _run_detection(settings: DemoSettings) -> Path:
+    from visiondistill.demo_detection import run_detection
+
+    return run_detection(settings)
+
+
+TASKS["detection"] = _run_detection
 
 
 if __name__ == "__main__":

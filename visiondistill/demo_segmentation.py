@@ -32,7 +32,7 @@ SEGMENTATION_RUNS = (
         "student, scratch (Unet tu-test_resnet)", "configs/segmentation/shapes_student_scratch.yaml", "student_scratch"
     ),
     DemoRun(
-        "student, distilled PKD+CWD (Unet tu-test_resnet)",
+        "student, distilled CWD (Unet tu-test_resnet)",
         "configs/segmentation/shapes_distilled.yaml",
         "student_distilled",
         True,

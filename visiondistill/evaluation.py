@@ -180,31 +180,6 @@ def teacher_agreement(
     )
 
 
-def attention_agreement(
-    teacher: nn.Module,
-    student: nn.Module,
-    images: Tensor,
-    teacher_layers: Sequence[LayerSpec] = (-1,),
-    student_layers: Sequence[LayerSpec] = (-1,),
-) -> dict[str, float]:
-    """Attention-map and representation agreement of a student with the teacher, per matched stage.
-
-    Args:
-        teacher: The teacher network.
-        student: The student network.
-        images: Input batch ``N×C×H×W``.
-        teacher_layers: Teacher layers (module paths or stage indices).
-        student_layers: Student layers, matched pairwise.
-
-    Returns:
-        ``at_cosine/<teacher layer>`` (1 = same attention map) and ``cka/<teacher layer>`` (debiased linear CKA of
-        the features; 1 = same up to rotation and scale).
-    """
-    from visiondistill.explain.agreement import attention_teacher_agreement
-
-    return attention_teacher_agreement(teacher, student, images, teacher_layers, student_layers)
-
-
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
     """Renders dict rows (same keys) as a Markdown table."""
     if not rows:

@@ -1,7 +1,9 @@
 """Data: the synthetic shapes generator and writers, albumentations pipelines and Lightning data modules."""
 
 from visiondistill.data.classification import ImageFolderClassification, ImageFolderDataset, ShapesClassification
+from visiondistill.data.detection import CocoDetection, CocoDetectionDataset, ShapesDetection, detection_transforms
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.keypoints import COCOKeypoints, KeypointCrops, ShapesKeypoints
 from visiondistill.data.medical import LesionGenerator, SyntheticLesions
 from visiondistill.data.segmentation import (
     MaskFolderDataset,
@@ -16,21 +18,28 @@ from visiondistill.data.transforms import classification_transforms
 __all__ = [
     "MAX_KEYPOINTS",
     "SHAPE_CLASSES",
+    "COCOKeypoints",
+    "CocoDetection",
+    "CocoDetectionDataset",
     "CorruptImageError",
     "DataError",
     "ImageFolderClassification",
     "ImageFolderDataset",
+    "KeypointCrops",
     "LesionGenerator",
     "MaskFolderDataset",
     "MaskFolderSegmentation",
     "MissingDataError",
     "ShapeObject",
     "ShapesClassification",
+    "ShapesDetection",
     "ShapesGenerator",
+    "ShapesKeypoints",
     "ShapesSample",
     "ShapesSegmentation",
     "SyntheticLesions",
     "classification_transforms",
+    "detection_transforms",
     "segmentation_transforms",
     "write_shapes_dataset",
 ]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
+import torch
 from albumentations.pytorch import ToTensorV2
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TorchSeededCompose",
     "augmentation_pipeline",
     "classification_transforms",
     "resolve_normalization",
@@ -90,6 +93,21 @@ def classification_transforms(
     return augmentation_pipeline(image_size, train, in_chans, mean, std)
 
 
+class TorchSeededCompose(A.Compose):
+    """An albumentations pipeline whose random draws follow torch's generator.
+
+    albumentations draws from generators of its own, seeded from the OS, so ``seed_everything`` alone does not make
+    augmentation reproducible. This pipeline reseeds them from ``torch.randint`` on every call: torch's generator
+    is seeded by ``seed_everything`` in the main process and by the DataLoader in each worker
+    (``base_seed + worker_id``), so a seeded run augments the same way every time and workers never repeat each other.
+    """
+
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        """Reseeds from torch, then applies the pipeline."""
+        self.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        return super().__call__(*args, force_apply=force_apply, **data)
+
+
 def augmentation_pipeline(
     image_size: int,
     train: bool,
@@ -125,4 +143,4 @@ def augmentation_pipeline(
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         ]
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    return TorchSeededCompose(steps) if train else A.Compose(steps)

@@ -14,24 +14,36 @@ from visiondistill.distill.callbacks import (
     LogitDistillation,
     ShapeMismatchError,
 )
+from visiondistill.distill.detection import DetectionLogitDistillation, FeatureImitation, FPNChannelWiseDistillation
+from visiondistill.distill.keypoints import HeatmapDistillation
 from visiondistill.distill.protocol import ProtocolError, freeze_teacher
 from visiondistill.distill.recorder import FeatureRecorder, LayerNotFoundError, feature_stages, resolve_layer
+from visiondistill.distill.saliency_alignment import SaliencyAlignment
 from visiondistill.distill.segmentation import ChannelWiseDistillation, PairwiseSimilarity, PixelwiseDistillation
+from visiondistill.distill.weights import AdaptiveDistillationWeights, ScheduleSpec, WeightSchedule
 
 __all__ = [
+    "AdaptiveDistillationWeights",
     "AttentionTransfer",
     "ChannelWiseDistillation",
     "DecoupledDistillation",
+    "DetectionLogitDistillation",
     "DistillationCallback",
+    "FPNChannelWiseDistillation",
     "FeatureHint",
+    "FeatureImitation",
     "FeatureRecorder",
+    "HeatmapDistillation",
     "HintConnector",
     "LayerNotFoundError",
     "LogitDistillation",
     "PairwiseSimilarity",
     "PixelwiseDistillation",
     "ProtocolError",
+    "SaliencyAlignment",
+    "ScheduleSpec",
     "ShapeMismatchError",
+    "WeightSchedule",
     "distillation_callbacks",
     "distillation_loss",
     "feature_stages",

@@ -11,7 +11,14 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import freeze_teacher, get_student, get_teacher, module_device
+from visiondistill.distill.protocol import (
+    ProtocolError,
+    batch_inputs,
+    freeze_teacher,
+    get_student,
+    get_teacher,
+    module_device,
+)
 
 
 class DistillationCallback(Callback):
@@ -177,11 +184,17 @@ def distillation_loss(pl_module: pl.LightningModule, batch: Any, student_out: An
     """
     trainer = pl_module.trainer
     total = torch.zeros((), device=pl_module.device)
+    try:  # given explicitly: Lightning cannot infer it from batches such as (images, [target dicts])
+        batch_size = batch_inputs(batch).shape[0]
+    except ProtocolError:
+        batch_size = None
     for callback in distillation_callbacks(trainer):
         weight = callback.effective_weight(trainer)
         if weight == 0:
             continue
         term = weight * callback.compute_loss(pl_module, batch, student_out, teacher_out)
-        pl_module.log(f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True)
+        pl_module.log(
+            f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True, batch_size=batch_size
+        )
         total = total + term
     return total

@@ -18,14 +18,19 @@ from torch import Tensor
 __all__ = [
     "attention_map",
     "attention_transfer_loss",
+    "binary_kd_loss",
     "channel_wise_loss",
     "dkd_loss",
     "dkd_warmup",
+    "fgd_feature_loss",
+    "fgd_masks",
+    "gradcam_map",
     "heatmap_kd_loss",
     "hint_loss",
     "kd_loss",
     "pairwise_similarity_loss",
     "pixelwise_kd_loss",
+    "saliency_alignment_loss",
 ]
 
 
@@ -425,3 +430,238 @@ def heatmap_kd_loss(
     if target_heatmaps is None:
         return weighted_mse(teacher_heatmaps)
     return (1.0 - alpha) * weighted_mse(target_heatmaps) + alpha * weighted_mse(teacher_heatmaps)
+
+
+def gradcam_map(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) as a differentiable tensor function.
+
+    ``relu(Σ_c α_c · A_c)`` with ``α_c = mean_{h,w} ∂y/∂A_c``, as grad-cam's ``GradCAM`` before it scales the map.
+    When ``gradients`` were taken with ``create_graph=True`` the map is differentiable in the network's parameters
+    through both the activations and the channel weights.
+
+    Args:
+        activations: Feature map ``A``, shape (N, C, H, W).
+        gradients: ``∂y/∂A`` of the explained score, same shape.
+
+    Returns:
+        Non-negative maps, shape (N, H, W), unscaled.
+
+    Raises:
+        ValueError: If the shapes differ or are not 4-D.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.0]]]])  # N=1, C=2, H=1, W=2
+        >>> gradcam_map(a, torch.ones_like(a)).tolist()
+        [[[4.0, 0.0]]]
+    """
+    _check_same_shape("activations", activations, "gradients", gradients)
+    _check_ndim("activations", activations, 4, "(N, C, H, W)")
+    alpha = gradients.mean(dim=(2, 3), keepdim=True)
+    return F.relu((alpha * activations).sum(dim=1))
+
+
+def _minmax_normalize(maps: Tensor, eps: float) -> Tensor:
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    shifted = flat - low
+    return shifted / (shifted.max(dim=1, keepdim=True).values + eps)
+
+
+def saliency_alignment_loss(
+    student_cam: Tensor, teacher_cam: Tensor, distance: str = "cosine", eps: float = 1e-7
+) -> Tensor:
+    """Distance between student and teacher saliency maps (CAMs), batch mean.
+
+    The student's maps are resized bilinearly (``align_corners=False``) to the teacher's H×W first. Per image, with
+    ``s`` and ``t`` the flattened maps:
+
+    - ``"cosine"``: ``1 − ⟨s, t⟩ / (max(‖s‖, ε) · max(‖t‖, ε))`` (0 = same up to scale; an all-zero map gives 1);
+    - ``"mse"``: ``mean((ŝ − t̂)²)`` of the min-max normalised maps ``x̂ = (x − min x) / (max(x − min x) + ε)``,
+      the [0, 1] scaling grad-cam applies to its maps (ε = 1e-7, as grad-cam).
+
+    Args:
+        student_cam: Student maps, shape (N, H_s, W_s) — differentiable.
+        teacher_cam: Teacher maps, shape (N, H_t, W_t) — the reference (detach it to hold it fixed).
+        distance: ``"cosine"`` or ``"mse"``.
+        eps: The ε above (> 0).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If a map is not 3-D, the batch sizes differ, or ``distance`` is unknown.
+
+    Example:
+        >>> cam = torch.rand(2, 4, 4)
+        >>> float(saliency_alignment_loss(3 * cam, cam)) < 1e-6
+        True
+    """
+    _check_ndim("student_cam", student_cam, 3, "(N, H, W)")
+    _check_ndim("teacher_cam", teacher_cam, 3, "(N, H, W)")
+    _check_positive("eps", eps)
+    if student_cam.shape[0] != teacher_cam.shape[0]:
+        raise ValueError(
+            "student_cam and teacher_cam must have the same batch size, got "
+            f"{tuple(student_cam.shape)} and {tuple(teacher_cam.shape)}"
+        )
+    if distance not in ("cosine", "mse"):
+        raise ValueError(f"distance must be 'cosine' or 'mse', got {distance!r}")
+    if student_cam.shape[-2:] != teacher_cam.shape[-2:]:
+        size = tuple(teacher_cam.shape[-2:])
+        student_cam = F.interpolate(student_cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        student_cam = student_cam.squeeze(1)
+    s, t = student_cam.flatten(1), teacher_cam.flatten(1).to(student_cam.dtype)
+    if distance == "cosine":
+        norms = s.norm(dim=1).clamp_min(eps) * t.norm(dim=1).clamp_min(eps)
+        return (1.0 - (s * t).sum(dim=1) / norms).mean()
+    return (_minmax_normalize(s, eps) - _minmax_normalize(t, eps)).pow(2).mean()
+
+
+# -- detection (FCOS-style dense heads) ----------------------------------------------------------------------------
+
+
+def binary_kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, weights: Tensor | None = None
+) -> Tensor:
+    """KD on sigmoid (focal-loss) classification logits: a binary KL per class and location, at temperature ``T``.
+
+    With ``p = σ(t/T)`` (teacher) and ``q = σ(s/T)`` (student) for each location ``a`` and class ``k``::
+
+        KL_ak = p·log(p/q) + (1 − p)·log((1 − p)/(1 − q))
+        loss  = T² · Σ_a w_a · Σ_k KL_ak / Σ_a w_a            (w_a = 1 without weights: the mean over locations)
+
+    Each class of a sigmoid head is its own two-way distribution (object of class k or not), so the KL is summed over
+    classes, not taken over a softmax across them. Computed from logits with ``logsigmoid`` (stable for large ones).
+
+    Args:
+        student_logits: Student logits, shape (N, A, K) or any shape ending in K.
+        teacher_logits: Teacher logits of the same shape.
+        temperature: ``T`` (> 0).
+        weights: Optional non-negative per-location weights, shape ``logits.shape[:-1]`` (e.g. the teacher's best
+            class probability, to focus on likely objects).
+
+    Returns:
+        Scalar loss (0 when every weight is 0).
+
+    Raises:
+        ValueError: If the shapes differ, ``weights`` has another shape, or ``temperature`` ≤ 0.
+    """
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_positive("temperature", temperature)
+    s, t = student_logits / temperature, teacher_logits / temperature
+    p = torch.sigmoid(t)
+    log_p, log_not_p = F.logsigmoid(t), F.logsigmoid(-t)
+    log_q, log_not_q = F.logsigmoid(s), F.logsigmoid(-s)
+    kl = (p * (log_p - log_q) + (1 - p) * (log_not_p - log_not_q)).sum(dim=-1)
+    if weights is None:
+        return kl.mean() * temperature**2
+    if weights.shape != kl.shape:
+        raise ValueError(f"weights must have shape {tuple(kl.shape)} (one per location), got {tuple(weights.shape)}")
+    weights = weights.to(kl.dtype)
+    return (kl * weights).sum() / weights.sum().clamp_min(1e-12) * temperature**2
+
+
+def fgd_masks(
+    boxes_per_image: list[Tensor], height: int, width: int, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Foreground scale masks and background masks of FGD (Yang et al., CVPR 2022) on one feature map.
+
+    A box ``x0, y0, x1, y1`` (input pixels) covers the cells ``⌊y0·H/H_img⌋ … ⌈y1·H/H_img⌉ − 1`` (rows; columns
+    alike, at least one cell); each covered cell gets ``1 / (number of covered cells)``, the largest value where
+    boxes overlap (the smallest box wins), as the reference ``get_fea_loss`` does. The background mask is 1 on
+    cells no box covers, divided by their count (0 everywhere when boxes cover the whole map).
+
+    Args:
+        boxes_per_image: One ``M×4`` xyxy tensor per image (``M`` may be 0).
+        height: Feature-map height ``H``.
+        width: Feature-map width ``W``.
+        image_size: ``(H_img, W_img)`` of the input the boxes refer to.
+
+    Returns:
+        ``(foreground, background)``, each float32 ``(N, H, W)``.
+    """
+    n = len(boxes_per_image)
+    foreground = torch.zeros(n, height, width)
+    background = torch.ones(n, height, width)
+    scale_y, scale_x = height / image_size[0], width / image_size[1]
+    for i, boxes in enumerate(boxes_per_image):
+        for x0, y0, x1, y1 in boxes.detach().reshape(-1, 4).cpu().tolist():
+            top = min(max(int(math.floor(y0 * scale_y)), 0), height - 1)
+            left = min(max(int(math.floor(x0 * scale_x)), 0), width - 1)
+            bottom = min(max(int(math.ceil(y1 * scale_y)), top + 1), height)
+            right = min(max(int(math.ceil(x1 * scale_x)), left + 1), width)
+            value = 1.0 / ((bottom - top) * (right - left))
+            region = foreground[i, top:bottom, left:right]
+            foreground[i, top:bottom, left:right] = region.clamp_min(value)
+            background[i, top:bottom, left:right] = 0.0
+        count = background[i].sum()
+        if count > 0:
+            background[i] /= count
+    return foreground, background
+
+
+def _fgd_attention(feature: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """FGD's spatial ``H·W·softmax(mean_c|F| / T)`` (N, H, W) and channel ``C·softmax(mean_hw|F| / T)`` (N, C)."""
+    n, c, h, w = feature.shape
+    magnitude = feature.abs()
+    spatial = h * w * F.softmax((magnitude.mean(dim=1) / temperature).flatten(1), dim=1).view(n, h, w)
+    channel = c * F.softmax(magnitude.mean(dim=(2, 3)) / temperature, dim=1)
+    return spatial, channel
+
+
+def fgd_feature_loss(
+    student_feature: Tensor,
+    teacher_feature: Tensor,
+    foreground: Tensor,
+    background: Tensor,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    gamma: float = 0.0,
+    temperature: float = 0.5,
+) -> Tensor:
+    """Focal and attention feature distillation of FGD (Yang et al., CVPR 2022, "Focal and Global KD for Detectors").
+
+    With the teacher's attention ``A^S = H·W·softmax(mean_c|F_t|/T)`` (spatial) and ``A^C = C·softmax(mean_hw|F_t|/T)``
+    (channel), the foreground scale mask ``M_fg`` and background mask ``M_bg`` of `fgd_masks`::
+
+        focal     = α · Σ M_fg·A^S·A^C·(F_t − F_s)² + β · Σ M_bg·A^S·A^C·(F_t − F_s)²      (sums over n, c, h, w)
+        attention = γ · (Σ |A^S_t − A^S_s| + Σ |A^C_t − A^C_s|)                         (student attentions alike)
+        loss      = (focal + attention) / N
+
+    as the reference ``FeatureLoss`` (its global GcBlock term is left out). The reference defaults for RetinaNet
+    (α = 0.001, β = 0.0005, γ = 0.0005) suit 256-channel FPNs over 800 px images; the weights here are relative
+    and the callback's weight scales the whole.
+
+    Args:
+        student_feature: Student feature (already mapped to the teacher's channels), shape (N, C, H, W).
+        teacher_feature: Teacher feature of the same shape.
+        foreground: Foreground scale mask, shape (N, H, W).
+        background: Background mask, shape (N, H, W).
+        alpha: Foreground weight ``α``.
+        beta: Background weight ``β``.
+        gamma: Attention-loss weight ``γ``.
+        temperature: Attention temperature ``T`` (> 0; 0.5 in the paper).
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If shapes differ or are not 4-D, the masks are not (N, H, W), or ``temperature`` ≤ 0.
+    """
+    _check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
+    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    _check_positive("temperature", temperature)
+    n, _, h, w = student_feature.shape
+    for name, mask in (("foreground", foreground), ("background", background)):
+        if tuple(mask.shape) != (n, h, w):
+            raise ValueError(f"{name} must have shape {(n, h, w)} (N, H, W), got {tuple(mask.shape)}")
+    teacher_feature = teacher_feature.detach()
+    spatial_t, channel_t = _fgd_attention(teacher_feature, temperature)
+    attention = spatial_t.unsqueeze(1) * channel_t.view(n, -1, 1, 1)
+    squared = (teacher_feature - student_feature).pow(2) * attention
+    masks = alpha * foreground.to(squared) + beta * background.to(squared)
+    loss = (squared * masks.unsqueeze(1)).sum()
+    if gamma:
+        spatial_s, channel_s = _fgd_attention(student_feature, temperature)
+        loss = loss + gamma * ((spatial_t - spatial_s).abs().sum() + (channel_t - channel_s).abs().sum())
+    return loss / n

@@ -9,8 +9,19 @@
 - `render`: overlays and grids.
 """
 
+from visiondistill.explain.detection import (
+    BoxScoreTarget,
+    DetectionSaliencyAdapter,
+    detection_teacher_agreement,
+)
 from visiondistill.explain.feature_maps import FeatureMapCallback
 from visiondistill.explain.gradcam import GradCAMCallback
+from visiondistill.explain.keypoints import (
+    KeypointPeakTarget,
+    KeypointSaliencyAdapter,
+    keypoint_grid,
+    keypoint_teacher_agreement,
+)
 from visiondistill.explain.metrics import (
     SALIENCY_KEYS,
     AttentionAgreement,
@@ -52,10 +63,14 @@ __all__ = [
     "SALIENCY_ADAPTERS",
     "SALIENCY_KEYS",
     "AttentionAgreement",
+    "BoxScoreTarget",
     "ClassRegionTarget",
     "ClassificationSaliencyAdapter",
+    "DetectionSaliencyAdapter",
     "FeatureMapCallback",
     "GradCAMCallback",
+    "KeypointPeakTarget",
+    "KeypointSaliencyAdapter",
     "LinearCKA",
     "PointingGame",
     "ProbeBatch",
@@ -72,8 +87,11 @@ __all__ = [
     "comparison_grid",
     "compute_cams",
     "compute_layer_cams",
+    "detection_teacher_agreement",
     "draw_probe_batch",
     "encode_png",
+    "keypoint_grid",
+    "keypoint_teacher_agreement",
     "linear_cka",
     "overlay",
     "pointing_game",

@@ -239,7 +239,7 @@ class GradCAMCallback(ProbeCallback):
             return
         title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
         grid = saliency_grid(
-            display,
+            adapter.annotate(display, batch.batch),
             student_maps,
             teacher_maps,
             true_labels=truth.tolist() if truth is not None else None,

@@ -5,6 +5,8 @@ One CAM engine serves every task; what differs is small and lives in a `Saliency
 - `SaliencyAdapter.cam_model` — the model as grad-cam sees it (a module whose output the targets can index);
 - `SaliencyAdapter.predict` / `SaliencyAdapter.ground_truth` — the category to explain per image;
 - `SaliencyAdapter.targets` — grad-cam target callables for those categories;
+- `SaliencyAdapter.target_scores` — the same explained score as a differentiable ``(N,)`` tensor of a raw network
+  output (`visiondistill.distill.SaliencyAlignment` trains on it; adapters of structured outputs override it);
 - `SaliencyAdapter.masks` — object masks for the pointing game, when the batch has masks or boxes;
 - `SaliencyAdapter.reshape_transform` — how a layer's activations become ``N×C×H×W`` (token layers of ViTs).
 
@@ -136,7 +138,11 @@ class SaliencyAdapter:
         return model
 
     def predict(self, model: nn.Module, images: Tensor) -> Tensor:
-        """The category a model predicts for each image, shape ``(N,)``, computed without gradients."""
+        """The category a model predicts for each image, shape ``(N,)``, computed without gradients.
+
+        Read the categories from a single ``model(images)`` call: `visiondistill.distill.SaliencyAlignment` passes a
+        module that replays the teacher's output of the training step instead of running the teacher again.
+        """
         raise NotImplementedError
 
     def ground_truth(self, batch: Any) -> Tensor | None:
@@ -146,6 +152,24 @@ class SaliencyAdapter:
     def targets(self, categories: Tensor, batch: Any) -> list[Callable[[Tensor], Tensor]]:
         """One grad-cam target callable per image, explaining ``categories[i]`` for image ``i``."""
         raise NotImplementedError
+
+    def target_scores(self, output: Any, categories: Tensor, batch: Any) -> Tensor:
+        """The explained score of each image, ``(N,)``, differentiable in ``output`` (used by `SaliencyAlignment`).
+
+        ``output`` is the network's raw output on the batch (what ``training_step`` gets, not `cam_model`'s), so
+        the score can be taken on the training forward's graph. The default applies `targets` to each image's
+        ``output_logits(output)[i]``, which is right for any adapter whose targets index a per-image logits tensor
+        (classification, segmentation). An adapter for a network with structured outputs (detection, keypoints)
+        overrides it: it must return one scalar per image, built from ``output`` with differentiable operations
+        only (no ``.item()``, no numpy), explaining the same thing its `targets` explain for ``categories``.
+        """
+        logits = output_logits(output)
+        targets = self.targets(categories, batch)
+        if len(targets) != logits.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}: {len(targets)} targets for an output batch of {logits.shape[0]} images"
+            )
+        return torch.stack([target(logits[i]) for i, target in enumerate(targets)])
 
     def masks(self, batch: Any, height: int, width: int) -> Tensor | None:
         """Bool object masks ``(N, H, W)`` for the pointing game, or ``None`` when the batch locates no object.
@@ -170,6 +194,10 @@ class SaliencyAdapter:
         if isinstance(boxes, list | tuple) and boxes and all(isinstance(b, Tensor) for b in boxes):
             return boxes_to_masks([b.reshape(-1, 4).cpu() for b in boxes], height, width)
         return None
+
+    def annotate(self, images: Tensor, batch: Any) -> Tensor:
+        """The display images (``N×C×H×W`` in [0, 1]) as shown in grids; detection draws its boxes on them."""
+        return images
 
     def reshape_transform(self, model: nn.Module, layer_paths: Sequence[str]) -> Callable[[object], Tensor]:
         """The grad-cam ``reshape_transform`` for these layers of ``model`` (a `TokenReshape`)."""

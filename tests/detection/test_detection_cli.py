@@ -1,0 +1,51 @@
+"""The detection configs through the `visiondistill` command: teacher → distilled student → validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from visiondistill.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
+
+
+def tiny(tmp_path: Path, name: str) -> list[str]:
+    return [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--trainer.logger.init_args.name={name}",
+        f"--data.init_args.data_dir={tmp_path / 'data'}",
+        "--data.init_args.image_size=32",
+        "--data.init_args.num_train=8",
+        "--data.init_args.num_val=4",
+        "--data.init_args.num_test=0",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+    ]
+
+
+def test_teacher_then_distil_then_validate(tmp_path: Path):
+    teacher = [*tiny(tmp_path, "teacher"), "--model.init_args.student.backbone=test_resnet"]
+    assert main(["fit", "--config", str(CONFIGS / "shapes_teacher.yaml"), *teacher]) == 0
+    checkpoint = tmp_path / "runs" / "teacher" / "checkpoints" / "best.ckpt"
+    assert checkpoint.is_file()
+
+    # The teacher's backbone and FPN are read from its checkpoint when left out.
+    config = yaml.safe_load((CONFIGS / "shapes_distilled.yaml").read_text())
+    config["model"]["init_args"]["teacher"] = {"checkpoint": str(checkpoint)}
+    distilled = tmp_path / "distilled.yaml"
+    distilled.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(distilled), *tiny(tmp_path, "distilled")]) == 0
+    student = tmp_path / "runs" / "distilled" / "checkpoints" / "last.ckpt"
+    saved = torch.load(student, weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])
+    assert any(k.startswith("distill_adapters.cwd_fpn.") for k in saved["state_dict"])
+    assert saved["hyper_parameters"]["student"]["backbone"] == "test_resnet"
+    assert main(["validate", "--config", str(distilled), *tiny(tmp_path, "val"), f"--ckpt_path={student}"]) == 0

@@ -1,0 +1,130 @@
+"""`visiondistill export CKPT --format onnx`: round trips through onnxruntime and clear messages on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from visiondistill.cli import main
+from visiondistill.evaluation import load_student
+from visiondistill.export import EXPORTERS, ExportError, ExportSpec, export_onnx, load_export_spec, register_exporter
+from visiondistill.models import ClassifierSpec
+from visiondistill.models.segmenters import load_segmenter
+from visiondistill.tasks import ClassificationTask, SegmentationTask
+
+
+def trained_checkpoint(task: pl.LightningModule, loader, trainer_kwargs, tmp_path: Path) -> Path:
+    trainer = pl.Trainer(**{**trainer_kwargs, "max_steps": 2}, callbacks=[])
+    trainer.fit(task, loader)
+    path = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def onnxruntime_outputs(path: Path, images: torch.Tensor) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images.numpy()})[0]
+
+
+def test_classification_student_round_trip(tmp_path, tiny_loader, trainer_kwargs, capsys):
+    torch.manual_seed(0)
+    task = ClassificationTask(
+        student=ClassifierSpec(name="test_resnet"), teacher=ClassifierSpec(name="test_efficientnet"), num_classes=4
+    )
+    checkpoint = trained_checkpoint(task, tiny_loader, trainer_kwargs, tmp_path)
+    assert main(["export", str(checkpoint), "--format", "onnx", "--image-size", "32"]) == 0
+    output = checkpoint.with_suffix(".onnx")
+    printed = capsys.readouterr().out
+    assert str(output) in printed and "max |diff|" in printed
+    student, _ = load_student(checkpoint)
+    images = torch.rand(5, 3, 32, 32)  # another batch size than the export's example
+    with torch.no_grad():
+        expected = student(images).numpy()
+    np.testing.assert_allclose(onnxruntime_outputs(output, images), expected, rtol=0, atol=1e-4)
+
+
+def test_segmentation_student_round_trip(tmp_path, seg_loader, seg_specs, trainer_kwargs):
+    torch.manual_seed(0)
+    task = SegmentationTask(student=seg_specs[0], teacher=seg_specs[1], num_classes=3)
+    checkpoint = trained_checkpoint(task, seg_loader, trainer_kwargs, tmp_path)
+    output = tmp_path / "out" / "segmenter.onnx"
+    assert main(["export", str(checkpoint), "--output", str(output), "--image-size", "32", "--opset", "17"]) == 0
+    student, _ = load_segmenter(checkpoint)
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = student(images).numpy()
+    got = onnxruntime_outputs(output, images)
+    assert got.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_task_is_recognised_from_class_path_or_hyperparameters(tmp_path, tiny_loader, trainer_kwargs):
+    torch.manual_seed(0)
+    task = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=4)
+    checkpoint = trained_checkpoint(task, tiny_loader, trainer_kwargs, tmp_path)
+    assert load_export_spec(checkpoint, image_size=32).task == "classification"  # no _class_path: recognised
+    data = torch.load(checkpoint, weights_only=False)
+    data["hyper_parameters"]["_class_path"] = "visiondistill.tasks.PoseTask"
+    torch.save(data, tmp_path / "pose.ckpt")
+    message = r"PoseTask, which has no exporter; exporters exist for: .*ClassificationTask"
+    with pytest.raises(ExportError, match=message):
+        load_export_spec(tmp_path / "pose.ckpt")
+
+
+def test_registered_exporter_with_a_structured_output_wrapper(tmp_path):
+    """How detection/keypoint tasks plug in: a wrapper returns a tuple of tensors, one output name each."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"boxes": y.mean(dim=(2, 3)), "heatmaps": y.sigmoid()}
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return out["boxes"], out["heatmaps"]
+
+    @register_exporter("ToyTask")
+    def toy(path, checkpoint, image_size):
+        return ExportSpec(Wrapper(TwoHeads()), torch.rand(1, 3, 16, 16), output_names=["boxes", "heatmaps"], task="toy")
+
+    try:
+        torch.save({"hyper_parameters": {"_class_path": "x.ToyTask", "student": {}}}, tmp_path / "toy.ckpt")
+        spec = load_export_spec(tmp_path / "toy.ckpt")
+        result = export_onnx(spec, tmp_path / "toy.onnx")
+        assert result.max_abs_diff <= 1e-4
+        session = onnxruntime.InferenceSession(str(tmp_path / "toy.onnx"), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == ["boxes", "heatmaps"]
+        with pytest.raises(ExportError, match="not tensors; its exporter must wrap it"):
+            export_onnx(ExportSpec(TwoHeads().eval(), torch.rand(1, 3, 16, 16)), tmp_path / "raw.onnx")
+    finally:
+        del EXPORTERS["ToyTask"]
+
+
+def test_bad_inputs_give_clear_messages(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing.ckpt")]) == 1
+    assert "missing.ckpt' does not exist" in capsys.readouterr().err
+
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
+    assert main(["export", str(tmp_path / "plain.pt")]) == 1
+    assert "is not a visiondistill student checkpoint" in capsys.readouterr().err
+
+    assert main(["export", str(tmp_path / "plain.pt"), "--format", "tflite"]) == 2
+    assert "unknown format 'tflite'; supported formats: onnx" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["export"])
+    assert "the following arguments are required: checkpoint" in capsys.readouterr().err

@@ -1,0 +1,188 @@
+"""Keypoint decoding, PCK and OKS AP — AP checked against pycocotools' COCOeval on the same predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from visiondistill.data.keypoints import gaussian_heatmaps
+from visiondistill.tasks.keypoint_metrics import PCK, KeypointAP, decode_heatmaps, keypoint_ap, pck
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def test_decode_recovers_gaussian_targets_within_a_quarter_heatmap_pixel():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(6, 58, size=(20, 2)), np.full((20, 1), 2.0)], axis=1)
+    heatmaps = torch.from_numpy(gaussian_heatmaps(points, size=16, stride=4, sigma=1.0))[None]
+    coords, scores = decode_heatmaps(heatmaps, stride=4)
+    error = (coords[0] - torch.from_numpy(points[:, :2]).float()).abs()
+    assert error.max() <= 0.25 * 4 + 1e-5  # argmax (±½ px) refined by a quarter pixel: at most ¼ px off per axis
+    assert (scores > 0.5).all()
+
+
+def test_dark_decoding_recovers_gaussian_centres_far_better_than_a_quarter_step():
+    rng = np.random.default_rng(4)
+    points = np.concatenate([rng.uniform(12, 52, size=(30, 2)), np.full((30, 1), 2.0)], axis=1)
+    heatmaps = torch.from_numpy(gaussian_heatmaps(points, size=16, stride=4, sigma=1.0))[None]
+    truth = torch.from_numpy(points[:, :2]).float()
+    dark, scores = decode_heatmaps(heatmaps, stride=4, method="dark", sigma=1.0)
+    quarter, _ = decode_heatmaps(heatmaps, stride=4)
+    assert (dark[0] - truth).abs().max() < 0.01  # input pixels
+    assert (quarter[0] - truth).abs().mean() > 20 * (dark[0] - truth).abs().mean()
+    assert torch.allclose(scores, heatmaps.flatten(2).amax(-1))
+    border = torch.zeros(1, 1, 8, 8)
+    border[0, 0, 0, 1] = 1.0  # no derivatives two pixels from the border: the argmax stays
+    assert decode_heatmaps(border, stride=2, method="dark")[0].tolist() == [[[3.0, 1.0]]]
+    with pytest.raises(ValueError, match="'quarter' or 'dark'"):
+        decode_heatmaps(heatmaps, method="taylor")
+
+
+def test_decode_shifts_a_quarter_pixel_towards_the_higher_neighbour_and_not_at_the_border():
+    heatmaps = torch.zeros(1, 2, 5, 5)
+    heatmaps[0, 0, 2, 2], heatmaps[0, 0, 2, 1], heatmaps[0, 0, 3, 2] = 1.0, 0.6, 0.4  # left and below higher
+    heatmaps[0, 1, 0, 4] = 1.0  # a corner: no neighbour on one side, no shift
+    coords, _ = decode_heatmaps(heatmaps, stride=2)
+    assert coords[0, 0].tolist() == [(2 - 0.25 + 0.5) * 2, (2 + 0.25 + 0.5) * 2]
+    assert coords[0, 1].tolist() == [(4 + 0.5) * 2, (0 + 0.5) * 2]
+
+
+# ---------------------------------------------------------------------------------------------------- PCK
+def numpy_pck(pred, gt, size, threshold):
+    correct = labelled = 0
+    for n in range(gt.shape[0]):
+        for k in range(gt.shape[1]):
+            if gt[n, k, 2] > 0:
+                labelled += 1
+                correct += np.hypot(*(pred[n, k] - gt[n, k, :2])) <= threshold * size[n]
+    return correct / labelled
+
+
+def test_pck_matches_a_loop_transcription_and_skips_unlabelled_keypoints():
+    rng = np.random.default_rng(1)
+    gt = np.concatenate([rng.uniform(0, 64, (10, 4, 2)), rng.integers(0, 3, (10, 4, 1))], axis=2)
+    pred = gt[..., :2] + rng.normal(0, 3, (10, 4, 2))
+    size = rng.uniform(20, 60, 10)
+    for threshold in (0.05, 0.1):
+        expected = numpy_pck(pred, gt, size, threshold)
+        value = pck(torch.tensor(pred), torch.tensor(gt), torch.tensor(size), threshold)
+        assert float(value) == pytest.approx(expected, abs=1e-6)
+        metric = PCK(threshold)
+        metric.update(torch.tensor(pred[:4]), torch.tensor(gt[:4]), torch.tensor(size[:4]))
+        metric.update(torch.tensor(pred[4:]), torch.tensor(gt[4:]), torch.tensor(size[4:]))
+        assert float(metric.compute()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pck_rejects_a_bad_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        PCK(0.0)
+
+
+# ------------------------------------------------------------------------------------------------- OKS AP
+SIGMAS = [0.05, 0.08, 0.05, 0.1]
+
+
+def make_case(seed=0):
+    """Ground truths in 6 images (one unlabelled, so ignored), and noisy predictions of varying quality."""
+    rng = np.random.default_rng(seed)
+    gts, dts = [], []
+    for image_id in range(1, 7):
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = rng.uniform(10, 60, 2)
+            w, h = rng.uniform(15, 40, 2)
+            points = np.stack([rng.uniform(x, x + w, 4), rng.uniform(y, y + h, 4), rng.integers(0, 3, 4)], axis=1)
+            if len(gts) == 3:
+                points[:, 2] = 0  # no labelled keypoint: COCOeval ignores it
+            gts.append({"image_id": image_id, "bbox": [x, y, w, h], "area": w * h * 0.7, "keypoints": points})
+            noise = rng.choice([0.5, 2.0, 6.0, 20.0])
+            predicted = points[:, :2] + rng.normal(0, noise, (4, 2))
+            dts.append({"image_id": image_id, "keypoints": predicted, "score": float(rng.uniform(0.1, 1.0))})
+    dts.append({"image_id": 2, "keypoints": rng.uniform(0, 80, (4, 2)), "score": 0.95})  # a false positive
+    return gts, dts
+
+
+def cocoeval_ap(gts, dts):
+    dataset = {
+        "images": [{"id": i, "width": 100, "height": 100} for i in sorted({g["image_id"] for g in gts})],
+        "categories": [{"id": 1, "name": "shape", "keypoints": [f"k{i}" for i in range(4)], "skeleton": []}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": g["image_id"],
+                "category_id": 1,
+                "bbox": list(g["bbox"]),
+                "area": g["area"],
+                "iscrowd": 0,
+                "keypoints": g["keypoints"].ravel().tolist(),
+                "num_keypoints": int((g["keypoints"][:, 2] > 0).sum()),
+            }
+            for i, g in enumerate(gts)
+        ],
+    }
+    results = [
+        {
+            "image_id": d["image_id"],
+            "category_id": 1,
+            "keypoints": np.concatenate([d["keypoints"], np.ones((4, 1))], axis=1).ravel().tolist(),
+            "score": d["score"],
+        }
+        for d in dts
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+        evaluation = COCOeval(coco, coco.loadRes(results), iouType="keypoints")
+        evaluation.params.kpt_oks_sigmas = np.array(SIGMAS)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_oks_ap_equals_pycocotools_cocoeval(seed):
+    gts, dts = make_case(seed)
+    expected = cocoeval_ap(gts, dts)
+    assert 0.05 < expected < 0.95  # a case where matching and ranking matter
+    ours = keypoint_ap(
+        [g["image_id"] for g in gts],
+        np.stack([g["keypoints"] for g in gts]),
+        np.array([g["area"] for g in gts]),
+        np.array([g["bbox"] for g in gts]),
+        np.stack([d["keypoints"] for d in dts]),
+        np.array([d["score"] for d in dts]),
+        SIGMAS,
+        prediction_image_ids=[d["image_id"] for d in dts],
+    )
+    assert ours == pytest.approx(expected, abs=1e-4)
+
+
+def test_keypoint_ap_metric_accumulates_batches_like_the_function():
+    gts, dts = make_case(3)
+    dts = dts[: len(gts)]  # top-down: prediction i belongs to ground truth i
+    tensors = [
+        torch.tensor([g["image_id"] for g in gts]),
+        torch.tensor(np.stack([g["keypoints"] for g in gts])),
+        torch.tensor([g["area"] for g in gts]),
+        torch.tensor(np.array([g["bbox"] for g in gts])),
+        torch.tensor(np.stack([d["keypoints"] for d in dts])),
+        torch.tensor([d["score"] for d in dts]),
+    ]
+    metric = KeypointAP(SIGMAS)
+    metric.update(*[t[:5] for t in tensors])
+    metric.update(*[t[5:] for t in tensors])
+    expected = cocoeval_ap(gts, dts)
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="4 sigmas"):
+        metric.update(tensors[0], tensors[1][:, :3], *tensors[2:])
+
+
+def test_keypoint_ap_without_labelled_ground_truth_is_minus_one():
+    keypoints = np.zeros((1, 4, 3))
+    assert keypoint_ap([1], keypoints, np.ones(1), np.ones((1, 4)), np.zeros((1, 4, 2)), np.ones(1), SIGMAS) == -1.0

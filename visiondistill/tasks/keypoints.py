@@ -1,0 +1,268 @@
+"""Top-down keypoint estimation: a SimpleBaseline heatmap student distilled from a heatmap teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from visiondistill.data.keypoints import check_flip_pairs, flip_permutation
+from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
+from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
+from visiondistill.tasks.keypoint_metrics import PCK, KeypointAP, decode_heatmaps
+
+__all__ = ["KeypointTask", "flip_back"]
+
+
+def flip_back(heatmaps: Tensor, permutation: Sequence[int]) -> Tensor:
+    """Heatmaps predicted on horizontally flipped images, put back in the original frame and keypoint order.
+
+    With heatmap pixel ``j`` centred on input coordinate ``(j + 0.5) · stride``, a flip of the input is an exact flip
+    of the heatmap array (no one-pixel shift); then the left/right keypoints trade channels.
+
+    Args:
+        heatmaps: ``N×K×h×w`` heatmaps of flipped inputs.
+        permutation: Channel ``i`` of the result takes channel ``permutation[i]`` (see `flip_permutation`).
+
+    Returns:
+        The heatmaps in the frame of the unflipped inputs.
+    """
+    return heatmaps.flip(-1)[:, list(permutation)]
+
+
+class KeypointTask(DistillationTask):
+    """Top-down keypoint estimation on instance crops, with an optional frozen heatmap teacher.
+
+    Batches are dicts from `visiondistill.data.KeypointCrops` (``image``, ``target`` heatmaps, ``target_weight`` …);
+    the student's output is the heatmaps ``N×K×h×w``. The task loss is the visibility-weighted heatmap MSE,
+    ``mean(w_nk · (H_s − H_gt)²)`` (`visiondistill.distill.losses.heatmap_kd_loss` without a teacher term).
+    Validation and test decode the heatmaps (argmax with a sub-pixel refinement, optionally averaged with the
+    flipped image's heatmaps) and log ``<stage>/pck@0.05`` and ``<stage>/pck@0.1`` (box-normalised, in crop pixels),
+    ``<stage>/ap`` (COCO OKS AP on the true boxes, image coordinates) and ``<stage>/loss``. Explanations use the
+    ``"keypoints"`` saliency adapter (`visiondistill.explain.KeypointSaliencyAdapter`).
+
+    Args:
+        student: Spec of the network to train (backbone and deconvolution head).
+        teacher: Spec of the frozen teacher, usually with ``checkpoint`` set; ``None`` for no teacher.
+        num_keypoints: ``K``; checked against the datamodule at setup.
+        keypoint_names: Names (for logs and pictures); read from the datamodule when ``None``.
+        flip_pairs: Left/right keypoint pairs for the flip test; read from the datamodule when ``None``.
+        flip_test: Average the heatmaps of each image and of its mirror image at evaluation.
+        decoding: Sub-pixel refinement of the heatmap argmax: ``"quarter"`` (a quarter-pixel step towards the higher
+            neighbour) or ``"dark"`` (DARK's Taylor expansion, smoothing with the data's target ``sigma``). DARK is
+            exact on ideal Gaussians, but on the shapes demo's trained 16×16 heatmaps "quarter" scored better
+            (teacher test PCK@0.05 81.6% against 78.6%).
+        oks_sigmas: Per-keypoint OKS constants for the AP (default 0.05 each: a keypoint defined to about a
+            twentieth of the object's scale).
+        task_weight: Multiplier of the supervised heatmap MSE (0 with a `HeatmapDistillation` at ``alpha < 1``
+            gives FPD's loss exactly, as that term already holds the ground-truth part).
+        optimizer: ``"adamw"`` or ``"sgd"``.
+        lr: Peak learning rate.
+        weight_decay: Weight decay.
+        warmup_epochs: Linear warm-up length, in epochs.
+        scheduler: ``"cosine"`` or ``"constant"``.
+
+    Raises:
+        ValueError: For bad keypoint counts, names, sigmas or flip pairs (naming keypoints that do not exist), or a
+            teacher whose heatmaps differ in stride or input channels from the student's.
+        CheckpointError: When the teacher checkpoint is missing or does not fit.
+
+    Example::
+
+        >>> task = KeypointTask(student={"backbone": "test_resnet", "deconv_channels": [8, 8, 8]}, num_keypoints=4)
+        >>> task(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 4, 16, 16])
+    """
+
+    saliency_adapter = "keypoints"
+
+    def __init__(
+        self,
+        student: KeypointModelSpec,
+        teacher: KeypointModelSpec | None = None,
+        num_keypoints: int = 4,
+        keypoint_names: Sequence[str] | None = None,
+        flip_pairs: Sequence[Sequence[int]] | None = None,
+        flip_test: bool = True,
+        decoding: Literal["quarter", "dark"] = "quarter",
+        oks_sigmas: Sequence[float] | None = None,
+        task_weight: float = 1.0,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        scheduler: SchedulerName = "cosine",
+    ) -> None:
+        student_spec = KeypointModelSpec.coerce(student, role="student")
+        teacher_spec = KeypointModelSpec.coerce(teacher, role="teacher") if teacher is not None else None
+        if num_keypoints < 1:
+            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        if keypoint_names is not None and len(keypoint_names) != num_keypoints:
+            raise ValueError(f"keypoint_names has {len(keypoint_names)} names but num_keypoints is {num_keypoints}")
+        pairs = check_flip_pairs(flip_pairs, num_keypoints, keypoint_names) if flip_pairs is not None else None
+        sigmas = [0.05] * num_keypoints if oks_sigmas is None else [float(s) for s in oks_sigmas]
+        if len(sigmas) != num_keypoints or min(sigmas) <= 0:
+            raise ValueError(f"oks_sigmas needs {num_keypoints} positive values (one per keypoint), got {sigmas}")
+        if decoding not in ("quarter", "dark"):
+            raise ValueError(f"decoding must be 'quarter' or 'dark', got {decoding!r}")
+        if not task_weight >= 0:
+            raise ValueError(f"task_weight must be >= 0, got {task_weight}")
+        if teacher_spec is not None and teacher_spec.in_chans != student_spec.in_chans:
+            raise ValueError(
+                f"teacher takes {teacher_spec.in_chans} input channels but the student takes {student_spec.in_chans}; "
+                "they see the same images, so set the same in_chans"
+            )
+        student_model = create_keypoint_model(student_spec, num_keypoints, role="student")
+        teacher_model = create_keypoint_model(teacher_spec, num_keypoints, role="teacher") if teacher_spec else None
+        if teacher_model is not None and teacher_model.stride != student_model.stride:
+            raise ValueError(
+                f"teacher heatmaps have stride {teacher_model.stride} but the student's have {student_model.stride}; "
+                "give both the same number of deconv layers over backbones of the same reduction"
+            )
+        super().__init__(
+            student=student_model,
+            teacher=teacher_model,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            scheduler=scheduler,
+        )
+        self.record_hyperparameters(student_spec, teacher_spec, keypoint_names)
+        self.num_keypoints = num_keypoints
+        self.keypoint_names = (
+            list(keypoint_names) if keypoint_names is not None else [f"kp_{i}" for i in range(num_keypoints)]
+        )
+        # what the explanation callbacks caption: the adapter's category K is "all keypoints"
+        self.class_names = [*self.keypoint_names, "all keypoints"]
+        self.flip_pairs = pairs
+        self.flip_test = flip_test
+        self.decoding = decoding
+        self.decoding_sigma = 1.0  # the data's target sigma, read at setup
+        self.oks_sigmas = sigmas
+        self.task_weight = float(task_weight)
+        self.stride = student_model.stride
+        # ModuleDict keys may not hold dots: "0_05" is logged as pck@0.05
+        self.val_pck = torch.nn.ModuleDict({"0_05": PCK(0.05), "0_1": PCK(0.1)})
+        self.test_pck = torch.nn.ModuleDict({"0_05": PCK(0.05), "0_1": PCK(0.1)})
+        self.val_ap, self.test_ap = KeypointAP(sigmas), KeypointAP(sigmas)
+
+    @override
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        data_keypoints = getattr(datamodule, "num_keypoints", None)
+        if data_keypoints is not None and data_keypoints != self.num_keypoints:
+            raise ValueError(
+                f"the data has {data_keypoints} keypoints but the model is built for {self.num_keypoints}; "
+                f"set model.init_args.num_keypoints: {data_keypoints}"
+            )
+        channels = getattr(datamodule, "in_channels", None)
+        if channels is not None and channels != self.student_spec.in_chans:
+            raise ValueError(
+                f"the data has {channels} channels but the student takes {self.student_spec.in_chans}; "
+                "set the same number of input channels on the data and the models"
+            )
+        stride = getattr(datamodule, "heatmap_stride", None)
+        if stride is not None and stride != self.stride:
+            raise ValueError(
+                f"the data's target heatmaps have stride {stride} but the student's have {self.stride}; "
+                f"set data.init_args.heatmap_stride: {self.stride}"
+            )
+        self.decoding_sigma = float(getattr(datamodule, "sigma", self.decoding_sigma))
+        names = getattr(datamodule, "keypoint_names", None)
+        if self.hparams.get("keypoint_names") is None and names is not None:
+            self.keypoint_names = list(names)
+            self.class_names = [*self.keypoint_names, "all keypoints"]
+        if self.flip_pairs is None:
+            self.flip_pairs = check_flip_pairs(getattr(datamodule, "flip_pairs", None), self.num_keypoints)
+
+    # -- losses ---------------------------------------------------------------------------------
+
+    def heatmap_loss(self, heatmaps: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The visibility-weighted MSE ``mean(w_nk · (H − H_gt)²)`` against the batch's target heatmaps.
+
+        Raises:
+            ValueError: When the heatmaps and the targets differ in size (naming both and the fix).
+        """
+        target = batch["target"]
+        if heatmaps.shape != target.shape:
+            raise ValueError(
+                f"the model's heatmaps are {tuple(heatmaps.shape)} but the targets are {tuple(target.shape)}; the "
+                f"data's heatmap_stride must equal the model's stride ({self.stride}) and its keypoints the model's"
+            )
+        weights = batch["target_weight"].reshape(*heatmaps.shape[:2], 1, 1).to(heatmaps.dtype)
+        return (weights * (heatmaps - target).pow(2)).mean()
+
+    @override
+    def task_loss(self, student_out: Tensor, batch: Any) -> Tensor:
+        loss = self.heatmap_loss(student_out, batch)
+        return loss * self.task_weight if self.task_weight != 1.0 else loss
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def predict_heatmaps(self, images: Tensor, model: torch.nn.Module | None = None) -> Tensor:
+        """Heatmaps of a batch, averaged with the flipped images' heatmaps when ``flip_test`` is on."""
+        model = model if model is not None else self.student
+        heatmaps = model(images)
+        if self.flip_test:
+            permutation = flip_permutation(self.flip_pairs or [], self.num_keypoints)
+            heatmaps = 0.5 * (heatmaps + flip_back(model(images.flip(-1)), permutation))
+        return heatmaps
+
+    def decode(self, heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+        """Keypoints ``N×K×2`` in input pixels and their peak values ``N×K`` (`decode_heatmaps`)."""
+        return decode_heatmaps(heatmaps, stride=self.stride, method=self.decoding, sigma=self.decoding_sigma)
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        images = batch["image"]
+        loss = self.heatmap_loss(self.student(images), batch)
+        coords, scores = self.decode(self.predict_heatmaps(images))
+        for metric in (self.val_pck if stage == "val" else self.test_pck).values():
+            metric.update(coords, batch["keypoints"], batch["box_size"])
+        to_image = batch["to_image"].to(coords.dtype)
+        image_coords = coords @ to_image[:, :, :2].transpose(1, 2) + to_image[:, None, :, 2]
+        (self.val_ap if stage == "val" else self.test_ap).update(
+            batch["image_id"], batch["image_keypoints"], batch["area"], batch["bbox"], image_coords, scores.mean(dim=1)
+        )
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=images.shape[0])
+        return loss
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        pcks, ap = (self.val_pck, self.val_ap) if stage == "val" else (self.test_pck, self.test_ap)
+        for key, metric in pcks.items():
+            threshold = key.replace("_", ".")
+            self.log(f"{stage}/pck@{threshold}", metric.compute(), prog_bar=stage == "val" and threshold == "0.1")
+            metric.reset()
+        self.log(f"{stage}/ap", ap.compute())  # synchronised across processes by torchmetrics
+        ap.reset()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        coords, scores = self.decode(self.predict_heatmaps(images))
+        result = {"keypoints": coords, "scores": scores}
+        if isinstance(batch, dict) and "to_image" in batch:
+            to_image = batch["to_image"].to(coords.dtype)
+            result["image_keypoints"] = coords @ to_image[:, :, :2].transpose(1, 2) + to_image[:, None, :, 2]
+        return result
