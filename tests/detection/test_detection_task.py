@@ -16,6 +16,7 @@ from visiondistill.distill import (
     DetectionLogitDistillation,
     FeatureImitation,
     FPNChannelWiseDistillation,
+    SaliencyAlignment,
     ShapeMismatchError,
 )
 from visiondistill.explain import DetectionSaliencyAdapter, GradCAMCallback, saliency_adapter_for
@@ -227,3 +228,51 @@ def test_adapter_draws_this_rounds_predictions_only():
     assert drawn.shape == (2, 3, 64, 64)
     # the true box's outline is green, drawn first (predictions may be drawn over it)
     assert float(drawn[0, 1, 4, 4:24].max()) > 0.5 and float(drawn[0, 1, 10, 10]) == 0.0
+
+
+class _Spy(pl.Callback):
+    def __init__(self) -> None:
+        self.norms: dict[str, float] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.norms = {n: float(p.grad.norm()) for n, p in pl_module.named_parameters() if p.grad is not None}
+
+
+class _TermOnly(DetectionTask):
+    """The detection losses switched off: every gradient comes from the distillation terms."""
+
+    def task_loss(self, student_out, batch):
+        return student_out.cls_logits.sum() * 0.0
+
+
+def test_saliency_alignment_gradients_reach_the_student(coco_root, tmp_path, teacher_checkpoint: str):
+    torch.manual_seed(0)
+    # The box-score target counts a teacher detection only where the student predicts a box overlapping it
+    # (IoU > 0.5), so an untrained student gets no signal: start the student as a perturbed copy of the teacher.
+    # (An untrained detector predicts zero-size boxes, hence the trained teacher.)
+    teacher = dataclasses.replace(TINY_TEACHER, checkpoint=teacher_checkpoint)
+    task = _TermOnly(student=TINY_TEACHER, teacher=teacher, num_classes=2)
+    with torch.no_grad():
+        task.student.load_state_dict(task.teacher.state_dict())
+        for parameter in task.student.backbone.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    spy = _Spy()
+    # The last backbone stage feeds every FPN level (one level alone sees only its own predictions' gradients).
+    callback = SaliencyAlignment(student_layer="backbone.layer3", teacher_layer="backbone.layer3")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[callback, spy],
+    )
+    trainer.fit(task, CocoDetection(str(coco_root), image_size=64, batch_size=4, num_workers=0))
+    backbone = [v for k, v in spy.norms.items() if k.startswith("student.backbone.")]
+    assert backbone and max(backbone) > 0
+    assert not any(k.startswith("teacher.") for k in spy.norms)
+    assert torch.isfinite(trainer.callback_metrics["train/distill/saliency_alignment_step"])

@@ -132,7 +132,7 @@ class SaliencyAlignment(DistillationCallback):
             )
         student, teacher = get_student(pl_module), get_teacher(pl_module, required=True, who="SaliencyAlignment")
         images = batch_inputs(batch)
-        categories = self.categories(batch, teacher_out, images)
+        categories = self.categories(batch, teacher_out, images, teacher)
         teacher_cam = self.teacher_cam(teacher, images, categories, batch)
         score = self._adapter.target_scores(student_out, categories, batch)
         activations = self._recorded
@@ -147,8 +147,11 @@ class SaliencyAlignment(DistillationCallback):
         student_cam = losses.gradcam_map(transform(activations), transform(gradients))
         return losses.saliency_alignment_loss(student_cam, teacher_cam, distance=self.distance)
 
-    def categories(self, batch: Any, teacher_out: Any, images: Tensor) -> Tensor:
-        """The category explained per image: the teacher's prediction, read from ``teacher_out`` (no forward)."""
+    def categories(self, batch: Any, teacher_out: Any, images: Tensor, teacher: nn.Module | None = None) -> Tensor:
+        """The category explained per image: the teacher's prediction, read from ``teacher_out`` (no forward).
+
+        ``teacher`` lends the adapter its methods (e.g. a detector's post-processing of ``teacher_out``).
+        """
         assert self._adapter is not None, "setup() has not run"
         if self.target == "ground_truth":
             truth = self._adapter.ground_truth(batch)
@@ -157,7 +160,7 @@ class SaliencyAlignment(DistillationCallback):
             if not self._warned_target:
                 self._warned_target = True
                 rank_zero_warn("SaliencyAlignment: the batch has no ground truth; explaining the teacher's prediction")
-        return self._adapter.predict(_Replay(teacher_out), images)
+        return self._adapter.predict(_Replay(teacher_out, source=teacher), images)
 
     def teacher_cam(self, teacher: nn.Module, images: Tensor, categories: Tensor, batch: Any) -> Tensor:
         """The teacher's Grad-CAM at ``teacher_layer`` (detached), from one forward with autograd from that layer on."""
@@ -193,15 +196,29 @@ class SaliencyAlignment(DistillationCallback):
 
 
 class _Replay(nn.Module):
-    """A "model" whose output is already known: lets an adapter's ``predict`` read the teacher's training output."""
+    """A "model" whose output is already known: lets an adapter's ``predict`` read the teacher's training output.
 
-    def __init__(self, output: Any) -> None:
+    Other attributes come from the real network (``source``), so an adapter can call, say, a detector's
+    ``postprocess`` on the replayed output.
+    """
+
+    def __init__(self, output: Any, source: nn.Module | None = None) -> None:
         super().__init__()
         self.output = output
+        object.__setattr__(self, "_source", source)  # not registered: the replay owns no parameters
 
     @override
     def forward(self, *args: Any) -> Any:
         return self.output
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            source = object.__getattribute__(self, "_source")
+            if source is None:
+                raise
+            return getattr(source, name)
 
 
 def _start_graph(leaves: list[Tensor]) -> Callable[[nn.Module, object, object], object]:

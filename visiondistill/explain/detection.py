@@ -27,6 +27,7 @@ from visiondistill.distill.recorder import LayerSpec, resolve_layer
 from visiondistill.explain.metrics import boxes_to_masks
 from visiondistill.explain.render import comparison_grid
 from visiondistill.explain.saliency import SaliencyAdapter, register_saliency_adapter
+from visiondistill.models.detectors import DetectorOutput
 
 __all__ = [
     "BoxScoreTarget",
@@ -148,6 +149,19 @@ class DetectionSaliencyAdapter(SaliencyAdapter):
     @override
     def cam_model(self, model: nn.Module) -> nn.Module:
         return model if isinstance(model, DetectionScores) else DetectionScores(model)
+
+    @override
+    def target_scores(self, output: Any, categories: Tensor, batch: Any) -> Tensor:
+        """The box-score target of each image on a `DetectorOutput`, differentiable (for `SaliencyAlignment`).
+
+        The same ``N×A×(5 + K)`` dense tensor as `DetectionScores` is built from the output (boxes decoded from
+        the output's own points), so the score equals what `targets` explain in a CAM.
+        """
+        if not isinstance(output, DetectorOutput):
+            return super().target_scores(output, categories, batch)
+        dense = torch.cat([output.decoded_boxes(), output.bbox_ctrness, output.cls_logits], dim=-1)
+        targets = self.targets(categories, batch)
+        return torch.stack([target(dense[i]) for i, target in enumerate(targets)])
 
     @override
     @torch.no_grad()

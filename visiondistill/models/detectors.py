@@ -91,6 +91,10 @@ class DetectorSpec:
         return spec_from(cls, value, role, expected="a mapping with backbone, out_indices and fpn_channels")
 
 
+#: FCOS box coding: distances to the four sides in units of the location's stride.
+_BOX_CODER = BoxLinearCoder(normalize_by_size=True)
+
+
 @dataclass
 class DetectorOutput:
     """Everything one forward pass of a `Detector` produces, for a batch of ``N`` images of one size.
@@ -122,6 +126,12 @@ class DetectorOutput:
             "bbox_regression": self.bbox_regression,
             "bbox_ctrness": self.bbox_ctrness,
         }
+
+    def decoded_boxes(self) -> Tensor:
+        """The box each location predicts, ``N×A×4`` xyxy pixels (FCOS's linear box coding; differentiable)."""
+        n = self.bbox_regression.shape[0]
+        anchors = self.anchors.unsqueeze(0).expand(n, -1, -1)
+        return _BOX_CODER.decode(self.bbox_regression, anchors)
 
     def level_shapes(self) -> list[tuple[int, int]]:
         """``(H_l, W_l)`` of each FPN level."""
@@ -179,7 +189,7 @@ class Detector(nn.Module):
         self.head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
         # One point per location: FCOS's "anchors" are stride-sized boxes centred on the points.
         self.anchor_generator = AnchorGenerator(tuple((s,) for s in self.strides), ((1.0,),) * len(self.strides))
-        self.box_coder = BoxLinearCoder(normalize_by_size=True)
+        self.box_coder = _BOX_CODER  # FCOS's post-processing reads it
         self.num_classes = num_classes
         self.center_sampling_radius = center_sampling_radius
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
@@ -254,9 +264,7 @@ class Detector(nn.Module):
 
     def decode_boxes(self, output: DetectorOutput) -> Tensor:
         """The box each location predicts, ``N×A×4`` xyxy pixels (differentiable)."""
-        n = output.bbox_regression.shape[0]
-        anchors = output.anchors.unsqueeze(0).expand(n, -1, -1)
-        return self.box_coder.decode(output.bbox_regression, anchors)
+        return output.decoded_boxes()
 
     @staticmethod
     def _anchors(output: DetectorOutput) -> list[Tensor]:
