@@ -248,9 +248,8 @@ def write_run_reports(task: str, settings: DemoSettings) -> list[Path]:
     from visiondistill.reporting.runs import run_folders_by_data
 
     reports = []
-    for index, folders in enumerate(run_folders_by_data(settings.runs / task)):
-        if len(folders) < 2:
-            continue
+    comparable = [folders for folders in run_folders_by_data(settings.runs / task) if len(folders) > 1]
+    for index, folders in enumerate(comparable):
         out = settings.out / task / ("run_report" if index == 0 else f"run_report_{index}")
         shown = " ".join(shlex.quote(str(folder)) for folder in folders)
         print(f"\n== run report\n$ visiondistill report {shown} --out {out}", flush=True)

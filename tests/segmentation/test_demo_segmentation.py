@@ -16,3 +16,7 @@ def test_quick_segmentation_demo_writes_the_report(tmp_path: Path):
     for expected in ("teacher (Unet resnet18)", "student, scratch", "student, distilled", "mIoU (test)", "nodule"):
         assert expected in report
     assert (tmp_path / "runs" / "segmentation" / "lesions" / "checkpoints" / "best.ckpt").is_file()
+    # One run report for the shapes runs; the lesion run (other data, no teacher) is left out of it.
+    run_report = (out / "segmentation" / "run_report" / "report.md").read_text()
+    assert "| student_distilled | distilled |" in run_report and "lesions" not in run_report
+    assert not list((out / "segmentation").glob("run_report_*"))
