@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy
 
 from visiondistill.distill.recorder import LayerSpec
-from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+from visiondistill.models.checkpoints import load_trained_student
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 
 
@@ -67,15 +67,13 @@ def load_student(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, Any]
     Raises:
         CheckpointError: When the file is missing or was not written by a classification run.
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "student" not in hparams or "num_classes" not in hparams:
-        raise CheckpointError(f"{str(checkpoint_path)!r} was not written by a visiondistill ClassificationTask run")
-    spec = ClassifierSpec.coerce(hparams["student"], role="student")
-    spec.checkpoint, spec.pretrained = None, False
-    model = create_classifier(spec, hparams["num_classes"], role="student")
-    load_weights(model, extract_state_dict(checkpoint), source=str(checkpoint_path), role="student")
-    return model.eval(), dict(hparams)
+
+    def rebuild(stored: Mapping[str, Any], num_classes: int) -> nn.Module:
+        spec = ClassifierSpec.coerce(stored, role="student")
+        spec.checkpoint, spec.pretrained = None, False
+        return create_classifier(spec, num_classes, role="student")
+
+    return load_trained_student(checkpoint_path, "ClassificationTask", "name", "num_classes", rebuild)
 
 
 @dataclass

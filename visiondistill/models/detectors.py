@@ -36,7 +36,13 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, 
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 
-from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+from visiondistill.models.checkpoints import (
+    CheckpointError,
+    extract_state_dict,
+    load_trained_student,
+    load_weights,
+    read_checkpoint,
+)
 from visiondistill.models.classifiers import spec_from
 
 __all__ = ["Detector", "DetectorOutput", "DetectorSpec", "create_detector", "load_detector"]
@@ -374,16 +380,13 @@ def load_detector(checkpoint_path: str | Path) -> tuple[Detector, dict[str, Any]
     Raises:
         CheckpointError: When the file is missing or was not written by a detection run.
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    student = hparams.get("student")
-    if not isinstance(student, Mapping) or "fpn_channels" not in student or "num_classes" not in hparams:
-        raise CheckpointError(f"{str(checkpoint_path)!r} was not written by a visiondistill DetectionTask run")
-    spec = DetectorSpec.coerce(student, role="student")
-    spec.checkpoint = None
-    model = create_detector(spec, hparams["num_classes"], role="student")
-    load_weights(model, extract_state_dict(checkpoint), source=str(checkpoint_path), role="student")
-    return model.eval(), dict(hparams)
+
+    def rebuild(stored: Mapping[str, Any], num_classes: int) -> Detector:
+        spec = DetectorSpec.coerce(stored, role="student")
+        spec.checkpoint = None
+        return create_detector(spec, num_classes, role="student")
+
+    return load_trained_student(checkpoint_path, "DetectionTask", "fpn_channels", "num_classes", rebuild)
 
 
 def _spec_from_checkpoint(checkpoint: Mapping[str, Any] | None, spec: DetectorSpec, role: str) -> DetectorSpec:

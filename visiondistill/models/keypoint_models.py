@@ -21,7 +21,13 @@ import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+from visiondistill.models.checkpoints import (
+    CheckpointError,
+    extract_state_dict,
+    load_trained_student,
+    load_weights,
+    read_checkpoint,
+)
 from visiondistill.models.classifiers import spec_from
 
 __all__ = ["KeypointModelSpec", "SimpleBaseline", "create_keypoint_model", "load_keypoint_model"]
@@ -199,16 +205,13 @@ def load_keypoint_model(checkpoint_path: str | Path) -> tuple[SimpleBaseline, di
     Raises:
         CheckpointError: When the file is missing or was not written by a keypoint run.
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    student = hparams.get("student")
-    if not isinstance(student, Mapping) or "backbone" not in student or "num_keypoints" not in hparams:
-        raise CheckpointError(f"{str(checkpoint_path)!r} was not written by a visiondistill KeypointTask run")
-    spec = KeypointModelSpec.coerce(student, role="student")
-    spec.checkpoint, spec.pretrained = None, False
-    model = create_keypoint_model(spec, hparams["num_keypoints"], role="student")
-    load_weights(model, extract_state_dict(checkpoint), source=str(checkpoint_path), role="student")
-    return model.eval(), dict(hparams)
+
+    def rebuild(stored: Mapping[str, Any], num_keypoints: int) -> SimpleBaseline:
+        spec = KeypointModelSpec.coerce(stored, role="student")
+        spec.checkpoint, spec.pretrained = None, False
+        return create_keypoint_model(spec, num_keypoints, role="student")
+
+    return load_trained_student(checkpoint_path, "KeypointTask", "backbone", "num_keypoints", rebuild)
 
 
 def _spec_from_checkpoint(

@@ -19,7 +19,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+from visiondistill.models.checkpoints import (
+    CheckpointError,
+    extract_state_dict,
+    load_trained_student,
+    load_weights,
+    read_checkpoint,
+)
 from visiondistill.models.classifiers import spec_from
 
 __all__ = ["SegmenterSpec", "create_segmenter", "encoder_feature_info", "load_segmenter", "segmenter_architectures"]
@@ -144,16 +150,13 @@ def load_segmenter(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, An
     Raises:
         CheckpointError: When the file is missing or was not written by a segmentation run.
     """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    student = hparams.get("student")
-    if not isinstance(student, Mapping) or "arch" not in student or "num_classes" not in hparams:
-        raise CheckpointError(f"{str(checkpoint_path)!r} was not written by a visiondistill SegmentationTask run")
-    spec = SegmenterSpec.coerce(student, role="student")
-    spec.checkpoint, spec.encoder_weights = None, None
-    model = create_segmenter(spec, hparams["num_classes"], role="student")
-    load_weights(model, extract_state_dict(checkpoint), source=str(checkpoint_path), role="student")
-    return model.eval(), dict(hparams)
+
+    def rebuild(stored: Mapping[str, Any], num_classes: int) -> nn.Module:
+        spec = SegmenterSpec.coerce(stored, role="student")
+        spec.checkpoint, spec.encoder_weights = None, None
+        return create_segmenter(spec, num_classes, role="student")
+
+    return load_trained_student(checkpoint_path, "SegmentationTask", "arch", "num_classes", rebuild)
 
 
 @torch.no_grad()
