@@ -23,7 +23,8 @@ SchedulerName = Literal["cosine", "constant"]
 class DistillationTask(pl.LightningModule):
     """Base LightningModule: a trainable ``student``, an optional frozen ``teacher``, and the training loop.
 
-    Subclasses build the networks and implement `task_loss` (and their metrics). ``training_step`` runs
+    Subclasses build the networks and implement `task_loss`, `evaluate_batch` (one validation or test batch) and
+    `log_epoch_metrics` (the epoch's metrics); validation and test dispatch to them here. ``training_step`` runs
     the student, runs the teacher under ``torch.no_grad()`` on the same augmented batch, and adds
     `visiondistill.distill.distillation_loss` to the task loss. Without a teacher (teacher runs and
     from-scratch baselines) the same module simply trains the student.
@@ -104,6 +105,31 @@ class DistillationTask(pl.LightningModule):
 
     def on_train_outputs(self, student_out: Any, batch: Any) -> None:
         """Hook for subclasses to update training metrics."""
+
+    # -- evaluation: subclasses implement `evaluate_batch` and `log_epoch_metrics` ----------------
+
+    def evaluate_batch(self, batch: Any, stage: str) -> Tensor:
+        """Runs the student on a validation or test batch, updates the ``stage`` metrics and returns the loss."""
+        raise NotImplementedError
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        """Logs (and resets) the epoch's accumulated ``stage`` metrics; ``stage`` is ``"val"`` or ``"test"``."""
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.evaluate_batch(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.evaluate_batch(batch, "test")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
 
     # -- shared by the task modules --------------------------------------------------------------
 

@@ -103,7 +103,8 @@ class ClassificationTask(DistillationTask):
         _, targets = batch[0], batch[1]
         return F.cross_entropy(student_out, targets, label_smoothing=self.label_smoothing)
 
-    def _evaluate(self, batch: Any, stage: str) -> Tensor:
+    @override
+    def evaluate_batch(self, batch: Any, stage: str) -> Tensor:
         images, targets = batch[0], batch[1]
         logits = self.student(images)
         loss = F.cross_entropy(logits, targets)
@@ -116,27 +117,12 @@ class ClassificationTask(DistillationTask):
         return loss
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test")
-
-    def _log_per_class(self, stage: str) -> None:
+    def log_epoch_metrics(self, stage: str) -> None:
         metric = self.val_per_class if stage == "val" else self.test_per_class
         values = metric.compute()  # synchronised across processes by torchmetrics
         metric.reset()
         for name, value in zip(self.class_names, values, strict=True):
             self.log(f"{stage}/acc_class/{name}", value)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_per_class("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_per_class("test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:

@@ -125,7 +125,8 @@ class DetectionTask(DistillationTask):
     def task_loss(self, student_out: DetectorOutput, batch: Any) -> Tensor:
         return self._loss(student_out, batch, "train")
 
-    def _evaluate(self, batch: Any, stage: str) -> Tensor:
+    @override
+    def evaluate_batch(self, batch: Any, stage: str) -> Tensor:
         images = batch[0]
         output = self.student(images)
         loss = self._loss(output, batch, stage)
@@ -136,14 +137,7 @@ class DetectionTask(DistillationTask):
         return loss
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test")
-
-    def _log_epoch(self, stage: str) -> None:
+    def log_epoch_metrics(self, stage: str) -> None:
         metric = self.val_map if stage == "val" else self.test_map
         result = metric.compute()  # synchronised across processes by torchmetrics
         metric.reset()
@@ -155,14 +149,6 @@ class DetectionTask(DistillationTask):
         for label, value in zip(classes, per_class, strict=False):
             if 0 <= label < len(self.class_names):
                 self.log(f"{stage}/map/{self.class_names[label]}", value)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     @override
     @torch.no_grad()

@@ -218,7 +218,8 @@ class KeypointTask(DistillationTask):
         """Keypoints ``N×K×2`` in input pixels and their peak values ``N×K`` (`decode_heatmaps`)."""
         return decode_heatmaps(heatmaps, stride=self.stride, method=self.decoding, sigma=self.decoding_sigma)
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    @override
+    def evaluate_batch(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         images = batch["image"]
         loss = self.heatmap_loss(self.student(images), batch)
         coords, scores = self.decode(self.predict_heatmaps(images))
@@ -233,14 +234,7 @@ class KeypointTask(DistillationTask):
         return loss
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test")
-
-    def _log_epoch(self, stage: str) -> None:
+    def log_epoch_metrics(self, stage: str) -> None:
         pcks, ap = (self.val_pck, self.val_ap) if stage == "val" else (self.test_pck, self.test_ap)
         for key, metric in pcks.items():
             threshold = key.replace("_", ".")
@@ -248,14 +242,6 @@ class KeypointTask(DistillationTask):
             metric.reset()
         self.log(f"{stage}/ap", ap.compute())  # synchronised across processes by torchmetrics
         ap.reset()
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:

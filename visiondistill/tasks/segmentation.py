@@ -145,7 +145,8 @@ class SegmentationTask(DistillationTask):
     def task_loss(self, student_out: Tensor, batch: Any) -> Tensor:
         return self._loss(student_out, batch[1].long())
 
-    def _evaluate(self, batch: Any, stage: str) -> Tensor:
+    @override
+    def evaluate_batch(self, batch: Any, stage: str) -> Tensor:
         images, masks = batch[0], batch[1].long()
         logits = self.student(images)
         loss = self._loss(logits, masks)
@@ -156,14 +157,7 @@ class SegmentationTask(DistillationTask):
         return loss
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "val")
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "test")
-
-    def _log_epoch(self, stage: str) -> None:
+    def log_epoch_metrics(self, stage: str) -> None:
         iou_metric, dice_metric = (self.val_iou, self.val_dice) if stage == "val" else (self.test_iou, self.test_dice)
         iou, dice = iou_metric.compute(), dice_metric.compute()  # synchronised across processes by torchmetrics
         iou_metric.reset()
@@ -172,14 +166,6 @@ class SegmentationTask(DistillationTask):
         self.log(f"{stage}/dice", dice.mean())
         for name, value in zip(self.class_names, iou, strict=True):
             self.log(f"{stage}/iou/{name}", value)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
