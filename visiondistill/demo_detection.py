@@ -137,6 +137,7 @@ def run_detection(settings: DemoSettings) -> Path:
     from visiondistill.explain.detection import detection_grid, detection_teacher_agreement
     from visiondistill.explain.render import save_png
     from visiondistill.models.detectors import load_detector
+    from visiondistill.tasks.detection import box_map_vs_teacher
 
     task, runs = "detection", DETECTION_RUNS
     base = settings.data_dir
@@ -162,6 +163,9 @@ def run_detection(settings: DemoSettings) -> Path:
             models[report.name],
             images,
             targets,
+        )
+        agreement[report.name]["box_map50_vs_teacher"] = box_map_vs_teacher(
+            extras[report.name]["student"], extras[report.name]["teacher"]
         )
 
     out = settings.out / task

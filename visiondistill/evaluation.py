@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy
 
-from visiondistill.distill.recorder import LayerSpec
+from visiondistill.core.recorder import LayerSpec
 from visiondistill.models.checkpoints import load_trained_student
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 
@@ -155,7 +155,7 @@ def teacher_agreement(
         teacher: The teacher classifier.
         student: The student classifier.
         images: Input batch ``N×C×H×W``.
-        method: grad-cam method name (see `visiondistill.explain.saliency.CAM_METHODS`).
+        method: grad-cam method name (see `visiondistill.explain.cam.CAM_METHODS`).
         teacher_layers: Teacher layers to explain (module paths or stage indices).
         student_layers: Student layers to explain.
         top_k: Fraction of pixels for ``topk_iou``.
@@ -163,8 +163,8 @@ def teacher_agreement(
     Returns:
         The mean of each `visiondistill.explain.metrics.saliency_agreement` metric.
     """
+    from visiondistill.core.saliency import ClassificationSaliencyAdapter
     from visiondistill.explain.agreement import saliency_teacher_agreement
-    from visiondistill.explain.saliency import ClassificationSaliencyAdapter
 
     return saliency_teacher_agreement(
         ClassificationSaliencyAdapter(),

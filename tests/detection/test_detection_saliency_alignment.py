@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from visiondistill.core.adapters.detection import DetectionScores
 from visiondistill.explain import DetectionSaliencyAdapter
-from visiondistill.explain.detection import DetectionScores
 from visiondistill.models.detectors import create_detector
 
 from .conftest import TINY_STUDENT

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from visiondistill.core.adapters.detection import BoxScoreTarget, DetectionScores
 from visiondistill.data.detection import CocoDetection
 from visiondistill.distill import (
     DetectionLogitDistillation,
@@ -20,9 +21,10 @@ from visiondistill.distill import (
     ShapeMismatchError,
 )
 from visiondistill.explain import DetectionSaliencyAdapter, GradCAMCallback, saliency_adapter_for
-from visiondistill.explain.detection import BoxScoreTarget, DetectionScores, detection_teacher_agreement
+from visiondistill.explain.detection import detection_teacher_agreement
 from visiondistill.models.detectors import create_detector, load_detector
 from visiondistill.tasks import DetectionTask
+from visiondistill.tasks.detection import box_map_vs_teacher
 
 from .conftest import TINY_STUDENT, TINY_TEACHER, square_split
 
@@ -204,9 +206,14 @@ def test_teacher_agreement_and_grid(tmp_path: Path):
     images = torch.randn(3, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([i % 2])} for i in range(3)]
     result, extras = detection_teacher_agreement(teacher, student, images, targets, method="eigencam")
-    for key in ("pearson", "topk_iou", "pointing_game_teacher", "pointing_game_student", "box_map50_vs_teacher"):
+    for key in ("pearson", "topk_iou", "pointing_game_teacher", "pointing_game_student"):
         assert key in result and np.isfinite(result[key])
     assert extras["maps"]["teacher"].shape == (3, 64, 64)
+    box_map = box_map_vs_teacher(extras["student"], extras["teacher"])
+    assert box_map == -1.0 or 0.0 <= box_map <= 1.0  # torchmetrics gives -1 when the teacher found no box
+    # the teacher's own detections match themselves (when it finds anything above the threshold)
+    if any(len(d["scores"]) and float(d["scores"].max()) >= 0.5 for d in extras["teacher"]):
+        assert box_map_vs_teacher(extras["teacher"], extras["teacher"]) == pytest.approx(1.0)
     # a student identical to the teacher agrees perfectly
     same, _ = detection_teacher_agreement(teacher, teacher, images, targets, method="eigencam")
     assert same["pearson"] == pytest.approx(1.0)

@@ -10,11 +10,12 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch.utils.data import DataLoader
 
+from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
+from visiondistill.core.maps import gradcam_map
+from visiondistill.core.recorder import resolve_layer
+from visiondistill.core.saliency import ClassificationSaliencyAdapter, LogitsModel
 from visiondistill.distill import LayerNotFoundError, ProtocolError, SaliencyAlignment
-from visiondistill.distill.losses import gradcam_map, saliency_alignment_loss
-from visiondistill.distill.recorder import resolve_layer
-from visiondistill.explain.saliency import ClassificationSaliencyAdapter, LogitsModel
-from visiondistill.explain.segmentation import SegmentationSaliencyAdapter
+from visiondistill.distill.losses import saliency_alignment_loss
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask, SegmentationTask
 

@@ -7,15 +7,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from visiondistill.core.adapters.keypoints import KeypointPeakTarget, KeypointSaliencyAdapter, keypoint_disc_masks
 from visiondistill.data.keypoints import ShapesKeypoints
 from visiondistill.explain import GradCAMCallback, saliency_adapter_for
-from visiondistill.explain.keypoints import (
-    KeypointPeakTarget,
-    KeypointSaliencyAdapter,
-    keypoint_disc_masks,
-    keypoint_grid,
-    keypoint_teacher_agreement,
-)
+from visiondistill.explain.keypoints import keypoint_grid, keypoint_teacher_agreement
 from visiondistill.explain.metrics import pointing_game_hits
 from visiondistill.models.keypoint_models import create_keypoint_model
 from visiondistill.tasks import KeypointTask
@@ -54,7 +49,7 @@ def test_adapter_is_registered_and_names_its_categories():
     images = torch.zeros(2, 3, 32, 32)
     assert adapter.predict(task.student, images).tolist() == [4, 4]  # K = "all keypoints"
     assert KeypointSaliencyAdapter(keypoint=2).predict(task.student, images).tolist() == [2, 2]
-    assert task.class_names[4] == "all keypoints"
+    assert adapter.category_names(task) == ["kp_0", "kp_1", "kp_2", "kp_3", "all keypoints"]
     with pytest.raises(ValueError, match="keypoint 9 does not exist"):
         KeypointSaliencyAdapter(keypoint=9).predict(task.student, images)
     with pytest.raises(ValueError, match="radius"):

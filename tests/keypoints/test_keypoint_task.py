@@ -7,9 +7,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from visiondistill.core.protocol import ProtocolError
 from visiondistill.data.keypoints import ShapesKeypoints, flip_permutation, gaussian_heatmaps
 from visiondistill.distill import AttentionTransfer, HeatmapDistillation
-from visiondistill.distill.protocol import ProtocolError
 from visiondistill.models.checkpoints import CheckpointError
 from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model, load_keypoint_model
 from visiondistill.tasks import KeypointTask

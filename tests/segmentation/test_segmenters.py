@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visiondistill.distill.recorder import FeatureRecorder, feature_stages
+from visiondistill.core.recorder import FeatureRecorder, feature_stages
 from visiondistill.models import CheckpointError, SegmenterSpec, create_segmenter, load_segmenter
 
 from .conftest import TINY_STUDENT

@@ -5,7 +5,9 @@ A LightningModule is distillable when it has ``student`` and ``teacher`` attribu
 then contributes one weighted, logged term.
 """
 
-from visiondistill.distill.base import DistillationCallback, distillation_callbacks, distillation_loss
+from visiondistill.core.callback import DistillationCallback, distillation_callbacks, distillation_loss
+from visiondistill.core.protocol import ProtocolError, freeze_teacher
+from visiondistill.core.recorder import FeatureRecorder, LayerNotFoundError, feature_stages, resolve_layer
 from visiondistill.distill.callbacks import (
     AttentionTransfer,
     DecoupledDistillation,
@@ -16,8 +18,6 @@ from visiondistill.distill.callbacks import (
 )
 from visiondistill.distill.detection import DetectionLogitDistillation, FeatureImitation, FPNChannelWiseDistillation
 from visiondistill.distill.keypoints import HeatmapDistillation
-from visiondistill.distill.protocol import ProtocolError, freeze_teacher
-from visiondistill.distill.recorder import FeatureRecorder, LayerNotFoundError, feature_stages, resolve_layer
 from visiondistill.distill.saliency_alignment import SaliencyAlignment
 from visiondistill.distill.segmentation import ChannelWiseDistillation, PairwiseSimilarity, PixelwiseDistillation
 from visiondistill.distill.weights import AdaptiveDistillationWeights, ScheduleSpec, WeightSchedule

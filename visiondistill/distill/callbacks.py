@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill import losses
-from visiondistill.distill.base import DistillationCallback
-from visiondistill.distill.protocol import (
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.protocol import (
     batch_targets,
     example_inputs,
     get_student,
@@ -24,7 +23,8 @@ from visiondistill.distill.protocol import (
     module_device,
     output_logits,
 )
-from visiondistill.distill.recorder import FeatureRecorder, LayerSpec, probe_features
+from visiondistill.core.recorder import FeatureRecorder, LayerSpec, probe_features
+from visiondistill.distill import losses
 
 
 class ShapeMismatchError(ValueError):

@@ -1,6 +1,6 @@
 """Distillation callbacks for dense detectors: FGD-style FPN imitation, channel-wise FPN distillation, head-logit KD.
 
-They follow the shared protocol (`visiondistill.distill.base`) and read what they need from the networks' outputs,
+They follow the shared protocol (`visiondistill.core.callback`) and read what they need from the networks' outputs,
 so they need no hooks: any distillable LightningModule whose student and teacher return a
 `visiondistill.models.detectors.DetectorOutput` (FPN ``features``, per-location ``cls_logits``) works, with batches
 ``(images, targets)`` whose targets hold ``boxes`` (used for the foreground masks of `FeatureImitation`).
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.protocol import ProtocolError, example_inputs, get_student, get_teacher, module_device
 from visiondistill.distill import losses
-from visiondistill.distill.base import DistillationCallback
 from visiondistill.distill.callbacks import HintConnector, ShapeMismatchError
-from visiondistill.distill.protocol import ProtocolError, example_inputs, get_student, get_teacher, module_device
 
 __all__ = ["DetectionLogitDistillation", "FPNChannelWiseDistillation", "FeatureImitation"]
 

@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 from torch import Tensor
 from typing_extensions import override
 
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.protocol import ProtocolError, output_logits
 from visiondistill.distill import losses
-from visiondistill.distill.base import DistillationCallback
 from visiondistill.distill.callbacks import ShapeMismatchError
-from visiondistill.distill.protocol import ProtocolError, output_logits
 
 __all__ = ["HeatmapDistillation", "batch_heatmap_targets"]
 

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visiondistill.core.maps import attention_map
+from visiondistill.core.validation import check_ndim, check_positive, check_same_shape
+
 __all__ = [
     "attention_map",
     "attention_transfer_loss",
@@ -24,7 +27,6 @@ __all__ = [
     "dkd_warmup",
     "fgd_feature_loss",
     "fgd_masks",
-    "gradcam_map",
     "heatmap_kd_loss",
     "hint_loss",
     "kd_loss",
@@ -32,21 +34,6 @@ __all__ = [
     "pixelwise_kd_loss",
     "saliency_alignment_loss",
 ]
-
-
-def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-def _check_ndim(name: str, x: Tensor, ndim: int, layout: str) -> None:
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -71,9 +58,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
         >>> float(kd_loss(logits, logits))
         0.0
     """
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_ndim("student_logits", student_logits, 2, "(N, C)")
-    _check_positive("temperature", temperature)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_ndim("student_logits", student_logits, 2, "(N, C)")
+    check_positive("temperature", temperature)
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
@@ -113,9 +100,9 @@ def dkd_loss(
         ValueError: If the logits' shapes differ, are not 2-D with C ≥ 2, ``target`` is not (N,) integer,
             or the temperature is not positive.
     """
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_ndim("student_logits", student_logits, 2, "(N, C)")
-    _check_positive("temperature", temperature)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_ndim("student_logits", student_logits, 2, "(N, C)")
+    check_positive("temperature", temperature)
     n, c = student_logits.shape
     if c < 2:
         raise ValueError(f"dkd_loss needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}")
@@ -170,45 +157,6 @@ def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
     return min(epoch / warmup_epochs, 1.0)
 
 
-def _spatial_attention(feature: Tensor, p: float) -> Tensor:
-    """``mean_c |A_c|^p`` as an (N, H, W) map, before normalisation."""
-    _check_ndim("feature", feature, 4, "(N, C, H, W)")
-    if p == 2:
-        return feature.pow(2).mean(dim=1)
-    return feature.abs().pow(p).mean(dim=1)
-
-
-def attention_map(feature: Tensor, p: float = 2, size: tuple[int, int] | None = None) -> Tensor:
-    """Activation-based spatial attention map of attention transfer (Zagoruyko & Komodakis, ICLR 2017).
-
-    ``q(A) = L2-normalize(mean_c |A_c|^p, flattened)``, as in the reference code
-    ``F.normalize(x.pow(2).mean(1).view(x.size(0), -1))``.
-
-    Args:
-        feature: Feature map, shape (N, C, H, W).
-        p: Exponent of the absolute activations (> 0; the paper uses 2).
-        size: Optional ``(H', W')``: the un-normalised map is resized bilinearly (``align_corners=False``) to this
-            size before normalisation, which is how a student map is compared with a teacher map of another size.
-
-    Returns:
-        Unit-norm maps, shape (N, H·W) (or (N, H'·W') when ``size`` is given). An all-zero feature gives an
-        all-zero map.
-
-    Raises:
-        ValueError: If ``feature`` is not 4-D or ``p`` is not positive.
-
-    Example:
-        >>> q = attention_map(torch.randn(2, 8, 4, 4))
-        >>> q.shape, torch.allclose(q.norm(dim=1), torch.ones(2))
-        (torch.Size([2, 16]), True)
-    """
-    _check_positive("p", p)
-    amap = _spatial_attention(feature, p)
-    if size is not None and tuple(amap.shape[-2:]) != tuple(size):
-        amap = F.interpolate(amap.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
-    return F.normalize(amap.flatten(1), dim=1)
-
-
 def attention_transfer_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2) -> Tensor:
     """Attention transfer loss (Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
 
@@ -234,8 +182,8 @@ def attention_transfer_loss(student_feature: Tensor, teacher_feature: Tensor, p:
 
 def _attention_pair(student_feature: Tensor, teacher_feature: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """Student and teacher attention maps on the teacher's grid, each (N, H_t·W_t)."""
-    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
-    _check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
+    check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
     if student_feature.shape[0] != teacher_feature.shape[0]:
         raise ValueError(
             "student_feature and teacher_feature must have the same batch size, got "
@@ -261,7 +209,7 @@ def hint_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     Raises:
         ValueError: If the shapes differ.
     """
-    _check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
+    check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
     return F.mse_loss(student_feature, teacher_feature)
 
 
@@ -292,9 +240,9 @@ def pixelwise_kd_loss(
     Raises:
         ValueError: If the shapes differ or are not 4-D, the mask shape is not (N, H, W), or ``T`` ≤ 0.
     """
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_ndim("student_logits", student_logits, 4, "(N, C, H, W)")
-    _check_positive("temperature", temperature)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_ndim("student_logits", student_logits, 4, "(N, C, H, W)")
+    check_positive("temperature", temperature)
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     per_pixel = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(dim=1)  # (N, H, W)
@@ -329,9 +277,9 @@ def channel_wise_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0
     Raises:
         ValueError: If the shapes differ or are not 4-D, or ``tau`` ≤ 0.
     """
-    _check_same_shape("student_map", student_map, "teacher_map", teacher_map)
-    _check_ndim("student_map", student_map, 4, "(N, C, H, W)")
-    _check_positive("tau", tau)
+    check_same_shape("student_map", student_map, "teacher_map", teacher_map)
+    check_ndim("student_map", student_map, 4, "(N, C, H, W)")
+    check_positive("tau", tau)
     n, c = student_map.shape[:2]
     log_p_s = F.log_softmax(student_map.flatten(2) / tau, dim=2)
     log_p_t = F.log_softmax(teacher_map.flatten(2) / tau, dim=2)
@@ -363,8 +311,8 @@ def pairwise_similarity_loss(student_feature: Tensor, teacher_feature: Tensor) -
     Raises:
         ValueError: If a feature is not 4-D or batch or spatial sizes differ.
     """
-    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
-    _check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
+    check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    check_ndim("teacher_feature", teacher_feature, 4, "(N, C, H, W)")
     s_shape, t_shape = student_feature.shape, teacher_feature.shape
     if s_shape[0] != t_shape[0] or s_shape[2:] != t_shape[2:]:
         raise ValueError(
@@ -406,10 +354,10 @@ def heatmap_kd_loss(
     Raises:
         ValueError: If shapes differ or are not 4-D, ``weights`` has another shape, or ``alpha`` is outside [0, 1].
     """
-    _check_same_shape("student_heatmaps", student_heatmaps, "teacher_heatmaps", teacher_heatmaps)
-    _check_ndim("student_heatmaps", student_heatmaps, 4, "(N, K, H, W)")
+    check_same_shape("student_heatmaps", student_heatmaps, "teacher_heatmaps", teacher_heatmaps)
+    check_ndim("student_heatmaps", student_heatmaps, 4, "(N, K, H, W)")
     if target_heatmaps is not None:
-        _check_same_shape("student_heatmaps", student_heatmaps, "target_heatmaps", target_heatmaps)
+        check_same_shape("student_heatmaps", student_heatmaps, "target_heatmaps", target_heatmaps)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     n, k = student_heatmaps.shape[:2]
@@ -430,34 +378,6 @@ def heatmap_kd_loss(
     if target_heatmaps is None:
         return weighted_mse(teacher_heatmaps)
     return (1.0 - alpha) * weighted_mse(target_heatmaps) + alpha * weighted_mse(teacher_heatmaps)
-
-
-def gradcam_map(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM (Selvaraju et al., ICCV 2017) as a differentiable tensor function.
-
-    ``relu(Σ_c α_c · A_c)`` with ``α_c = mean_{h,w} ∂y/∂A_c``, as grad-cam's ``GradCAM`` before it scales the map.
-    When ``gradients`` were taken with ``create_graph=True`` the map is differentiable in the network's parameters
-    through both the activations and the channel weights.
-
-    Args:
-        activations: Feature map ``A``, shape (N, C, H, W).
-        gradients: ``∂y/∂A`` of the explained score, same shape.
-
-    Returns:
-        Non-negative maps, shape (N, H, W), unscaled.
-
-    Raises:
-        ValueError: If the shapes differ or are not 4-D.
-
-    Example:
-        >>> a = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.0]]]])  # N=1, C=2, H=1, W=2
-        >>> gradcam_map(a, torch.ones_like(a)).tolist()
-        [[[4.0, 0.0]]]
-    """
-    _check_same_shape("activations", activations, "gradients", gradients)
-    _check_ndim("activations", activations, 4, "(N, C, H, W)")
-    alpha = gradients.mean(dim=(2, 3), keepdim=True)
-    return F.relu((alpha * activations).sum(dim=1))
 
 
 def _minmax_normalize(maps: Tensor, eps: float) -> Tensor:
@@ -496,9 +416,9 @@ def saliency_alignment_loss(
         >>> float(saliency_alignment_loss(3 * cam, cam)) < 1e-6
         True
     """
-    _check_ndim("student_cam", student_cam, 3, "(N, H, W)")
-    _check_ndim("teacher_cam", teacher_cam, 3, "(N, H, W)")
-    _check_positive("eps", eps)
+    check_ndim("student_cam", student_cam, 3, "(N, H, W)")
+    check_ndim("teacher_cam", teacher_cam, 3, "(N, H, W)")
+    check_positive("eps", eps)
     if student_cam.shape[0] != teacher_cam.shape[0]:
         raise ValueError(
             "student_cam and teacher_cam must have the same batch size, got "
@@ -546,8 +466,8 @@ def binary_kd_loss(
     Raises:
         ValueError: If the shapes differ, ``weights`` has another shape, or ``temperature`` ≤ 0.
     """
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_positive("temperature", temperature)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_positive("temperature", temperature)
     s, t = student_logits / temperature, teacher_logits / temperature
     p = torch.sigmoid(t)
     log_p, log_not_p = F.logsigmoid(t), F.logsigmoid(-t)
@@ -648,9 +568,9 @@ def fgd_feature_loss(
     Raises:
         ValueError: If shapes differ or are not 4-D, the masks are not (N, H, W), or ``temperature`` ≤ 0.
     """
-    _check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
-    _check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
-    _check_positive("temperature", temperature)
+    check_same_shape("student_feature", student_feature, "teacher_feature", teacher_feature)
+    check_ndim("student_feature", student_feature, 4, "(N, C, H, W)")
+    check_positive("temperature", temperature)
     n, _, h, w = student_feature.shape
     for name, mask in (("foreground", foreground), ("background", background)):
         if tuple(mask.shape) != (n, h, w):

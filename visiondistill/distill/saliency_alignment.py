@@ -11,11 +11,12 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.maps import gradcam_map
+from visiondistill.core.protocol import batch_inputs, example_inputs, get_student, get_teacher, module_device
+from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
+from visiondistill.core.saliency import SaliencyAdapter, saliency_adapter_for
 from visiondistill.distill import losses
-from visiondistill.distill.base import DistillationCallback
-from visiondistill.distill.protocol import batch_inputs, example_inputs, get_student, get_teacher, module_device
-from visiondistill.distill.recorder import LayerSpec, probe_features, resolve_layer
-from visiondistill.explain.saliency import SaliencyAdapter, saliency_adapter_for
 
 SaliencyDistance = Literal["cosine", "mse"]
 SaliencyTarget = Literal["teacher", "ground_truth"]
@@ -26,10 +27,10 @@ class SaliencyAlignment(DistillationCallback):
 
     For each training batch and each image, the explained category is the teacher's prediction (or the true one),
     the explained score comes from the task's saliency adapter
-    (`visiondistill.explain.saliency.SaliencyAdapter.target_scores`: a class logit in classification, a class's
+    (`visiondistill.core.saliency.SaliencyAdapter.target_scores`: a class logit in classification, a class's
     logits summed over its mask in segmentation), and the term is
     ``saliency_alignment_loss(CAM_s, CAM_t, distance)`` (`visiondistill.distill.losses`) with
-    ``CAM = relu(Σ_c mean_hw(∂score/∂A_c) · A_c)`` (`visiondistill.distill.losses.gradcam_map`) at one layer of each
+    ``CAM = relu(Σ_c mean_hw(∂score/∂A_c) · A_c)`` (`visiondistill.distill.gradcam_map`) at one layer of each
     network; the student's map is resized to the teacher's.
 
     The student side uses the training step's own forward: the student feature ``A_s`` is recorded by a forward
@@ -144,7 +145,7 @@ class SaliencyAlignment(DistillationCallback):
                 f"({error}); choose a layer the output is computed from"
             ) from error
         transform = self._adapter.reshape_transform(student, [self._student_path])
-        student_cam = losses.gradcam_map(transform(activations), transform(gradients))
+        student_cam = gradcam_map(transform(activations), transform(gradients))
         return losses.saliency_alignment_loss(student_cam, teacher_cam, distance=self.distance)
 
     def categories(self, batch: Any, teacher_out: Any, images: Tensor, teacher: nn.Module | None = None) -> Tensor:
@@ -179,7 +180,7 @@ class SaliencyAlignment(DistillationCallback):
         finally:
             handle.remove()
         transform = self._adapter.reshape_transform(teacher, [self._teacher_path])
-        return losses.gradcam_map(transform(leaves[0].detach()), transform(gradients)).detach()
+        return gradcam_map(transform(leaves[0].detach()), transform(gradients)).detach()
 
     # -- cleanup ----------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Distillation callbacks for dense prediction: pixel-wise KD, channel-wise distillation and pair-wise similarity.
 
-They follow the shared protocol (`visiondistill.distill.base`) and so work on any distillable LightningModule whose
+They follow the shared protocol (`visiondistill.core.callback`) and so work on any distillable LightningModule whose
 student and teacher output ``N×K×H×W`` logits; the feature-stage variants address layers as every feature callback
 does (module paths or stage indices, e.g. ``-1`` = the deepest encoder stage of an smp model built by
 `visiondistill.models.create_segmenter`). `AttentionTransfer` and `FeatureHint` work on the same stages unchanged.
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.protocol import ProtocolError, batch_targets, output_logits
+from visiondistill.core.recorder import LayerSpec
 from visiondistill.distill import losses
-from visiondistill.distill.base import DistillationCallback
 from visiondistill.distill.callbacks import HintConnector, ShapeMismatchError, _check_logits, _FeatureDistillation
-from visiondistill.distill.protocol import ProtocolError, batch_targets, output_logits
-from visiondistill.distill.recorder import LayerSpec
 
 __all__ = ["ChannelWiseDistillation", "PairwiseSimilarity", "PixelwiseDistillation"]
 

@@ -22,8 +22,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from visiondistill.distill.base import DistillationCallback, distillation_callbacks
-from visiondistill.models.classifiers import spec_from
+from visiondistill.core.callback import DistillationCallback, distillation_callbacks
+from visiondistill.core.config import spec_from
 
 ScheduleShape = Literal["linear", "cosine"]
 ScheduleUnit = Literal["epoch", "step"]

@@ -5,23 +5,33 @@
 - `FeatureMapCallback`: attention-transfer distance, attention cosine and CKA of matched feature layers
   (``val/attention/*``) with attention-map grids;
 - `metrics`: the agreement measures as pure functions and torchmetrics `Metric` classes;
-- `saliency`: task adapters around grad-cam (targets, masks, reshape transforms) and its method registry;
+- `cam`: grad-cam methods by name and safe CAM computation (per image, per layer);
 - `render`: overlays and grids.
+
+The saliency adapters (what each task's CAM explains) live in `visiondistill.core` and are re-exported here.
 """
 
-from visiondistill.explain.detection import (
+from visiondistill.core.adapters import (
     BoxScoreTarget,
+    ClassRegionTarget,
     DetectionSaliencyAdapter,
-    detection_teacher_agreement,
-)
-from visiondistill.explain.feature_maps import FeatureMapCallback
-from visiondistill.explain.gradcam import GradCAMCallback
-from visiondistill.explain.keypoints import (
     KeypointPeakTarget,
     KeypointSaliencyAdapter,
-    keypoint_grid,
-    keypoint_teacher_agreement,
+    SegmentationSaliencyAdapter,
 )
+from visiondistill.core.saliency import (
+    SALIENCY_ADAPTERS,
+    ClassificationSaliencyAdapter,
+    SaliencyAdapter,
+    TokenReshape,
+    register_saliency_adapter,
+    saliency_adapter_for,
+)
+from visiondistill.explain.cam import CAM_METHODS, cam_method, compute_cams, compute_layer_cams
+from visiondistill.explain.detection import detection_teacher_agreement
+from visiondistill.explain.feature_maps import FeatureMapCallback
+from visiondistill.explain.gradcam import GradCAMCallback
+from visiondistill.explain.keypoints import keypoint_grid, keypoint_teacher_agreement
 from visiondistill.explain.metrics import (
     SALIENCY_KEYS,
     AttentionAgreement,
@@ -40,23 +50,7 @@ from visiondistill.explain.metrics import (
 )
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, draw_probe_batch, untouched_training_state
 from visiondistill.explain.render import comparison_grid, encode_png, overlay, render_grid, saliency_grid, save_png
-from visiondistill.explain.saliency import (
-    CAM_METHODS,
-    SALIENCY_ADAPTERS,
-    ClassificationSaliencyAdapter,
-    SaliencyAdapter,
-    TokenReshape,
-    cam_method,
-    compute_cams,
-    compute_layer_cams,
-    register_saliency_adapter,
-    saliency_adapter_for,
-)
-from visiondistill.explain.segmentation import (
-    ClassRegionTarget,
-    SegmentationSaliencyAdapter,
-    segmentation_teacher_agreement,
-)
+from visiondistill.explain.segmentation import segmentation_teacher_agreement
 
 __all__ = [
     "CAM_METHODS",

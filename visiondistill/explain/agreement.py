@@ -12,15 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from visiondistill.distill.protocol import batch_inputs
-from visiondistill.distill.recorder import LayerSpec, probe_features, resolve_layer
+from visiondistill.core.protocol import batch_inputs
+from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
+from visiondistill.core.saliency import SaliencyAdapter
+from visiondistill.explain.cam import cam_method, compute_cams
 from visiondistill.explain.metrics import (
     attention_cosine,
     linear_cka,
     pointing_game_hits,
     saliency_agreement,
 )
-from visiondistill.explain.saliency import SaliencyAdapter, cam_method, compute_cams
 
 
 def saliency_teacher_agreement(
@@ -40,11 +41,11 @@ def saliency_teacher_agreement(
     networks are put in eval mode on the CPU.
 
     Args:
-        adapter: The task's saliency adapter (`visiondistill.explain.saliency.saliency_adapter_for`).
+        adapter: The task's saliency adapter (`visiondistill.core.saliency.saliency_adapter_for`).
         teacher: The teacher network.
         student: The student network.
         batch: A batch as the task's dataloader yields it (images already normalised for the networks).
-        method: grad-cam method name (see `visiondistill.explain.saliency.CAM_METHODS`).
+        method: grad-cam method name (see `visiondistill.explain.cam.CAM_METHODS`).
         teacher_layers: Teacher layers to explain (module paths or stage indices).
         student_layers: Student layers to explain.
         top_k: Fraction of pixels for ``topk_iou``.

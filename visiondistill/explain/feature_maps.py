@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import get_student, get_teacher
-from visiondistill.distill.recorder import LayerSpec, probe_features, resolve_layer
+from visiondistill.core.protocol import get_student, get_teacher
+from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
 from visiondistill.explain.metrics import attention_cosine, attention_distance, attention_map, linear_cka
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
 from visiondistill.explain.render import comparison_grid

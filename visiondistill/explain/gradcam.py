@@ -12,20 +12,13 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import get_student, get_teacher
-from visiondistill.distill.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
+from visiondistill.core.protocol import get_student, get_teacher
+from visiondistill.core.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
+from visiondistill.core.saliency import TARGET_KINDS, SaliencyAdapter, TargetKind, saliency_adapter_for
+from visiondistill.explain.cam import cam_method, compute_cams, compute_layer_cams
 from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
 from visiondistill.explain.render import comparison_grid, saliency_grid
-from visiondistill.explain.saliency import (
-    TARGET_KINDS,
-    SaliencyAdapter,
-    TargetKind,
-    cam_method,
-    compute_cams,
-    compute_layer_cams,
-    saliency_adapter_for,
-)
 
 #: Images shown in the layer-wise grid (one row each: input, then teacher and student CAM per stage).
 _LAYERWISE_ROWS = 4
@@ -215,7 +208,7 @@ class GradCAMCallback(ProbeCallback):
             arrays.update({f"layerwise_{key}": np.stack(values) for key, values in layerwise.items()})
 
         display = batch.display_images()
-        class_names = _class_names(trainer, pl_module, student_pred, teacher_pred, truth)
+        class_names = _class_names(adapter, trainer, pl_module, student_pred, teacher_pred, truth)
         kind = self._effective_target(truth, teacher_pred)
         arrays.update(
             images=display.numpy(),
@@ -333,12 +326,16 @@ class GradCAMCallback(ProbeCallback):
 
 
 def _class_names(
+    adapter: SaliencyAdapter,
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
     student_pred: Tensor,
     teacher_pred: Tensor | None,
     truth: Tensor | None,
 ) -> list[str]:
+    names = adapter.category_names(pl_module)
+    if names:
+        return [str(name) for name in names]
     for owner in (pl_module, getattr(trainer, "datamodule", None)):
         names = getattr(owner, "class_names", None)
         if isinstance(names, Sequence) and not isinstance(names, str) and names:

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from visiondistill.distill.losses import attention_map
+from visiondistill.core.maps import attention_map, boxes_to_masks
 
 __all__ = [
     "SALIENCY_KEYS",
@@ -221,48 +221,6 @@ def saliency_agreement(teacher_maps: Tensor, student_maps: Tensor, top_k: float 
 
 
 # ------------------------------------------------------------------------------------------------- pointing game
-def boxes_to_masks(boxes_per_image: Sequence[Tensor], height: int, width: int) -> Tensor:
-    """Rasterise xyxy boxes (in pixels) to one boolean mask per image.
-
-    A pixel (row i, column j) is inside a box when its centre ``(j + 0.5, i + 0.5)`` lies in the closed box
-    ``[x1, x2] × [y1, y2]``; integer boxes therefore cover exactly ``mask[y1:y2, x1:x2]``. Boxes may reach outside the
-    image. A box narrower than a pixel may cover no pixel centre and then marks nothing.
-
-    Args:
-        boxes_per_image: One (M, 4) tensor of ``x1, y1, x2, y2`` boxes per image (M may be 0).
-        height: Mask height H.
-        width: Mask width W.
-
-    Returns:
-        Bool tensor of shape (N, H, W), the union of each image's boxes.
-
-    Raises:
-        ValueError: If a box tensor is not (M, 4).
-
-    Example:
-        >>> boxes_to_masks([torch.tensor([[1, 0, 3, 2]])], 3, 4).int()[0]
-        tensor([[0, 1, 1, 0],
-                [0, 1, 1, 0],
-                [0, 0, 0, 0]], dtype=torch.int32)
-    """
-    masks = torch.zeros(len(boxes_per_image), height, width, dtype=torch.bool)
-    ys = torch.arange(height, dtype=torch.float64) + 0.5
-    xs = torch.arange(width, dtype=torch.float64) + 0.5
-    for index, boxes in enumerate(boxes_per_image):
-        boxes = torch.as_tensor(boxes)
-        if boxes.numel() == 0:
-            continue
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes of image {index} must have shape (M, 4) in xyxy format, got {tuple(boxes.shape)}")
-        b = boxes.detach().cpu().to(torch.float64)
-        inside_x = (xs >= b[:, 0:1]) & (xs <= b[:, 2:3])  # (M, W)
-        inside_y = (ys >= b[:, 1:2]) & (ys <= b[:, 3:4])  # (M, H)
-        masks[index] = (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).any(dim=0)
-    if boxes_per_image:
-        masks = masks.to(torch.as_tensor(boxes_per_image[0]).device)
-    return masks
-
-
 def pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> Tensor:
     """Per-image pointing-game hits (Zhang et al., ECCV 2016, "Top-down Neural Attention by Excitation Backprop").
 

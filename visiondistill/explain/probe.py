@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import default_collate
 from typing_extensions import override
 
-from visiondistill.distill.protocol import batch_inputs, module_device
-from visiondistill.distill.recorder import LayerSpec
+from visiondistill.core.protocol import batch_inputs, module_device
+from visiondistill.core.recorder import LayerSpec
 from visiondistill.explain.render import encode_png, save_png
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import timm
 from torch import nn
 
+from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
 
 
@@ -48,29 +48,6 @@ class ClassifierSpec:
         if isinstance(value, str):
             return cls(name=value)
         return spec_from(cls, value, role, expected="a mapping or a model name")
-
-
-def spec_from(cls: type, value: object, role: str, expected: str) -> Any:
-    """Returns ``value`` when it is a ``cls`` spec, or builds one from a mapping (as stored in checkpoints).
-
-    Args:
-        cls: A spec dataclass.
-        value: The spec or a mapping of its fields.
-        role: ``"teacher"``/``"student"`` for messages.
-        expected: What the caller accepts, for the message on another type.
-
-    Raises:
-        TypeError: On unknown keys (naming them and the valid ones) or another type.
-    """
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - valid)
-        if unknown:
-            raise TypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
-        return cls(**dict(value))
-    raise TypeError(f"{role} spec must be {expected}, got {type(value).__name__}")
 
 
 def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model") -> nn.Module:

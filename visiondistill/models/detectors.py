@@ -36,6 +36,7 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, 
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 
+from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -43,7 +44,6 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
-from visiondistill.models.classifiers import spec_from
 
 __all__ = ["Detector", "DetectorOutput", "DetectorSpec", "create_detector", "load_detector"]
 

@@ -21,6 +21,7 @@ import torch  # noqa: F401 - the examples use it
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -28,7 +29,6 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
-from visiondistill.models.classifiers import spec_from
 
 __all__ = ["KeypointModelSpec", "SimpleBaseline", "create_keypoint_model", "load_keypoint_model"]
 

@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -26,7 +27,6 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
-from visiondistill.models.classifiers import spec_from
 
 __all__ = ["SegmenterSpec", "create_segmenter", "encoder_feature_info", "load_segmenter", "segmenter_architectures"]
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from visiondistill.distill.protocol import batch_inputs
+from visiondistill.core.protocol import batch_inputs
 from visiondistill.evaluation import count_flops, count_parameters, measure_latency
 from visiondistill.reporting.runs import Run, build_datamodule, load_task_module
 
@@ -108,8 +108,8 @@ def measure_runs(
     Returns:
         Measurements by run name.
     """
+    from visiondistill.core.saliency import saliency_adapter_for
     from visiondistill.explain.agreement import attention_teacher_agreement, saliency_teacher_agreement
-    from visiondistill.explain.saliency import saliency_adapter_for
 
     datamodule = build_datamodule(runs[0], data_dir)
     modules = {}

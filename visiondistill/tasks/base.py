@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill import distillation_loss, freeze_teacher
-from visiondistill.distill.protocol import batch_inputs
+from visiondistill.core.callback import distillation_loss
+from visiondistill.core.protocol import batch_inputs, freeze_teacher
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]

@@ -10,15 +10,31 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 from typing_extensions import override
 
+from visiondistill.core.adapters.detection import DetectionSaliencyAdapter
 from visiondistill.models.detectors import DetectorOutput, DetectorSpec, create_detector
 from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
 
-__all__ = ["DetectionTask", "detection_map"]
+__all__ = ["DetectionTask", "box_map_vs_teacher", "detection_map"]
 
 
 def detection_map() -> MeanAveragePrecision:
     """COCO box mAP (pycocotools backend) with per-class values: the metric of validation, test and the demo."""
     return MeanAveragePrecision(iou_type="bbox", class_metrics=True, backend="pycocotools")
+
+
+def box_map_vs_teacher(
+    student_detections: Sequence[Mapping[str, Tensor]],
+    teacher_detections: Sequence[Mapping[str, Tensor]],
+    score_threshold: float = 0.5,
+) -> float:
+    """The student's box mAP@50 with the teacher's detections (score at least ``score_threshold``) as ground truth."""
+    pseudo = [
+        {"boxes": d["boxes"][d["scores"] >= score_threshold], "labels": d["labels"][d["scores"] >= score_threshold]}
+        for d in teacher_detections
+    ]
+    metric = detection_map()
+    metric.update(list(student_detections), pseudo)
+    return float(metric.compute()["map_50"])
 
 
 class DetectionTask(DistillationTask):
@@ -54,7 +70,7 @@ class DetectionTask(DistillationTask):
         torch.Size([2, 336, 3])
     """
 
-    saliency_adapter = "detection"
+    saliency_adapter = DetectionSaliencyAdapter
 
     def __init__(
         self,

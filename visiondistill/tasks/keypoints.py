@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from visiondistill.core.adapters.keypoints import KeypointSaliencyAdapter
 from visiondistill.data.keypoints import check_flip_pairs, flip_permutation
 from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
 from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
@@ -77,7 +78,7 @@ class KeypointTask(DistillationTask):
         torch.Size([2, 4, 16, 16])
     """
 
-    saliency_adapter = "keypoints"
+    saliency_adapter = KeypointSaliencyAdapter
 
     def __init__(
         self,
@@ -136,8 +137,6 @@ class KeypointTask(DistillationTask):
         self.keypoint_names = (
             list(keypoint_names) if keypoint_names is not None else [f"kp_{i}" for i in range(num_keypoints)]
         )
-        # what the explanation callbacks caption: the adapter's category K is "all keypoints"
-        self.class_names = [*self.keypoint_names, "all keypoints"]
         self.flip_pairs = pairs
         self.flip_test = flip_test
         self.decoding = decoding
@@ -177,7 +176,6 @@ class KeypointTask(DistillationTask):
         names = getattr(datamodule, "keypoint_names", None)
         if self.hparams.get("keypoint_names") is None and names is not None:
             self.keypoint_names = list(names)
-            self.class_names = [*self.keypoint_names, "all keypoints"]
         if self.flip_pairs is None:
             self.flip_pairs = check_flip_pairs(getattr(datamodule, "flip_pairs", None), self.num_keypoints)
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 from typing_extensions import override
 
+from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
 from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
 from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
 
@@ -54,7 +55,7 @@ class SegmentationTask(DistillationTask):
         torch.Size([2, 3, 32, 32])
     """
 
-    saliency_adapter = "segmentation"
+    saliency_adapter = SegmentationSaliencyAdapter
 
     def __init__(
         self,

@@ -1,104 +1,48 @@
-"""Thin task adapters around the ``grad-cam`` package: which output to explain, where the objects are.
+"""Saliency adapters: what to explain in a task's output, and where its objects are.
 
-One CAM engine serves every task; what differs is small and lives in a `SaliencyAdapter`:
+Both callback families explain networks the same way: the explanation callbacks (`visiondistill.explain`) run
+grad-cam on an adapter's `SaliencyAdapter.cam_model` and `SaliencyAdapter.targets`, and
+`visiondistill.distill.SaliencyAlignment` trains on the same score, `SaliencyAdapter.target_scores`. What differs
+between tasks is small and lives in a `SaliencyAdapter`:
 
 - `SaliencyAdapter.cam_model` — the model as grad-cam sees it (a module whose output the targets can index);
 - `SaliencyAdapter.predict` / `SaliencyAdapter.ground_truth` — the category to explain per image;
 - `SaliencyAdapter.targets` — grad-cam target callables for those categories;
 - `SaliencyAdapter.target_scores` — the same explained score as a differentiable ``(N,)`` tensor of a raw network
-  output (`visiondistill.distill.SaliencyAlignment` trains on it; adapters of structured outputs override it);
+  output (adapters of structured outputs override it);
 - `SaliencyAdapter.masks` — object masks for the pointing game, when the batch has masks or boxes;
+- `SaliencyAdapter.category_names` — the captions of the explained categories;
 - `SaliencyAdapter.reshape_transform` — how a layer's activations become ``N×C×H×W`` (token layers of ViTs).
 
-Adapters are registered by task name (`register_saliency_adapter`); a LightningModule picks one with a
-``saliency_adapter`` attribute (a registered name, an adapter class or an instance), and classification is the
-default. `cam_method` maps method names (``"gradcam"``, ``"gradcam++"`` …) to grad-cam classes, and `compute_cams`
-runs one of them safely (in a ``with`` block, on an input that requires grad, so a frozen teacher works too).
+A LightningModule picks its adapter with a ``saliency_adapter`` attribute: an adapter class or instance (the task
+modules name theirs, from `visiondistill.core.adapters`), or a name registered with `register_saliency_adapter`.
+Classification is the default. Nothing here imports grad-cam: target callables are plain functions of one
+image's output, so this module costs a user of `visiondistill.distill` nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_grad_cam import (
-    FEM,
-    KPCA_CAM,
-    AblationCAM,
-    EigenCAM,
-    EigenGradCAM,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    RandomCAM,
-    ScoreCAM,
-    ShapleyCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import ProtocolError, batch_inputs, batch_targets, output_logits
-from visiondistill.distill.recorder import as_feature_map, feature_stages
-from visiondistill.explain.metrics import boxes_to_masks
+from visiondistill.core.maps import boxes_to_masks
+from visiondistill.core.protocol import ProtocolError, batch_inputs, batch_targets, output_logits
+from visiondistill.core.recorder import as_feature_map, feature_stages
 
 TargetKind = Literal["teacher", "ground_truth", "student"]
 TARGET_KINDS: tuple[str, ...] = ("teacher", "ground_truth", "student")
-
-#: grad-cam methods by name. Every class here takes ``(model, target_layers, reshape_transform)``.
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "gradcamelementwise": GradCAMElementWise,
-    "scorecam": ScoreCAM,
-    "ablationcam": AblationCAM,
-    "kpcacam": KPCA_CAM,
-    "shapleycam": ShapleyCAM,
-    "fem": FEM,
-    "randomcam": RandomCAM,
-}
-
-
-def cam_method(name: str) -> type[BaseCAM]:
-    """The grad-cam class of a method name (case-insensitive; ``-``/``_`` ignored, ``gradcampp`` = ``gradcam++``).
-
-    Args:
-        name: A key of `CAM_METHODS`.
-
-    Returns:
-        The class.
-
-    Raises:
-        ValueError: For an unknown name; the message lists the valid ones.
-
-    Example::
-
-        >>> cam_method("GradCAM++").__name__
-        'GradCAMPlusPlus'
-    """
-    key = str(name).lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
-    if key not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {name!r}; valid methods are: {', '.join(CAM_METHODS)}")
-    return CAM_METHODS[key]
 
 
 class TokenReshape:
     """grad-cam ``reshape_transform`` that turns any layer output into ``N×C×H×W``.
 
     Token sequences ``N×L×C`` (ViT blocks) become a square grid without their class/register tokens (see
-    `visiondistill.distill.recorder.as_feature_map`); channels-last maps ``N×H×W×C`` (Swin stages) are permuted
+    `visiondistill.core.recorder.as_feature_map`); channels-last maps ``N×H×W×C`` (Swin stages) are permuted
     when their channel count is known; ``N×C×H×W`` passes through. Half-precision values become float32 (grad-cam
     copies them to numpy), so ``16-true``/``bf16-true`` runs can be explained too.
 
@@ -195,6 +139,11 @@ class SaliencyAdapter:
             return boxes_to_masks([b.reshape(-1, 4).cpu() for b in boxes], height, width)
         return None
 
+    def category_names(self, pl_module: object) -> list[str] | None:
+        """Captions of the categories `predict` returns, by index; the module's ``class_names`` by default."""
+        names = getattr(pl_module, "class_names", None)
+        return list(names) if names is not None else None
+
     def annotate(self, images: Tensor, batch: Any) -> Tensor:
         """The display images (``N×C×H×W`` in [0, 1]) as shown in grids; detection draws its boxes on them."""
         return images
@@ -267,6 +216,8 @@ class ClassificationSaliencyAdapter(SaliencyAdapter):
 
     @override
     def targets(self, categories: Tensor, batch: Any) -> list[Callable[[Tensor], Tensor]]:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # only when a CAM is explained
+
         return [ClassifierOutputTarget(int(category)) for category in categories.tolist()]
 
 
@@ -299,127 +250,3 @@ def saliency_adapter_for(pl_module: pl.LightningModule | object) -> SaliencyAdap
         f"{type(pl_module).__name__}.saliency_adapter must be a registered name, a SaliencyAdapter class or "
         f"instance, got {type(choice).__name__}"
     )
-
-
-@contextmanager
-def _backward_from_target_layer(cam: BaseCAM, target_layers: Sequence[nn.Module]) -> Iterator[None]:
-    """Makes the output of the one target layer a new leaf of the autograd graph while the block runs.
-
-    Gradient methods need d(target)/d(activation) at the target layer only, but grad-cam's ``backward`` otherwise
-    runs on through every earlier layer, to the input and to every parameter: for a last-stage CAM nearly all of
-    the backward work. The activations and gradients at the layer, hence the maps, are the same. It cuts only with
-    one target layer (a gradient must flow from a later target layer to an earlier one), only for methods that
-    backpropagate to the target layer and no further, and only a tensor output (other outputs pass unchanged; the
-    input requires grad either way, so the gradient then reaches the layer as before).
-    """
-    cut = (
-        len(target_layers) == 1
-        and cam.uses_gradients
-        and getattr(cam, "detach", True)
-        and not getattr(cam, "compute_input_gradient", False)
-    )
-    if not cut:
-        yield
-        return
-
-    def start_graph(module: nn.Module, args: object, output: object) -> Tensor | None:
-        if not isinstance(output, Tensor) or not output.is_floating_point():
-            return None
-        # A non-leaf copy, as the output was: the next layer may modify it in place.
-        return output.detach().requires_grad_(True).clone()
-
-    # Prepended, so that grad-cam's own hooks on the layer see (and hook the gradient of) the new output.
-    handle = target_layers[0].register_forward_hook(start_graph, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def compute_cams(
-    method: type[BaseCAM],
-    model: nn.Module,
-    target_layers: Sequence[nn.Module],
-    images: Tensor,
-    targets: Sequence[Callable[[Tensor], Tensor]],
-    reshape_transform: Callable[[object], Tensor] | None = None,
-) -> Tensor:
-    """Class activation maps of a batch, one per image, at the images' resolution and scaled to [0, 1].
-
-    The CAM object lives only inside a ``with`` block (its hooks and stored activations are released at the
-    end), and its input is a fresh copy of ``images`` that requires grad, so gradients reach the target layers
-    even when every parameter of the model is frozen; with a single target layer, backward stops at that layer
-    (`_backward_from_target_layer`). Call it under ``torch.enable_grad()``: grad-cam does not enable gradients
-    itself. It changes train flags and parameter gradients of ``model`` (grad-cam calls
-    ``model.eval()`` and ``zero_grad()``): run it inside `visiondistill.explain.probe.untouched_training_state`.
-
-    Args:
-        method: A grad-cam class (see `cam_method`).
-        model: The model to explain (usually `SaliencyAdapter.cam_model` of a network).
-        target_layers: Modules of ``model`` whose activations are explained; several are averaged.
-        images: Input batch ``N×C×H×W`` (on the model's device).
-        targets: One target callable per image.
-        reshape_transform: Turns a layer's output into ``N×C×h×w`` (see `TokenReshape`).
-
-    Returns:
-        Float32 maps ``(N, H, W)`` on the CPU.
-
-    Raises:
-        RuntimeError: When the method fails; grad-cam's context manager would otherwise swallow an IndexError.
-    """
-    inputs = images.detach().clone().requires_grad_(True)
-    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
-        with _backward_from_target_layer(cam, target_layers):
-            try:
-                maps = cam(input_tensor=inputs, targets=list(targets))
-            except IndexError as error:
-                raise RuntimeError(f"{method.__name__} failed: {error}") from error
-    return torch.from_numpy(maps).to(torch.float32)
-
-
-def compute_layer_cams(
-    method: type[BaseCAM],
-    model: nn.Module,
-    target_layers: Sequence[nn.Module],
-    images: Tensor,
-    targets: Sequence[Callable[[Tensor], Tensor]],
-    reshape_transform: Callable[[object], Tensor] | None = None,
-) -> list[Tensor]:
-    """One CAM per target layer, each as `compute_cams` would give it for that layer alone, from a single pass.
-
-    grad-cam computes a map per target layer and then averages them; this keeps each layer's map instead (scaled
-    exactly as a single-layer CAM is), so comparing many stages costs one forward and one backward, not one per
-    stage. A method that does not go through grad-cam's per-layer step falls back to one `compute_cams` per layer.
-
-    Args:
-        method: A grad-cam class (see `cam_method`).
-        model: The model to explain.
-        target_layers: Modules of ``model``, each run through the model's forward once.
-        images: Input batch ``N×C×H×W``.
-        targets: One target callable per image.
-        reshape_transform: Turns a layer's output into ``N×C×h×w`` (for every layer).
-
-    Returns:
-        Float32 maps ``(N, H, W)`` on the CPU, one per layer, in the order of ``target_layers``.
-
-    Raises:
-        RuntimeError: When the method fails.
-    """
-    captured: list[Tensor] = []
-    inputs = images.detach().clone().requires_grad_(True)
-    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
-        aggregate = cam.aggregate_multi_layers
-
-        def keep_each_layer(cam_per_layer: list) -> Any:
-            captured.extend(torch.from_numpy(aggregate([layer])).to(torch.float32) for layer in cam_per_layer)
-            return aggregate(cam_per_layer)
-
-        cam.aggregate_multi_layers = keep_each_layer
-        with _backward_from_target_layer(cam, target_layers):
-            try:
-                cam(input_tensor=inputs, targets=list(targets))
-            except IndexError as error:
-                raise RuntimeError(f"{method.__name__} failed: {error}") from error
-    if len(captured) != len(target_layers):
-        return [compute_cams(method, model, [layer], images, targets, reshape_transform) for layer in target_layers]
-    return captured

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.distill.protocol import (
+from visiondistill.core.protocol import (
     ProtocolError,
     batch_inputs,
     freeze_teacher,
