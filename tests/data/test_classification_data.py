@@ -40,23 +40,23 @@ def make_image_folder(root, classes=("cat", "dog"), per_class=3, size=12):
     return root
 
 
-@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("train", [True, False])
-def test_transforms_return_normalised_chw_tensors(in_chans, train):
-    pipeline = classification_transforms(SIZE, train=train, in_chans=in_chans)
-    shape = (40, 40, 3) if in_chans == 3 else (40, 40)
+def test_transforms_return_normalised_chw_tensors(in_channels, train):
+    pipeline = classification_transforms(SIZE, train=train, in_channels=in_channels)
+    shape = (40, 40, 3) if in_channels == 3 else (40, 40)
     image = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     out = pipeline(image=image)["image"]
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
-    assert out.shape == (in_chans, SIZE, SIZE)
+    assert out.shape == (in_channels, SIZE, SIZE)
     assert out.min() < 0 < out.max()  # normalised, not in [0, 1]
 
 
 def test_transforms_reject_mismatched_statistics():
     with pytest.raises(ValueError, match="mean"):
-        classification_transforms(SIZE, train=False, in_chans=3, mean=(0.5, 0.5))
-    with pytest.raises(ValueError, match="in_chans"):
-        classification_transforms(SIZE, train=False, in_chans=2)
+        classification_transforms(SIZE, train=False, in_channels=3, mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="in_channels must be 1"):
+        classification_transforms(SIZE, train=False, in_channels=2)
 
 
 def test_image_folder_dataset_labels_and_loading(tmp_path):
@@ -66,7 +66,7 @@ def test_image_folder_dataset_labels_and_loading(tmp_path):
     assert dataset.targets == [0, 0, 0, 1, 1, 1]
     image, label = dataset[4]
     assert image.shape == (3, 12, 12) and image.dtype == torch.float32 and label == 1
-    gray = ImageFolderDataset(root, in_chans=1, class_names=["dog", "cat"])
+    gray = ImageFolderDataset(root, in_channels=1, class_names=["dog", "cat"])
     assert gray[0][0].shape == (1, 12, 12) and gray[0][1] == 0 and gray.targets[-1] == 1
 
 
@@ -171,7 +171,7 @@ def test_shapes_rgb_batches(generated):
 
 
 def test_shapes_grayscale_batches(tmp_path):
-    dm = shapes_module(tmp_path, in_chans=1, num_train=8, num_val=4, num_test=0)
+    dm = shapes_module(tmp_path, in_channels=1, num_train=8, num_val=4, num_test=0)
     dm.prepare_data()
     dm.setup("fit")
     images, labels = next(iter(dm.val_dataloader()))
@@ -195,7 +195,7 @@ def test_shapes_missing_without_generate_names_the_path(tmp_path):
         ({"image_size": 24}, "image_size: on disk 32, requested 24"),
         ({"num_train": 30}, "splits: on disk"),
         ({"seed": 1}, "seed: on disk 0, requested 1"),
-        ({"in_chans": 1}, "grayscale: on disk False, requested True"),
+        ({"in_channels": 1}, "grayscale: on disk False, requested True"),
     ],
 )
 def test_shapes_meta_mismatch_raises(generated, change, message):

@@ -12,6 +12,7 @@ from PIL import Image
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
+from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
@@ -51,11 +52,12 @@ class ImageFolderDataset(Dataset):
         root: Split folder holding one sub-folder per class.
         transform: Albumentations-style callable, ``transform(image=array)["image"]``; ``None`` returns a ``float32``
             tensor ``C x H x W`` in [0, 1].
-        in_chans: 3 loads images as RGB, 1 as grayscale (``H x W`` arrays).
+        in_channels: 3 loads images as RGB, 1 as grayscale (``H x W`` arrays).
         class_names: Fixed class order (use the training split's to keep labels equal across splits). Folders of
             other names are an error; listed classes without images only warn. ``None`` = sorted folder names,
             each of which must hold images.
         extensions: File name endings that count as images (case-insensitive).
+        in_chans: Deprecated spelling of ``in_channels``.
 
     Raises:
         MissingDataError: When ``root`` does not exist.
@@ -79,15 +81,14 @@ class ImageFolderDataset(Dataset):
         self,
         root: str | Path,
         transform: Callable[..., dict[str, Any]] | None = None,
-        in_chans: int = 3,
+        in_channels: int = 3,
         class_names: Sequence[str] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        in_chans: int | None = None,
     ) -> None:
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+        self.in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         self.root = Path(root)
         self.transform = transform
-        self.in_chans = in_chans
         self.extensions = tuple(e.lower() for e in extensions)
         folders = find_class_folders(self.root)
         inferred = class_names is None
@@ -153,7 +154,7 @@ class ImageFolderDataset(Dataset):
         path = self.samples[index][0]
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB" if self.in_chans == 3 else "L"))
+                return np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
         except _DECODE_ERRORS as err:
             raise CorruptImageError.for_file(path, err) from err
 
@@ -191,15 +192,16 @@ class ImageFolderClassification(SplitFolderDataModule):
         image_size: Images are resized to ``image_size x image_size``.
         batch_size: Images per batch.
         num_workers: DataLoader worker processes (persistent when > 0).
-        in_chans: 3 loads RGB, 1 grayscale.
+        in_channels: 3 loads RGB, 1 grayscale.
         augment: Augment training images (see :func:`~visiondistill.data.transforms.classification_transforms`).
         verify_images: In ``setup``, check every file is a readable image, so a corrupt file fails at once and by
             name rather than mid-epoch.
         seed: Seed of the training shuffle order.
         class_names: Fixed class order instead of the sorted folder names.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
-        ValueError: For non-positive sizes, negative workers or ``in_chans`` other than 1 or 3.
+        ValueError: For non-positive sizes, negative workers or ``in_channels`` other than 1 or 3.
 
     Example::
 
@@ -214,11 +216,12 @@ class ImageFolderClassification(SplitFolderDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         num_workers: int = 2,
-        in_chans: int = 3,
+        in_channels: int = 3,
         augment: bool = True,
         verify_images: bool = True,
         seed: int = 0,
         class_names: list[str] | None = None,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -226,14 +229,13 @@ class ImageFolderClassification(SplitFolderDataModule):
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
-        self.save_hyperparameters()
+        in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
+        self.save_hyperparameters(ignore=["in_chans"])  # the resolved in_channels is what re-creates this module
         self.data_dir = Path(data_dir)
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.in_chans = in_chans
+        self.in_channels = in_channels
         self.augment = augment
         self.verify_images = verify_images
         self.seed = seed
@@ -263,8 +265,10 @@ class ImageFolderClassification(SplitFolderDataModule):
     def _dataset(self, split: str, train: bool) -> ImageFolderDataset:
         dataset = ImageFolderDataset(
             self._require_split(split),
-            transform=classification_transforms(self.image_size, train=train and self.augment, in_chans=self.in_chans),
-            in_chans=self.in_chans,
+            transform=classification_transforms(
+                self.image_size, train=train and self.augment, in_channels=self.in_channels
+            ),
+            in_channels=self.in_channels,
             class_names=self.class_names,
         )
         if self.verify_images:
@@ -286,7 +290,7 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         image_size: Image size to generate and load.
         batch_size: Images per batch.
         num_workers: DataLoader worker processes.
-        in_chans: 3 generates RGB images, 1 grayscale.
+        in_channels: 3 generates RGB images, 1 grayscale.
         augment: Augment training images.
         generate: Generate the data when missing; when false a missing data set is an error.
         num_train: Training images.
@@ -295,6 +299,7 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         difficulty: Generator difficulty (0 clean, 1 benchmark).
         seed: Data-set seed (also seeds the shuffle order).
         verify_images: Check every file is readable in ``setup``.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For invalid counts or sizes.
@@ -314,7 +319,7 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         image_size: int = 64,
         batch_size: int = 64,
         num_workers: int = 2,
-        in_chans: int = 3,
+        in_channels: int = 3,
         augment: bool = True,
         generate: bool = True,
         num_train: int = 3000,
@@ -323,13 +328,16 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         difficulty: float = 1.0,
         seed: int = 0,
         verify_images: bool = True,
+        in_chans: int | None = None,
     ) -> None:
+        # resolved here, before the base class saves this frame's arguments as hyperparameters
+        in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         super().__init__(
             data_dir=data_dir,
             image_size=image_size,
             batch_size=batch_size,
             num_workers=num_workers,
-            in_chans=in_chans,
+            in_channels=in_channels,
             augment=augment,
             verify_images=verify_images,
             seed=seed,

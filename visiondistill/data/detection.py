@@ -45,6 +45,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
@@ -355,6 +356,7 @@ class CocoDetection(SplitFolderDataModule):
         invalid_boxes: ``"clip"`` (count and clip/drop) or ``"error"``.
         min_visibility: Augmentation keeps a box when at least this fraction of it stays in the image.
         seed: Seed of the training shuffle order.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For non-positive sizes, negative workers or a bad ``invalid_boxes``.
@@ -378,6 +380,7 @@ class CocoDetection(SplitFolderDataModule):
         invalid_boxes: InvalidBoxes = "clip",
         min_visibility: float = 0.3,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -385,8 +388,7 @@ class CocoDetection(SplitFolderDataModule):
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if invalid_boxes not in ("clip", "error"):
             raise ValueError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
         self.data_dir = Path(data_dir)
@@ -397,11 +399,6 @@ class CocoDetection(SplitFolderDataModule):
         self.mean, self.std = resolve_normalization(in_channels)
         self.class_names: list[str] | None = None
         self.stats: dict[str, dict[str, int]] = {}
-
-    @property
-    def in_chans(self) -> int:
-        """Alias of ``in_channels``."""
-        return self.in_channels
 
     @property
     def num_classes(self) -> int | None:
@@ -483,6 +480,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         num_test: Test images (0: test on val).
         difficulty: Generator difficulty (0 clean, 1 benchmark).
         seed: Data-set seed (also seeds the shuffle order).
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Example::
 
@@ -506,6 +504,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         num_test: int = 200,
         difficulty: float = 0.0,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -515,6 +514,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
             in_channels=in_channels,
             augment=augment,
             seed=seed,
+            in_chans=in_chans,
         )
         self.class_names = list(SHAPE_CLASSES)
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -18,14 +18,14 @@ class GeneratedShapes:
     ``prepare_data`` writes the task's data (with `write_shapes_dataset`) when it is missing and ``generate`` is
     true; ``check_data`` (run again in ``setup``) refuses a data set whose ``meta.json`` records other parameters,
     so data generated with other settings is never used silently. Put it before the reading datamodule in the
-    bases; that class provides ``data_dir``, ``image_size``, ``seed``, ``in_chans`` and ``setup``.
+    bases; that class provides ``data_dir``, ``image_size``, ``seed``, ``in_channels`` and ``setup``.
     """
 
     shapes_task: ClassVar[str]
     data_dir: Path
     image_size: int
     seed: int
-    in_chans: int
+    in_channels: int
 
     def init_generation(self, generate: bool, num_train: int, num_val: int, num_test: int, difficulty: float) -> None:
         """Validates and stores the generation parameters.
@@ -60,14 +60,14 @@ class GeneratedShapes:
             f"Generate it with `visiondistill synth --out {self.data_dir} --tasks {self.shapes_task} "
             f"--image-size {self.image_size} --num-train {self.num_train} --num-val {self.num_val} "
             f"--num-test {self.num_test} --seed {self.seed} --difficulty {self.difficulty}"
-            f"{' --grayscale' if self.in_chans == 1 else ''}`, or set generate: true."
+            f"{' --grayscale' if self.in_channels == 1 else ''}`, or set generate: true."
         )
 
     def _request(self) -> dict[str, Any]:
         return {
             "image_size": self.image_size,
             "difficulty": float(self.difficulty),
-            "grayscale": self.in_chans == 1,
+            "grayscale": self.in_channels == 1,
             "classes": list(SHAPE_CLASSES),
             "seed": self.seed,
             "splits": self.splits,
@@ -112,7 +112,7 @@ class GeneratedShapes:
                 splits=self.splits,
                 image_size=self.image_size,
                 seed=self.seed,
-                grayscale=self.in_chans == 1,
+                grayscale=self.in_channels == 1,
                 difficulty=self.difficulty,
             )
         self.check_data()

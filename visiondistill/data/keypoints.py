@@ -43,6 +43,7 @@ from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
+from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.shapes import SHAPE_CLASSES
@@ -556,6 +557,7 @@ class COCOKeypoints(SplitFolderDataModule):
         in_channels: 3 for RGB, 1 for grayscale.
         augment: Augment the training crops.
         seed: Seed of the training shuffle order.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For bad sizes or flip pairs that name keypoints that do not exist.
@@ -585,6 +587,7 @@ class COCOKeypoints(SplitFolderDataModule):
         in_channels: int = 3,
         augment: bool = True,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__()
         if input_size <= 0 or batch_size <= 0 or num_workers < 0 or heatmap_stride <= 0:
@@ -595,8 +598,7 @@ class COCOKeypoints(SplitFolderDataModule):
             )
         if input_size % heatmap_stride:
             raise ValueError(f"input_size {input_size} is not a multiple of heatmap_stride {heatmap_stride}")
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if keypoint_names is not None and num_keypoints is not None and len(keypoint_names) != num_keypoints:
             raise ValueError(f"keypoint_names has {len(keypoint_names)} names but num_keypoints is {num_keypoints}")
         count = num_keypoints if num_keypoints is not None else len(keypoint_names) if keypoint_names else None
@@ -634,11 +636,6 @@ class COCOKeypoints(SplitFolderDataModule):
             dataset = self.train_dataset or self.val_dataset or self.test_dataset
             return list(dataset.keypoint_names) if dataset is not None else None
         return self._keypoint_names
-
-    @property
-    def in_chans(self) -> int:
-        """Alias of ``in_channels``."""
-        return self.in_channels
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -729,6 +726,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
         num_test: Test images (0: test on val).
         difficulty: Generator difficulty.
         seed: Data-set seed (also seeds the shuffle order).
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For a class without tips (``circle``) or an unknown one, or bad sizes and counts.
@@ -760,6 +758,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
         num_test: int = 500,
         difficulty: float = 1.0,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         categories = list(categories) if categories is not None else list(SHAPE_TIPS)
         bad = [c for c in categories if c not in SHAPE_TIPS]
@@ -786,6 +785,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
             in_channels=in_channels,
             augment=augment,
             seed=seed,
+            in_chans=in_chans,
         )
         self.categories = categories
         self.image_size = image_size

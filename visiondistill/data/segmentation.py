@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.classification import IMAGE_EXTENSIONS
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
@@ -259,6 +260,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         augment: Augment training images (see `segmentation_transforms`).
         verify: In ``setup``, check every pair (sizes, mask values), so a bad file fails at once and by name.
         seed: Seed of the training shuffle order.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For non-positive sizes, negative workers, ``in_channels`` other than 1 or 3, no class count,
@@ -284,6 +286,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         augment: bool = True,
         verify: bool = True,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -291,8 +294,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if num_classes is None and class_names is None:
             raise ValueError("give num_classes or class_names (background included), e.g. num_classes: 2")
         if num_classes is not None and class_names is not None and len(class_names) != num_classes:
@@ -314,11 +316,6 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         self.train_dataset: MaskFolderDataset | None = None
         self.val_dataset: MaskFolderDataset | None = None
         self.test_dataset: MaskFolderDataset | None = None
-
-    @property
-    def in_chans(self) -> int:
-        """Alias of ``in_channels`` (the classification data modules' name)."""
-        return self.in_channels
 
     def missing_data_hint(self) -> str:
         """How to create missing data; appended to `MissingDataError` messages."""
@@ -362,6 +359,7 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         difficulty: Generator difficulty (0 clean, 1 benchmark).
         seed: Data-set seed (also seeds the shuffle order).
         verify: Check every pair in ``setup``.
+        in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
 
     Raises:
         ValueError: For invalid counts or sizes.
@@ -389,6 +387,7 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         difficulty: float = 1.0,
         seed: int = 0,
         verify: bool = True,
+        in_chans: int | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -401,5 +400,6 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
             augment=augment,
             verify=verify,
             seed=seed,
+            in_chans=in_chans,
         )
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,18 +16,27 @@ from visiondistill.data.errors import MissingDataError
 class SplitFolderDataModule(pl.LightningDataModule):
     """Base datamodule for data laid out as ``image_root/{train,val[,test]}/…``.
 
-    Subclasses set ``data_dir``, ``batch_size``, ``num_workers`` and ``seed`` in ``__init__`` and implement
-    `_dataset`; this class builds the datasets each stage needs (testing falls back to ``val`` without a ``test``
-    folder) and the dataloaders (training batches shuffled with a generator seeded by ``seed``).
+    Subclasses set ``data_dir``, ``in_channels``, ``batch_size``, ``num_workers`` and ``seed`` in ``__init__`` and
+    implement `_dataset`; this class builds the datasets each stage needs (testing falls back to ``val`` without a
+    ``test`` folder) and the dataloaders (training batches shuffled with a generator seeded by ``seed``).
     """
 
     data_dir: Path
+    in_channels: int
     batch_size: int
     num_workers: int
     seed: int
     train_dataset: Dataset | None = None
     val_dataset: Dataset | None = None
     test_dataset: Dataset | None = None
+
+    @property
+    def in_chans(self) -> int:
+        """Deprecated alias of ``in_channels``, for code written before the rename."""
+        warnings.warn(
+            f"{type(self).__name__}.in_chans is deprecated: read in_channels instead", FutureWarning, stacklevel=2
+        )
+        return self.in_channels
 
     @property
     def image_root(self) -> Path:

@@ -10,6 +10,8 @@ import cv2
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from visiondistill.data.channels import resolve_in_channels
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -24,32 +26,31 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def resolve_normalization(
-    in_chans: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    in_channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return per-channel mean and std for ``in_chans`` channels.
+    """Return per-channel mean and std for ``in_channels`` channels.
 
     ``None`` means the ImageNet statistics; three-channel statistics are averaged for a one-channel input.
 
     Args:
-        in_chans: 1 (grayscale) or 3 (RGB).
+        in_channels: 1 (grayscale) or 3 (RGB).
         mean: Per-channel mean in [0, 1] units, or ``None``.
         std: Per-channel standard deviation in [0, 1] units, or ``None``.
 
     Returns:
-        ``(mean, std)``, each a tuple of ``in_chans`` floats.
+        ``(mean, std)``, each a tuple of ``in_channels`` floats.
 
     Raises:
         ValueError: For another channel count, a length that does not fit, or a non-positive std.
     """
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans!r}")
+    in_channels = resolve_in_channels(in_channels, owner="normalization")
     resolved = []
     for name, values, default in (("mean", mean, IMAGENET_MEAN), ("std", std, IMAGENET_STD)):
         values = tuple(float(v) for v in (default if values is None else values))
-        if len(values) == 3 and in_chans == 1:
+        if len(values) == 3 and in_channels == 1:
             values = (sum(values) / 3,)
-        if len(values) != in_chans:
-            raise ValueError(f"{name} needs {in_chans} value(s) for in_chans={in_chans}, got {values!r}")
+        if len(values) != in_channels:
+            raise ValueError(f"{name} needs {in_channels} value(s) for in_channels={in_channels}, got {values!r}")
         resolved.append(values)
     if min(resolved[1]) <= 0:
         raise ValueError(f"std must be positive, got {resolved[1]!r}")
@@ -59,9 +60,11 @@ def resolve_normalization(
 def classification_transforms(
     image_size: int,
     train: bool,
-    in_chans: int = 3,
+    in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    *,
+    in_chans: int | None = None,
 ) -> A.Compose:
     """Build the image pipeline for classification.
 
@@ -72,13 +75,14 @@ def classification_transforms(
     Args:
         image_size: Output height and width.
         train: Add augmentation.
-        in_chans: 1 for ``H x W`` or ``H x W x 1`` grayscale input, 3 for RGB ``H x W x 3``.
+        in_channels: 1 for ``H x W`` or ``H x W x 1`` grayscale input, 3 for RGB ``H x W x 3``.
         mean: Per-channel mean in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
         std: Per-channel std in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+        in_chans: Deprecated spelling of ``in_channels``.
 
     Returns:
         A pipeline called as ``pipeline(image=array)["image"]`` that returns a ``float32`` tensor
-        ``in_chans x image_size x image_size``.
+        ``in_channels x image_size x image_size``.
 
     Raises:
         ValueError: For a non-positive ``image_size`` or inconsistent normalisation arguments.
@@ -86,11 +90,12 @@ def classification_transforms(
     Example::
 
         >>> import numpy as np
-        >>> pipeline = classification_transforms(32, train=False, in_chans=1)
+        >>> pipeline = classification_transforms(32, train=False, in_channels=1)
         >>> pipeline(image=np.zeros((40, 40), dtype=np.uint8))["image"].shape
         torch.Size([1, 32, 32])
     """
-    return augmentation_pipeline(image_size, train, in_chans, mean, std)
+    in_channels = resolve_in_channels(in_channels, in_chans, owner="classification_transforms")
+    return augmentation_pipeline(image_size, train, in_channels, mean, std)
 
 
 class TorchSeededCompose(A.Compose):
@@ -111,7 +116,7 @@ class TorchSeededCompose(A.Compose):
 def augmentation_pipeline(
     image_size: int,
     train: bool,
-    in_chans: int = 3,
+    in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> A.Compose:
@@ -123,7 +128,7 @@ def augmentation_pipeline(
     """
     if int(image_size) <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
-    mean, std = resolve_normalization(in_chans, mean, std)
+    mean, std = resolve_normalization(in_channels, mean, std)
     steps: list[A.BasicTransform] = [
         A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
     ]
