@@ -174,9 +174,9 @@ class FeatureRecorder:
         >>> import timm, torch
         >>> model = timm.create_model("test_resnet", num_classes=3)
         >>> recorder = FeatureRecorder(model, [-1, "layer2"])
-        >>> _ = model(torch.randn(1, 3, 32, 32))
+        >>> _ = model(torch.randn(2, 3, 32, 32))
         >>> tuple(recorder[-1].shape), tuple(recorder["layer2"].shape)
-        ((1, 96, 1, 1), (1, 48, 4, 4))
+        ((2, 96, 1, 1), (2, 48, 4, 4))
         >>> recorder.remove()
     """
 
