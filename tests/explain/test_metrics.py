@@ -56,7 +56,7 @@ def np_distribution(x):
 
 
 def reference_scores(t, s, k=0.1):
-    """Per-image scores of two flattened float64 maps, straight from DESIGN.md."""
+    """Per-image scores of two flattened float64 maps, straight from docs/metrics.md."""
     constant = t.std() < 1e-8 or s.std() < 1e-8
     norms = np.linalg.norm(t) * np.linalg.norm(s)
     p_t, p_s = np_distribution(t), np_distribution(s)

@@ -1,6 +1,6 @@
 """Distillation losses as pure tensor functions (no Lightning).
 
-Every function follows the formula listed under "Reference formulas" in ``DESIGN.md`` and the
+Every function follows the formula listed in ``docs/formulas.md`` and the
 reference code of its paper; the docstrings say where a choice had to be made. Inputs are validated
 up front and a mismatch raises a `ValueError` that names both shapes. Weights (``1000`` for attention
 transfer, the DKD warm-up, ...) are applied by the callbacks, not here, except where the formula itself

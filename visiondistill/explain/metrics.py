@@ -1,6 +1,6 @@
 """Agreement between teacher and student explanations: saliency maps, attention maps and features.
 
-The definitions are those of ``DESIGN.md`` ("Saliency agreement — exact definitions"). Each family has a
+The definitions are those of ``docs/metrics.md`` (they are also spelled out below). Each family has a
 functional core (batched torch, float64 inside) and a torchmetrics `Metric` whose states are sums (or, for CKA,
 concatenated features) so that it reduces correctly under DDP:
 
@@ -48,7 +48,7 @@ __all__ = [
 SALIENCY_KEYS: tuple[str, ...] = ("pearson", "spearman", "topk_iou", "cosine", "sim", "kld")
 
 _STD_EPS = 1e-8  # below this standard deviation a map counts as constant (pearson = spearman = 0)
-_KLD_EPS = 2.2204e-16  # the MIT saliency benchmark's epsilon, as in DESIGN.md
+_KLD_EPS = 2.2204e-16  # the MIT saliency benchmark's epsilon
 
 
 # --------------------------------------------------------------------------------------------- saliency agreement
@@ -159,7 +159,7 @@ def _saliency_per_image64(teacher_maps: Tensor, student_maps: Tensor, top_k: flo
 
 
 def saliency_agreement_per_image(teacher_maps: Tensor, student_maps: Tensor, top_k: float = 0.1) -> dict[str, Tensor]:
-    """Per-image agreement between teacher and student saliency maps (``DESIGN.md`` definitions).
+    """Per-image agreement between teacher and student saliency maps (the definitions of ``docs/metrics.md``).
 
     For every image, with T the teacher map and S the student map flattened to L pixels:
 
