@@ -2,9 +2,9 @@
 
 On the shapes classification data, for each seed, trains two students from the same initialisation, data order and
 budget — (a) KD only, (b) KD + SaliencyAlignment — and prints, for each, the test accuracy and the teacher
-agreement of the student's Grad-CAM on held-out images (`visiondistill.evaluation.teacher_agreement`: pearson,
-topk_iou …, the teacher's predictions explained, both CAMs at ``--layer``), plus the median training-step time of
-(b) over (a). The teacher is read from ``--teacher`` (a ClassificationTask checkpoint) or, when that file does not
+agreement of the student's Grad-CAM on held-out images (`visiondistill.explain.agreement.saliency_teacher_agreement`:
+pearson, topk_iou …, the teacher's predictions explained, both CAMs at ``--layer``), plus the median training-step time
+of (b) over (a). The teacher is read from ``--teacher`` (a ClassificationTask checkpoint) or, when that file does not
 exist, trained first for ``--teacher-epochs`` epochs.
 
     python benchmarks/saliency_alignment.py --epochs 3 --seeds 0
@@ -22,10 +22,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from visiondistill.core.saliency import ClassificationSaliencyAdapter
 from visiondistill.data import ShapesClassification
 from visiondistill.distill import LogitDistillation, SaliencyAlignment
-from visiondistill.evaluation import markdown_table, teacher_agreement
+from visiondistill.explain.agreement import saliency_teacher_agreement
 from visiondistill.models import ClassifierSpec
+from visiondistill.reporting.document import markdown_table
 from visiondistill.tasks import ClassificationTask
 
 warnings.filterwarnings("ignore")
@@ -118,8 +120,13 @@ def run(args: argparse.Namespace, data: ShapesClassification, checkpoint: str, s
         )
     trainer_for(args, args.epochs, callbacks).fit(task, datamodule=data)
     images = probe_images(data, args.probe)
-    agreement = teacher_agreement(
-        task.teacher, task.student, images, teacher_layers=[args.layer], student_layers=[args.layer]
+    agreement = saliency_teacher_agreement(
+        ClassificationSaliencyAdapter(),
+        task.teacher,
+        task.student,
+        images,
+        teacher_layers=[args.layer],
+        student_layers=[args.layer],
     )
     warm = timer.times[min(5, len(timer.times) - 1) :]
     return {

@@ -42,7 +42,7 @@ def _synth(argv: Sequence[str]) -> int:
 
 
 def _export(argv: Sequence[str]) -> int:
-    from visiondistill.export import main
+    from visiondistill.reporting.export import main
 
     return main(argv)
 

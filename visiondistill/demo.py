@@ -1,12 +1,14 @@
-"""``make demo``: train a teacher, a student from scratch and a distilled student, then compare them.
+"""``make demo``: train a teacher, a student from scratch and a distilled student per task, then report on them.
 
-Each training run is an ordinary ``visiondistill fit --config …`` call (shown before it starts), so
-what the demo does can be repeated by hand run by run. The comparison is written to
-``runs/demo/<task>/report.md``.
+Each training run is an ordinary ``visiondistill fit --config …`` call and each report an ordinary
+``visiondistill report RUN_DIR …`` call (`visiondistill.reporting.write_report`); both are shown before they start, so
+what the demo does can be repeated by hand step by step. A task's report goes to ``runs/demo/<task>/report.md`` (and
+``report.html``); the segmentation demo's medical example, trained on other data without a teacher, gets its own in
+``runs/demo/segmentation/lesions/``.
 
 Usage::
 
-    python -m visiondistill.demo --task classification [--epochs N] [--skip-existing]
+    python -m visiondistill.demo --task classification [--epochs N] [--skip-existing] [--quick]
 """
 
 from __future__ import annotations
@@ -17,21 +19,43 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import yaml
+__all__ = ["TASKS", "DemoRun", "DemoSettings", "DemoTask", "main", "run_task"]
 
 
 @dataclass(frozen=True)
 class DemoRun:
-    """One training run of the demo: a row of the report."""
+    """One training run of the demo.
+
+    Attributes:
+        label: What the run is, in words (printed before it starts).
+        config: Its config file.
+        name: Its run folder under ``<runs>/<task>/``.
+        distilled: It distils from the task's teacher run (its checkpoint is passed on the command line).
+        data_suffix: Appended to the data folder's name: a data folder holds one set of generation parameters, and
+            each task's data differs.
+    """
 
     label: str
     config: str
-    name: str  # run folder under <runs>/<task>/
+    name: str
     distilled: bool = False
+    data_suffix: str = ""
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """The runs of one task and the reports over them: ``(subfolder of <out>/<task>, run names)`` each."""
+
+    runs: tuple[DemoRun, ...]
+    reports: tuple[tuple[str, tuple[str, ...]], ...] = (("", ("teacher", "student_scratch", "student_distilled")),)
+
+    @property
+    def teacher(self) -> DemoRun:
+        """The run the distilled runs learn from."""
+        return next(run for run in self.runs if run.name == "teacher")
 
 
 @dataclass(frozen=True)
@@ -42,8 +66,8 @@ class DemoSettings:
     data_dir: Path
     out: Path
     overrides: tuple[str, ...] = ()
-    data_overrides: dict = field(default_factory=dict)
     skip_existing: bool = False
+    num_images: int = 32
 
     def run_dir(self, task: str, run: DemoRun) -> Path:
         """The folder of one run."""
@@ -53,25 +77,101 @@ class DemoSettings:
         """The best checkpoint of one run."""
         return self.run_dir(task, run) / "checkpoints" / "best.ckpt"
 
+    def data_of(self, run: DemoRun) -> Path:
+        """The data folder of one run."""
+        return self.data_dir.with_name(self.data_dir.name + run.data_suffix)
+
 
 #: A seconds-long version of every run, for smoke tests and for trying the pipeline out.
-QUICK_OVERRIDES = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1")
-QUICK_DATA = {"image_size": 32, "num_train": 48, "num_val": 16, "num_test": 16, "batch_size": 8, "num_workers": 0}
-
-#: Images and feature stage of the report's teacher-agreement measurement (the stage before last keeps a 4×4
-#: map at 64 px, where the last stage is only 2×2).
-AGREEMENT_IMAGES = 64
-AGREEMENT_LAYERS = (-2,)
-ATTENTION_LAYERS = (-3, -2, -1)
-
-CLASSIFICATION_RUNS = (
-    DemoRun("teacher (resnet18)", "configs/classification/shapes_teacher.yaml", "teacher"),
-    DemoRun("student, scratch (test_resnet)", "configs/classification/shapes_student_scratch.yaml", "student_scratch"),
-    DemoRun("student, distilled KD+AT (test_resnet)", "configs/classification/shapes_kd.yaml", "student_kd", True),
+QUICK_OVERRIDES = (
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--data.init_args.image_size=32",
+    "--data.init_args.num_train=48",
+    "--data.init_args.num_val=16",
+    "--data.init_args.num_test=16",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.num_workers=0",
 )
+#: Test images of the quick reports' agreement measurement.
+QUICK_IMAGES = 8
 
 
-def _fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> float:
+def _runs(
+    config_dir: str,
+    suffix: str,
+    networks: tuple[str, str, str],
+    distilled_config: str = "shapes_distilled.yaml",
+    distilled_name: str = "student_distilled",
+) -> tuple[DemoRun, ...]:
+    """The teacher, scratch and distilled runs of a task (``networks``: their labels' parts in parentheses)."""
+    teacher, scratch, distilled = networks
+    return (
+        DemoRun(f"teacher ({teacher})", f"{config_dir}/shapes_teacher.yaml", "teacher", data_suffix=suffix),
+        DemoRun(
+            f"student, scratch ({scratch})",
+            f"{config_dir}/shapes_student_scratch.yaml",
+            "student_scratch",
+            data_suffix=suffix,
+        ),
+        DemoRun(
+            f"student, distilled {distilled}",
+            f"{config_dir}/{distilled_config}",
+            distilled_name,
+            distilled=True,
+            data_suffix=suffix,
+        ),
+    )
+
+
+#: The demo of each task.
+TASKS: dict[str, DemoTask] = {
+    "classification": DemoTask(
+        _runs(
+            "configs/classification",
+            "",
+            ("resnet18", "test_resnet", "KD+AT (test_resnet)"),
+            distilled_config="shapes_kd.yaml",
+            distilled_name="student_kd",
+        ),
+        reports=(("", ("teacher", "student_scratch", "student_kd")),),
+    ),
+    "segmentation": DemoTask(
+        (
+            *_runs(
+                "configs/segmentation",
+                "_segmentation",
+                ("Unet resnet18", "Unet tu-test_resnet", "CWD (Unet tu-test_resnet)"),
+            ),
+            DemoRun(
+                "lesions (Unet tu-test_resnet, Dice + CE)",
+                "configs/segmentation/lesions_medical.yaml",
+                "lesions",
+                data_suffix="_lesions",
+            ),
+        ),
+        reports=(("", ("teacher", "student_scratch", "student_distilled")), ("lesions", ("lesions",))),
+    ),
+    "detection": DemoTask(
+        _runs(
+            "configs/detection",
+            "_detection",
+            ("FCOS resnet18, FPN 64", "FCOS test_resnet, FPN 32", "CWD+KD (FCOS test_resnet, FPN 32)"),
+        )
+    ),
+    "keypoints": DemoTask(
+        _runs(
+            "configs/keypoints",
+            "_keypoints",
+            ("resnet18 to layer3 + 2 deconv", "test_resnet + 2 deconv", "FPD (test_resnet + 2 deconv)"),
+        )
+    ),
+}
+
+
+def fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> float:
+    """Runs ``visiondistill fit`` for one run (unless reused); returns its wall time in seconds (0 when reused)."""
     checkpoint = settings.checkpoint(task, run)
     if settings.skip_existing and checkpoint.is_file():
         print(f"\n== {run.label}: reusing {checkpoint}", flush=True)
@@ -79,9 +179,8 @@ def _fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> f
     command = [sys.executable, "-m", "visiondistill.cli", "fit", "--config", run.config]
     command += [
         f"--trainer.logger.init_args.save_dir={settings.runs / task}",
-        f"--data.init_args.data_dir={settings.data_dir}",
+        f"--data.init_args.data_dir={settings.data_of(run)}",
     ]
-    command += [f"--data.init_args.{key}={value}" for key, value in settings.data_overrides.items()]
     if run.distilled:
         command.append(f"--model.init_args.teacher.checkpoint={settings.checkpoint(task, teacher)}")
     command += settings.overrides
@@ -92,125 +191,26 @@ def _fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> f
     return time.perf_counter() - start
 
 
-def _data_args(config: str, settings: DemoSettings) -> dict:
-    with open(config) as handle:
-        args = dict(yaml.safe_load(handle)["data"]["init_args"])
-    return {**args, "data_dir": str(settings.data_dir), **settings.data_overrides}
+def run_task(task: str, settings: DemoSettings) -> list[Path]:
+    """Trains the runs of one task, then writes its reports with `visiondistill report`.
 
+    Returns:
+        The Markdown reports' paths.
+    """
+    from visiondistill.reporting import write_report
 
-def run_classification(settings: DemoSettings) -> Path:
-    """Trains the three classification runs, evaluates them on the test split and writes the report."""
-    from visiondistill.data import ShapesClassification
-    from visiondistill.evaluation import (
-        evaluate_classifier,
-        load_student,
-        markdown_table,
-        teacher_agreement,
-    )
-    from visiondistill.explain.agreement import attention_teacher_agreement
-
-    task, runs = "classification", CLASSIFICATION_RUNS
-    data_args = _data_args(runs[0].config, settings)
-    datamodule = ShapesClassification(**data_args)
-    print(f"== data: synthetic shapes under {data_args['data_dir']} (generated on first use)", flush=True)
-    datamodule.prepare_data()
-
-    train_seconds = {run.label: _fit(task, run, runs[0], settings) for run in runs}
-
-    datamodule.setup("test")
-    models = {run.label: load_student(settings.checkpoint(task, run))[0] for run in runs}
-    reports = [
-        evaluate_classifier(
-            run.label,
-            models[run.label],
-            datamodule.test_dataloader(),
-            datamodule.class_names,
-            checkpoint_path=settings.checkpoint(task, run),
-        )
-        for run in runs
-    ]
-    teacher, scratch, distilled = reports
-    probe = torch.cat([images for images, _ in datamodule.test_dataloader()])[:AGREEMENT_IMAGES]
-    agreement = {
-        report.name: teacher_agreement(
-            models[teacher.name],
-            models[report.name],
-            probe,
-            teacher_layers=AGREEMENT_LAYERS,
-            student_layers=AGREEMENT_LAYERS,
-        )
-        for report in (scratch, distilled)
-    }
-    attention = {
-        report.name: attention_teacher_agreement(
-            models[teacher.name],
-            models[report.name],
-            probe,
-            teacher_layers=ATTENTION_LAYERS,
-            student_layers=ATTENTION_LAYERS,
-        )
-        for report in (scratch, distilled)
-    }
-    gain = 100 * (distilled.top1 - scratch.top1)
-    rows = [
-        {
-            "model": r.name,
-            "top-1 (test)": f"{100 * r.top1:.1f}%",
-            "top-5": f"{100 * r.top5:.1f}%" if r.top5 is not None else "–",
-            "params": f"{r.params / 1e6:.2f} M",
-            "compression": f"{teacher.params / r.params:.1f}×",
-            "MFLOPs": f"{r.flops / 1e6:.1f}",
-            "CPU latency / image": f"{r.latency_ms:.2f} ms",
-            "train time": f"{train_seconds[r.name]:.0f} s" if train_seconds[r.name] else "reused",
-            "CAM pearson vs teacher": f"{agreement[r.name]['pearson']:.3f}" if r.name in agreement else "–",
-            "CAM top-10% IoU vs teacher": f"{agreement[r.name]['topk_iou']:.3f}" if r.name in agreement else "–",
-        }
-        for r in reports
-    ]
-    per_class = [{"model": r.name, **{c: f"{100 * v:.0f}%" for c, v in r.per_class.items()}} for r in reports]
-    table = markdown_table(rows)
-    distilled_dir = settings.run_dir(task, runs[2])
-    text = "\n\n".join(
-        [
-            "# visiondistill demo — classification on synthetic shapes",
-            f"Held-out test split: {len(datamodule.test_dataloader().dataset)} images, "
-            f"{len(datamodule.class_names)} classes. Latency: batch 1, CPU, median of 50 runs.",
-            table,
-            f"Distillation changed the student's top-1 by {gain:+.1f} points over training from scratch "
-            f"(teacher: {100 * teacher.top1:.1f}%).",
-            "## Does the student look where the teacher looks?",
-            f"Grad-CAM of the teacher and of each student at feature stage {AGREEMENT_LAYERS[0]}, on the first "
-            f"{len(probe)} test images, all explaining the teacher's prediction (definitions in DESIGN.md).",
-            markdown_table(
-                [{"student": name, **{k: f"{v:.3f}" for k, v in values.items()}} for name, values in agreement.items()]
-            ),
-            "Higher is closer to the teacher for every column but `kld` (0 = same distribution). At 64 px these "
-            "CAMs are 4×4 maps, so they are coarse and noisy; the attention maps and features below are the steadier "
-            "signal.",
-            f"Attention-map cosine (`at_cosine`) and debiased linear CKA of the features at stages "
-            f"{', '.join(str(layer) for layer in ATTENTION_LAYERS)}, same images:",
-            markdown_table(
-                [{"student": name, **{k: f"{v:.3f}" for k, v in values.items()}} for name, values in attention.items()]
-            ),
-            "Per-epoch agreement of the distilled run (Grad-CAM and attention maps on a fixed probe batch) is in "
-            "TensorBoard under `val/saliency/*` and `val/attention/*`, and as PNG grids and `maps.npz` under "
-            f"`{distilled_dir}/saliency/` (open them with `notebooks/inspect_saliency.ipynb`).",
-            "## Per-class accuracy (test)",
-            markdown_table(per_class),
-            "Runs: "
-            + ", ".join(f"`{settings.run_dir(task, run)}`" for run in runs)
-            + f" (TensorBoard: `tensorboard --logdir {settings.runs / task}`).",
-        ]
-    )
-    out = settings.out / task
-    out.mkdir(parents=True, exist_ok=True)
-    report = out / "report.md"
-    report.write_text(text + "\n")
-    print("\n" + table + f"\n\nDistilled vs scratch: {gain:+.1f} top-1 points. Report: {report}", flush=True)
-    return report
-
-
-TASKS = {"classification": run_classification}
+    demo = TASKS[task]
+    for run in demo.runs:
+        fit(task, run, demo.teacher, settings)
+    by_name = {run.name: run for run in demo.runs}
+    reports = []
+    for subfolder, names in demo.reports:
+        folders = [settings.run_dir(task, by_name[name]) for name in names]
+        out = settings.out / task / subfolder
+        shown = " ".join(shlex.quote(str(folder)) for folder in folders)
+        print(f"\n== report\n$ visiondistill report {shown} --out {out} --num-images {settings.num_images}", flush=True)
+        reports.append(write_report(folders, out, num_images=settings.num_images)[0])
+    return reports
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", default="all", choices=[*TASKS, "all"])
     parser.add_argument("--epochs", type=int, default=None, help="override every run's max_epochs")
     parser.add_argument("--runs", default="runs", help="root of the run folders")
-    parser.add_argument("--data-dir", default="data/shapes", help="where the synthetic data set is generated")
+    parser.add_argument("--data-dir", default="data/shapes", help="where the synthetic data sets are generated")
     parser.add_argument("--out", default="runs/demo", help="where the reports go")
     parser.add_argument("--skip-existing", action="store_true", help="reuse runs that already have a checkpoint")
     parser.add_argument("--quick", action="store_true", help="seconds-long runs on tiny data: checks the pipeline")
@@ -232,68 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=Path(args.data_dir),
         out=Path(args.out),
         overrides=overrides,
-        data_overrides=QUICK_DATA if args.quick else {},
         skip_existing=args.skip_existing,
+        num_images=QUICK_IMAGES if args.quick else 32,
     )
-    tasks = list(TASKS) if args.task == "all" else [args.task]
-    for task in tasks:
-        TASKS[task](settings)
-        write_run_reports(task, settings)
+    for task in list(TASKS) if args.task == "all" else [args.task]:
+        for report in run_task(task, settings):
+            print(f"\nreport: {report}", flush=True)
     return 0
-
-
-def write_run_reports(task: str, settings: DemoSettings) -> list[Path]:
-    """``visiondistill report`` over the task's runs: one HTML + Markdown report per data set with a teacher run."""
-    from visiondistill.reporting import RunError, write_report
-    from visiondistill.reporting.runs import run_folders_by_data
-
-    reports = []
-    comparable = [folders for folders in run_folders_by_data(settings.runs / task) if len(folders) > 1]
-    for index, folders in enumerate(comparable):
-        out = settings.out / task / ("run_report" if index == 0 else f"run_report_{index}")
-        shown = " ".join(shlex.quote(str(folder)) for folder in folders)
-        print(f"\n== run report\n$ visiondistill report {shown} --out {out}", flush=True)
-        try:
-            reports.append(write_report(folders, out)[1])
-        except RunError as error:
-            print(f"   no run report: {error}", flush=True)
-    return reports
-
-
-# -- segmentation section (visiondistill/demo_segmentation.py); imported when run, as it imports this module --
-
-
-def _run_segmentation(settings: DemoSettings) -> Path:
-    from visiondistill.demo_segmentation import run_segmentation
-
-    return run_segmentation(settings)
-
-
-TASKS["segmentation"] = _run_segmentation
-
-
-# -- keypoint section (visiondistill/demo_keypoints.py); imported when run, as it imports this module --
-
-
-def _run_keypoints(settings: DemoSettings) -> Path:
-    from visiondistill.demo_keypoints import run_keypoints
-
-    return run_keypoints(settings)
-
-
-TASKS["keypoints"] = _run_keypoints
-
-
-# -- detection section (visiondistill/demo_detection.py); imported when run, as it imports this module --
-
-
-def _run_detection(settings: DemoSettings) -> Path:
-    from visiondistill.demo_detection import run_detection
-
-    return run_detection(settings)
-
-
-TASKS["detection"] = _run_detection
 
 
 if __name__ == "__main__":

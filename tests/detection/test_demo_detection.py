@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -28,7 +29,11 @@ def test_quick_detection_demo_writes_the_report(tmp_path: Path):
     args = ["--task", "detection", "--quick", "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
     assert main([*args, "--out", str(out)]) == 0
     report = (out / "detection" / "report.md").read_text()
-    for expected in ("teacher (FCOS resnet18", "student, scratch", "student, distilled", "mAP (test)", "circle"):
+    for expected in ("| teacher | teacher |", "| student_distilled | distilled |", "test/map", "Per-class `test/map`"):
         assert expected in report
-    assert (out / "detection" / "detections.png").is_file()
+    # The detection section: box counts, each student's mAP@50 against the teacher's boxes, the grid.
+    section = report.split("## Detection: boxes", 1)[1]
+    assert "Test split: 16 images" in section and "| student | mAP@50 vs teacher's boxes |" in section
+    assert re.search(r"^\| student_distilled \| [0-9.]+ \|$", section, flags=re.MULTILINE)
+    assert "![" in section and (out / "detection" / "detections.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "detection" / "student_distilled" / "checkpoints" / "best.ckpt").is_file()

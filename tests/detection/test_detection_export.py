@@ -7,7 +7,7 @@ import onnxruntime
 import torch
 
 from visiondistill.cli import main
-from visiondistill.models.detectors import load_detector
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import DetectionTask
 
 from .conftest import TINY_STUDENT
@@ -21,7 +21,7 @@ def test_detection_student_round_trip(tmp_path, capsys):
     torch.save({"hyper_parameters": hparams, "state_dict": task.state_dict()}, checkpoint)
     assert main(["export", str(checkpoint), "--format", "onnx", "--image-size", "64"]) == 0
     assert "max |diff|" in capsys.readouterr().out
-    detector, _ = load_detector(checkpoint)
+    detector = load_task_module(checkpoint).student
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         output = detector(images)

@@ -22,7 +22,8 @@ from visiondistill.distill import (
 )
 from visiondistill.explain import DetectionSaliencyAdapter, GradCAMCallback, saliency_adapter_for
 from visiondistill.explain.detection import detection_teacher_agreement
-from visiondistill.models.detectors import create_detector, load_detector
+from visiondistill.models.detectors import create_detector
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import DetectionTask
 from visiondistill.tasks.detection import box_map_vs_teacher
 
@@ -58,7 +59,8 @@ def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_teacher_run_checkpoints_the_best_map(teacher_checkpoint: str):
-    model, hparams = load_detector(teacher_checkpoint)
+    module = load_task_module(teacher_checkpoint)
+    model, hparams = module.student, module.hparams
     assert hparams["num_classes"] == 2 and model.fpn.inner_blocks[0].out_channels == TINY_TEACHER.fpn_channels
 
 

@@ -11,7 +11,8 @@ from torchvision.models.detection import FCOS
 
 from visiondistill.distill import resolve_layer
 from visiondistill.models import CheckpointError
-from visiondistill.models.detectors import DetectorSpec, create_detector, load_detector
+from visiondistill.models.detectors import DetectorSpec, create_detector
+from visiondistill.reporting.loader import load_task_module
 
 from .conftest import TINY_STUDENT
 
@@ -145,7 +146,8 @@ def test_checkpoint_round_trip_and_class_mismatch(tmp_path: Path):
     task = DetectionTask(student=TINY_STUDENT, num_classes=2)
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
-    model, hparams = load_detector(path)
+    module = load_task_module(path)  # no _class_path: a checkpoint saved by hand, recognised by its student spec
+    model, hparams = module.student, module.hparams
     images = torch.randn(1, 3, 64, 64)
     assert torch.equal(model(images).cls_logits, task.student.eval()(images).cls_logits)
     assert hparams["num_classes"] == 2

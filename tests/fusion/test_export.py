@@ -11,10 +11,16 @@ import pytorch_lightning as pl
 import torch
 
 from visiondistill.cli import main
-from visiondistill.evaluation import load_student
-from visiondistill.export import EXPORTERS, ExportError, ExportSpec, export_onnx, load_export_spec, register_exporter
 from visiondistill.models import ClassifierSpec
-from visiondistill.models.segmenters import load_segmenter
+from visiondistill.reporting.export import (
+    EXPORTERS,
+    ExportError,
+    ExportSpec,
+    export_onnx,
+    load_export_spec,
+    register_exporter,
+)
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import ClassificationTask, SegmentationTask
 
 
@@ -41,7 +47,7 @@ def test_classification_student_round_trip(tmp_path, tiny_loader, trainer_kwargs
     output = checkpoint.with_suffix(".onnx")
     printed = capsys.readouterr().out
     assert str(output) in printed and "max |diff|" in printed
-    student, _ = load_student(checkpoint)
+    student = load_task_module(checkpoint).student
     images = torch.rand(5, 3, 32, 32)  # another batch size than the export's example
     with torch.no_grad():
         expected = student(images).numpy()
@@ -54,7 +60,7 @@ def test_segmentation_student_round_trip(tmp_path, seg_loader, seg_specs, traine
     checkpoint = trained_checkpoint(task, seg_loader, trainer_kwargs, tmp_path)
     output = tmp_path / "out" / "segmenter.onnx"
     assert main(["export", str(checkpoint), "--output", str(output), "--image-size", "32", "--opset", "17"]) == 0
-    student, _ = load_segmenter(checkpoint)
+    student = load_task_module(checkpoint).student
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         expected = student(images).numpy()
@@ -67,8 +73,13 @@ def test_task_is_recognised_from_class_path_or_hyperparameters(tmp_path, tiny_lo
     torch.manual_seed(0)
     task = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=4)
     checkpoint = trained_checkpoint(task, tiny_loader, trainer_kwargs, tmp_path)
-    assert load_export_spec(checkpoint, image_size=32).task == "classification"  # no _class_path: recognised
     data = torch.load(checkpoint, weights_only=False)
+    assert data["hyper_parameters"]["_class_path"] == "visiondistill.tasks.classification.ClassificationTask"
+    assert load_export_spec(checkpoint, image_size=32).task == "classification"
+    # A checkpoint written before the task modules recorded their class is recognised by its student spec.
+    del data["hyper_parameters"]["_class_path"]
+    torch.save(data, tmp_path / "old.ckpt")
+    assert load_export_spec(tmp_path / "old.ckpt", image_size=32).task == "classification"
     data["hyper_parameters"]["_class_path"] = "visiondistill.tasks.PoseTask"
     torch.save(data, tmp_path / "pose.ckpt")
     message = r"PoseTask, which has no exporter; exporters exist for: .*ClassificationTask"

@@ -14,7 +14,10 @@ def test_quick_keypoint_demo_writes_the_report(tmp_path: Path):
     args = ["--task", "keypoints", "--quick", "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
     assert main([*args, "--out", str(out), "--skip-existing"]) == 0
     report = (out / "keypoints" / "report.md").read_text()
-    for expected in ("teacher (resnet18", "student, scratch", "student, distilled FPD", "PCK@0.05 (test)", "OKS AP"):
+    for expected in ("| teacher | teacher |", "| student_distilled | distilled |", "test/pck@0.05", "test/ap"):
         assert expected in report
+    # The keypoint section: decoding settings and a picture of every run's keypoints.
+    section = report.split("## Keypoints: decoding and predictions", 1)[1]
+    assert "decoding, flip test" in section and "OKS AP" in section and "![" in section
     assert (out / "keypoints" / "keypoints.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "keypoints" / "student_distilled" / "checkpoints" / "best.ckpt").is_file()

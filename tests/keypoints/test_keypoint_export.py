@@ -7,7 +7,7 @@ import onnxruntime
 import torch
 
 from visiondistill.cli import main
-from visiondistill.models.keypoint_models import load_keypoint_model
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import KeypointTask
 
 from .conftest import TINY_STUDENT
@@ -30,7 +30,7 @@ def test_keypoint_student_round_trip(tmp_path, capsys):
     )
     assert main(["export", str(checkpoint), "--format", "onnx"]) == 0
     assert "max |diff|" in capsys.readouterr().out
-    model, _ = load_keypoint_model(checkpoint)
+    model = load_task_module(checkpoint).student
     images = torch.rand(3, 3, 48, 48)  # the crop side from the checkpoint's data settings, another batch size
     with torch.no_grad():
         expected = model(images).numpy()

@@ -11,7 +11,8 @@ from visiondistill.core.protocol import ProtocolError
 from visiondistill.data.keypoints import ShapesKeypoints, flip_permutation, gaussian_heatmaps
 from visiondistill.distill import AttentionTransfer, HeatmapDistillation
 from visiondistill.models.checkpoints import CheckpointError
-from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model, load_keypoint_model
+from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import KeypointTask
 from visiondistill.tasks.keypoints import flip_back
 
@@ -85,7 +86,8 @@ def test_training_logs_pck_and_ap_and_adopts_the_datamodule_names(teacher_checkp
 
 def test_checkpoint_rebuilds_the_network_and_test_runs(teacher_checkpoint, shapes_keypoints_dir, tmp_path):
     path, _ = teacher_checkpoint
-    model, hparams = load_keypoint_model(path)
+    module = load_task_module(path)
+    model, hparams = module.student, module.hparams
     assert hparams["num_keypoints"] == 4 and hparams["student"]["stage"] == -2
     task = KeypointTask(student=TINY_STUDENT, teacher={"checkpoint": str(path)}, num_keypoints=4)
     for key, value in model.state_dict().items():  # the teacher is read back from the checkpoint alone

@@ -44,10 +44,10 @@ def test_report_tables_match_the_checkpoints(demo_runs, tmp_path):
         assert section in text
     assert "test/acc_top1" in text and "Per-class `test/acc_class`" in text
     # The compression ratio is the teacher's parameter count over the student's, counted independently here.
-    from visiondistill.reporting.runs import load_task_module
+    from visiondistill.reporting.loader import load_task_module
 
-    teacher = load_task_module(read_run(runs / "teacher")).student
-    student = load_task_module(read_run(runs / "student_kd")).student
+    teacher = load_task_module(read_run(runs / "teacher").checkpoint).student
+    student = load_task_module(read_run(runs / "student_kd").checkpoint).student
     ratio = sum(p.numel() for p in teacher.parameters()) / sum(p.numel() for p in student.parameters())
     row = next(line for line in text.splitlines() if line.startswith("| student_kd |") and " M |" in line)
     assert f"| {ratio:.1f}× |" in row

@@ -13,10 +13,13 @@ def test_quick_segmentation_demo_writes_the_report(tmp_path: Path):
     args = ["--task", "segmentation", "--quick", "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
     assert main([*args, "--out", str(out)]) == 0
     report = (out / "segmentation" / "report.md").read_text()
-    for expected in ("teacher (Unet resnet18)", "student, scratch", "student, distilled", "mIoU (test)", "nodule"):
+    for expected in ("| teacher | teacher |", "| student_distilled | distilled |", "test/miou", "Per-class `test/iou`"):
         assert expected in report
-    assert (tmp_path / "runs" / "segmentation" / "lesions" / "checkpoints" / "best.ckpt").is_file()
-    # One run report for the shapes runs; the lesion run (other data, no teacher) is left out of it.
-    run_report = (out / "segmentation" / "run_report" / "report.md").read_text()
-    assert "| student_distilled | distilled |" in run_report and "lesions" not in run_report
-    assert not list((out / "segmentation").glob("run_report_*"))
+    # The segmentation section: each student's masks against the teacher's, class by class.
+    section = report.split("## Segmentation: the students' masks against the teacher's", 1)[1]
+    assert "| student | pixels agreeing | background |" in section and "| student_scratch |" in section
+    assert "lesions" not in report
+    # The lesion run (other data, no teacher) gets its own report: per-class IoU on the lesion classes.
+    lesions = (out / "segmentation" / "lesions" / "report.md").read_text()
+    assert "| lesions | scratch |" in lesions and "Per-class `test/iou`" in lesions and "nodule" in lesions
+    assert "students' masks against the teacher's" not in lesions

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from visiondistill.core.recorder import FeatureRecorder, feature_stages
-from visiondistill.models import CheckpointError, SegmenterSpec, create_segmenter, load_segmenter
+from visiondistill.models import CheckpointError, SegmenterSpec, create_segmenter
+from visiondistill.reporting.loader import load_task_module
 
 from .conftest import TINY_STUDENT
 
@@ -59,8 +60,8 @@ def test_checkpoint_of_another_class_count_is_named(tmp_path):
     )
 
 
-def test_load_segmenter_rejects_foreign_checkpoints(tmp_path):
+def test_loader_rejects_foreign_checkpoints(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"weight": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="not written by a visiondistill SegmentationTask"):
-        load_segmenter(path)
+    with pytest.raises(CheckpointError, match="is not a visiondistill student checkpoint"):
+        load_task_module(path)

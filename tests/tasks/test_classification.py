@@ -10,8 +10,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from visiondistill.evaluation import evaluate_classifier, load_student
 from visiondistill.models import CheckpointError, ClassifierSpec
+from visiondistill.reporting.cost import count_flops, count_parameters, measure_latency
+from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import ClassificationTask
 
 
@@ -96,7 +97,7 @@ def test_class_count_and_channel_mismatches_between_specs():
         )
     with pytest.raises(ValueError, match="teacher takes 3 input channels but the student takes 1"):
         ClassificationTask(
-            student=ClassifierSpec(name="test_resnet", in_chans=1),
+            student=ClassifierSpec(name="test_resnet", in_channels=1),
             teacher=ClassifierSpec(name="resnet18"),
             num_classes=4,
         )
@@ -109,7 +110,7 @@ def test_class_count_and_channel_mismatches_between_specs():
 class FourClassData(pl.LightningDataModule):
     def __init__(self, loader, num_classes: int) -> None:
         super().__init__()
-        self.loader, self.num_classes, self.in_chans = loader, num_classes, 3
+        self.loader, self.num_classes, self.in_channels = loader, num_classes, 3
         self.class_names = [f"c{i}" for i in range(num_classes)]
 
     def train_dataloader(self):
@@ -125,7 +126,7 @@ def test_data_with_another_number_of_classes_fails_at_setup(tiny_loader, trainer
 def test_grayscale_student_trains(trainer_kwargs):
     images = torch.randn(16, 1, 32, 32)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(16) % 4), batch_size=8)
-    task = ClassificationTask(student=ClassifierSpec(name="test_resnet", in_chans=1), num_classes=4)
+    task = ClassificationTask(student=ClassifierSpec(name="test_resnet", in_channels=1), num_classes=4)
     pl.Trainer(**trainer_kwargs).fit(task, loader)
 
 
@@ -138,15 +139,17 @@ def test_metrics_and_checkpoint_round_trip(tmp_path: Path, tiny_loader, trainer_
         assert torch.isfinite(logged[key]), key
     path = tmp_path / "student.ckpt"
     trainer.save_checkpoint(path)
-    model, hparams = load_student(path)
-    assert hparams["student"]["name"] == "test_resnet"
-    report = evaluate_classifier("student", model, tiny_loader, ["a", "b", "c", "d"], checkpoint_path=path)
+    module = load_task_module(path)
+    assert isinstance(module, ClassificationTask) and module.teacher is None
+    assert module.hparams["student"]["name"] == "test_resnet"
+    results = pl.Trainer(**trainer_kwargs).test(module, tiny_loader, verbose=False)[0]
     images, targets = tiny_loader.dataset.tensors
     with torch.no_grad():
         expected = (task.student.eval()(images).argmax(-1) == targets).float().mean().item()
-    assert report.top1 == pytest.approx(expected)
-    assert report.params == sum(p.numel() for p in task.student.parameters())
-    assert report.flops > 0 and report.latency_ms > 0 and report.checkpoint_mb > 0
+    assert results["test/acc_top1"] == pytest.approx(expected)
+    model = module.student
+    assert count_parameters(model) == sum(p.numel() for p in task.student.parameters())
+    assert count_flops(model, images[:1]) > 0 and measure_latency(model, images[:1], warmup=1, runs=3) > 0
 
 
 def test_task_and_shapes_datamodule_log_hparams_together(tmp_path: Path):

@@ -2,14 +2,13 @@
 
 from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
-from visiondistill.models.detectors import Detector, DetectorOutput, DetectorSpec, create_detector, load_detector
+from visiondistill.models.detectors import Detector, DetectorOutput, DetectorSpec, create_detector
 from visiondistill.models.keypoint_models import (
     KeypointModelSpec,
     SimpleBaseline,
     create_keypoint_model,
-    load_keypoint_model,
 )
-from visiondistill.models.segmenters import SegmenterSpec, create_segmenter, load_segmenter
+from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
 
 __all__ = [
     "CheckpointError",
@@ -25,9 +24,6 @@ __all__ = [
     "create_keypoint_model",
     "create_segmenter",
     "extract_state_dict",
-    "load_detector",
-    "load_keypoint_model",
-    "load_segmenter",
     "load_weights",
     "read_checkpoint",
 ]

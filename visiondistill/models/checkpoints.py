@@ -6,7 +6,7 @@ Nothing here touches the network: ``pretrained`` weights must already be on disk
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,36 +123,3 @@ def _head_mismatch(mismatched: list[str]) -> str | None:
             model_classes = line.split("model (")[1].split(",")[0]
             return f"the checkpoint has {ckpt_classes} classes but the model is built for {model_classes}"
     return None
-
-
-def load_trained_student(
-    checkpoint_path: str | Path,
-    task: str,
-    spec_key: str,
-    count_key: str,
-    rebuild: Callable[[Mapping[str, Any], int], nn.Module],
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the trained network of a visiondistill run from its checkpoint alone (no config, no teacher).
-
-    Args:
-        checkpoint_path: A ``.ckpt`` written by a run of the task module.
-        task: The task module's class name, for the message.
-        spec_key: A key every student spec of that task has (``"name"``, ``"arch"`` …): recognises the task.
-        count_key: The hyper-parameter holding the output count (``"num_classes"``, ``"num_keypoints"``).
-        rebuild: Builds the untrained network from the stored student spec and the count; it must clear the
-            spec's own weight sources (``checkpoint``, ``pretrained``), since the weights come from this checkpoint.
-
-    Returns:
-        The network (eval mode) and the run's hyper-parameters.
-
-    Raises:
-        CheckpointError: When the file is missing or was not written by a run of that task.
-    """
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    student = hparams.get("student")
-    if not isinstance(student, Mapping) or spec_key not in student or count_key not in hparams:
-        raise CheckpointError(f"{str(checkpoint_path)!r} was not written by a visiondistill {task} run")
-    model = rebuild(student, hparams[count_key])
-    load_weights(model, extract_state_dict(checkpoint), source=str(checkpoint_path), role="student")
-    return model.eval(), dict(hparams)

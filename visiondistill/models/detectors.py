@@ -40,12 +40,11 @@ from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
-    load_trained_student,
     load_weights,
     read_checkpoint,
 )
 
-__all__ = ["Detector", "DetectorOutput", "DetectorSpec", "create_detector", "load_detector"]
+__all__ = ["Detector", "DetectorOutput", "DetectorSpec", "create_detector"]
 
 _HEAD_WEIGHT = "head.classification_head.cls_logits.weight"
 
@@ -366,27 +365,6 @@ def create_detector(spec: DetectorSpec, num_classes: int, role: str = "model") -
             )
         load_weights(model, state, source=str(spec.checkpoint), role=role)
     return model
-
-
-def load_detector(checkpoint_path: str | Path) -> tuple[Detector, dict[str, Any]]:
-    """Rebuilds the trained detector of a visiondistill detection run from its checkpoint alone.
-
-    Args:
-        checkpoint_path: A ``.ckpt`` written by a ``DetectionTask`` run.
-
-    Returns:
-        The detector (eval mode) and the run's hyper-parameters.
-
-    Raises:
-        CheckpointError: When the file is missing or was not written by a detection run.
-    """
-
-    def rebuild(stored: Mapping[str, Any], num_classes: int) -> Detector:
-        spec = DetectorSpec.coerce(stored, role="student")
-        spec.checkpoint = None
-        return create_detector(spec, num_classes, role="student")
-
-    return load_trained_student(checkpoint_path, "DetectionTask", "fpn_channels", "num_classes", rebuild)
 
 
 def _spec_from_checkpoint(checkpoint: Mapping[str, Any] | None, spec: DetectorSpec, role: str) -> DetectorSpec:

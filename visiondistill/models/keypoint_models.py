@@ -25,12 +25,11 @@ from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
-    load_trained_student,
     load_weights,
     read_checkpoint,
 )
 
-__all__ = ["KeypointModelSpec", "SimpleBaseline", "create_keypoint_model", "load_keypoint_model"]
+__all__ = ["KeypointModelSpec", "SimpleBaseline", "create_keypoint_model"]
 
 
 @dataclass
@@ -191,27 +190,6 @@ def create_keypoint_model(spec: KeypointModelSpec, num_keypoints: int, role: str
             )
         load_weights(model, state, source=str(spec.checkpoint), role=role)
     return model
-
-
-def load_keypoint_model(checkpoint_path: str | Path) -> tuple[SimpleBaseline, dict[str, Any]]:
-    """Rebuilds the trained network of a visiondistill keypoint run from its checkpoint alone.
-
-    Args:
-        checkpoint_path: A ``.ckpt`` written by a ``KeypointTask`` run.
-
-    Returns:
-        The network (eval mode) and the run's hyper-parameters.
-
-    Raises:
-        CheckpointError: When the file is missing or was not written by a keypoint run.
-    """
-
-    def rebuild(stored: Mapping[str, Any], num_keypoints: int) -> SimpleBaseline:
-        spec = KeypointModelSpec.coerce(stored, role="student")
-        spec.checkpoint, spec.pretrained = None, False
-        return create_keypoint_model(spec, num_keypoints, role="student")
-
-    return load_trained_student(checkpoint_path, "KeypointTask", "backbone", "num_keypoints", rebuild)
 
 
 def _spec_from_checkpoint(

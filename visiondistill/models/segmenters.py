@@ -23,12 +23,11 @@ from visiondistill.core.config import spec_from
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
-    load_trained_student,
     load_weights,
     read_checkpoint,
 )
 
-__all__ = ["SegmenterSpec", "create_segmenter", "encoder_feature_info", "load_segmenter", "segmenter_architectures"]
+__all__ = ["SegmenterSpec", "create_segmenter", "encoder_feature_info", "segmenter_architectures"]
 
 #: The key of the classifier weights of every smp model: its first dimension is the number of classes.
 _HEAD_WEIGHT = "segmentation_head.0.weight"
@@ -136,27 +135,6 @@ def create_segmenter(spec: SegmenterSpec, num_classes: int, role: str = "model")
             )
         load_weights(model, state, source=str(spec.checkpoint), role=role)
     return model
-
-
-def load_segmenter(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the trained network of a visiondistill segmentation run from its checkpoint alone.
-
-    Args:
-        checkpoint_path: A ``.ckpt`` written by a ``SegmentationTask`` run.
-
-    Returns:
-        The network (eval mode) and the run's hyper-parameters.
-
-    Raises:
-        CheckpointError: When the file is missing or was not written by a segmentation run.
-    """
-
-    def rebuild(stored: Mapping[str, Any], num_classes: int) -> nn.Module:
-        spec = SegmenterSpec.coerce(stored, role="student")
-        spec.checkpoint, spec.encoder_weights = None, None
-        return create_segmenter(spec, num_classes, role="student")
-
-    return load_trained_student(checkpoint_path, "SegmentationTask", "arch", "num_classes", rebuild)
 
 
 @torch.no_grad()

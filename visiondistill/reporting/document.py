@@ -58,13 +58,14 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, Paragraph):
             parts.append(block.text)
         elif isinstance(block, Table):
-            parts.append(_markdown_table(block.rows))
+            parts.append(markdown_table(block.rows))
         elif isinstance(block, Image):
             parts.append(f"![{block.caption}]({block.path})" + (f"\n\n*{block.caption}*" if block.caption else ""))
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Dict rows (the keys of the first row are the columns) as a Markdown table; ``""`` for no rows."""
     if not rows:
         return ""
     keys = list(rows[0])

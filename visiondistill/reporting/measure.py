@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from visiondistill.core.protocol import batch_inputs
-from visiondistill.evaluation import count_flops, count_parameters, measure_latency
-from visiondistill.reporting.runs import Run, build_datamodule, load_task_module
+from visiondistill.models.checkpoints import CheckpointError
+from visiondistill.reporting.cost import count_flops, count_parameters, measure_latency
+from visiondistill.reporting.loader import load_task_module
+from visiondistill.reporting.runs import Run, RunError, build_datamodule
 
 
 @dataclass
@@ -87,11 +89,25 @@ def _as_list(value: Any, default: Sequence[Any]) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def load_run_module(run: Run) -> pl.LightningModule:
+    """The run's task module (student only, eval mode, CPU), rebuilt from its checkpoint by the one loader.
+
+    Raises:
+        RunError: When the checkpoint cannot be rebuilt (its message says why).
+    """
+    try:
+        return load_task_module(run.checkpoint)
+    except CheckpointError as error:
+        raise RunError(f"{run.path}: {error}") from error
+
+
 def measure_runs(
     runs: Sequence[Run],
     num_images: int = 32,
     data_dir: str | None = None,
     log: Any = print,
+    modules: dict[str, Any] | None = None,
+    datamodule: Any = None,
 ) -> dict[str, Measurements]:
     """Measures every run of a report on the test split of the first run's data.
 
@@ -104,6 +120,8 @@ def measure_runs(
         num_images: Test images of the agreement measurement.
         data_dir: Data folder replacing the one in the configs (e.g. when the report runs elsewhere).
         log: Where progress lines go.
+        modules: Task modules by run name, to reuse; the ones missing are loaded (`load_run_module`) and added.
+        datamodule: The datamodule to test on; default: the first run's (`build_datamodule`).
 
     Returns:
         Measurements by run name.
@@ -111,13 +129,13 @@ def measure_runs(
     from visiondistill.core.saliency import saliency_adapter_for
     from visiondistill.explain.agreement import attention_teacher_agreement, saliency_teacher_agreement
 
-    datamodule = build_datamodule(runs[0], data_dir)
-    modules = {}
+    datamodule = datamodule if datamodule is not None else build_datamodule(runs[0], data_dir)
+    modules = modules if modules is not None else {}
     measured: dict[str, Measurements] = {}
     example: Tensor | None = None
     for run in runs:
         log(f"== measuring {run.name} ({run.role}, {run.checkpoint})")
-        module = load_task_module(run)
+        module = modules[run.name] if run.name in modules else load_run_module(run)
         modules[run.name] = module
         metrics = test_metrics(module, datamodule)
         if example is None:

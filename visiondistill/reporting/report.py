@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from visiondistill.reporting.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from visiondistill.reporting.measure import Measurements, measure_runs
+from visiondistill.reporting.measure import Measurements, measure_runs, probe_batch
 from visiondistill.reporting.model_card import write_model_card
 from visiondistill.reporting.plots import plot_curves
-from visiondistill.reporting.runs import Run, RunError, assign_roles, read_run
+from visiondistill.reporting.runs import Run, RunError, assign_roles, build_datamodule, read_run
+from visiondistill.reporting.sections import SectionContext, task_sections
 
 #: Metrics whose values are fractions shown as percentages (anything else is shown as a plain number).
 _LOSS_WORDS = ("loss", "distance", "kld")
@@ -59,8 +60,23 @@ def per_class_families(measured: dict[str, Measurements]) -> dict[str, list[str]
     return families
 
 
-def build_report(runs: Sequence[Run], measured: dict[str, Measurements], out: Path) -> list[Block]:
-    """The report's blocks; writes its plots and copied saliency grids into ``out``."""
+def build_report(
+    runs: Sequence[Run],
+    measured: dict[str, Measurements],
+    out: Path,
+    sections: Sequence[Block] = (),
+    test_size: int | None = None,
+) -> list[Block]:
+    """The report's blocks; writes its plots and copied saliency grids into ``out``.
+
+    Args:
+        runs: The runs in report order.
+        measured: Their measurements by run name.
+        out: The report's folder.
+        sections: The blocks the task contributes (`visiondistill.reporting.sections.task_sections`), placed after
+            the agreement with the teacher.
+        test_size: Samples in the test split, stated above the metrics.
+    """
     task = runs[0].task
     teacher = next((run for run in runs if run.role == "teacher"), None)
     blocks: list[Block] = [Heading(f"visiondistill run report — {task}", 1)]
@@ -72,6 +88,7 @@ def build_report(runs: Sequence[Run], measured: dict[str, Measurements], out: Pa
                     "role": run.role,
                     "network": run.model_name,
                     "epochs": run.epochs or "?",
+                    "train time": f"{run.train_seconds:.0f} s" if run.train_seconds is not None else "?",
                     "distilled with": ", ".join(_distillation_terms(run)) or "–",
                     "folder": f"`{run.path}`",
                 }
@@ -80,9 +97,16 @@ def build_report(runs: Sequence[Run], measured: dict[str, Measurements], out: Pa
         )
     )
 
+    blocks.append(
+        Paragraph(
+            "Train time: wall time from the first to the last logged value of the run. Logged curves and images: "
+            f"`tensorboard --logdir {runs[0].path.parent}`."
+        )
+    )
     headline = headline_metrics(measured)
     blocks += [
         Heading("Task metrics (test split, best checkpoint)"),
+        *([Paragraph(f"Test split: {test_size} samples.")] if test_size is not None else []),
         Table(
             [
                 {"run": r.name, **{k: format_value(k, measured[r.name].test.get(k, float("nan"))) for k in headline}}
@@ -95,12 +119,17 @@ def build_report(runs: Sequence[Run], measured: dict[str, Measurements], out: Pa
         distilled = [r for r in runs if r.role == "distilled"]
         monitor = _test_key(runs[0].monitor[0])
         if scratch and distilled and monitor in measured[scratch[0].name].test:
-            base = measured[scratch[0].name].test[monitor]
-            gains = ", ".join(f"{r.name} {100 * (measured[r.name].test[monitor] - base):+.1f}" for r in distilled)
+            base = measured[scratch[0].name].test
+            others = [k for k in headline if k != monitor and "loss" not in k and k in base]
+            gains = "; ".join(
+                f"{r.name}: "
+                + ", ".join(f"`{k}` {100 * (measured[r.name].test[k] - base[k]):+.1f}" for k in [monitor, *others])
+                for r in distilled
+            )
             blocks.append(
                 Paragraph(
-                    f"Distillation changed `{monitor}` by (points, against `{scratch[0].name}`): {gains}; "
-                    f"teacher {format_value(monitor, measured[teacher.name].test[monitor])}. One seed per run: "
+                    f"Distillation changed (points, against `{scratch[0].name}`) {gains}; teacher "
+                    f"`{monitor}` {format_value(monitor, measured[teacher.name].test[monitor])}. One seed per run: "
                     "differences of a few points can be run-to-run noise (see `benchmarks/seed_sweep.py`)."
                 )
             )
@@ -163,6 +192,7 @@ def build_report(runs: Sequence[Run], measured: dict[str, Measurements], out: Pa
             ),
         ]
 
+    blocks += list(sections)
     blocks += _curve_blocks(runs, out)
     for family, keys in per_class_families(measured).items():
         blocks += [
@@ -266,8 +296,14 @@ def write_report(
         raise RunError(f"the runs belong to different tasks ({', '.join(sorted(tasks))}); report one task at a time")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    measured = measure_runs(runs, num_images=num_images, data_dir=data_dir, log=log)
-    blocks = build_report(runs, measured, out)
+    datamodule = build_datamodule(runs[0], data_dir)
+    modules: dict[str, Any] = {}
+    measured = measure_runs(
+        runs, num_images=num_images, data_dir=data_dir, log=log, modules=modules, datamodule=datamodule
+    )
+    context = SectionContext(runs, modules, datamodule, probe_batch(datamodule, num_images), measured, out, log)
+    test_size = len(datamodule.test_dataloader().dataset)
+    blocks = build_report(runs, measured, out, sections=task_sections(context), test_size=test_size)
     if model_cards:
         teacher = next((run for run in runs if run.role == "teacher"), None)
         cards = []

@@ -39,6 +39,7 @@ class Run:
         hparams: The task module's hyper-parameters from the checkpoint.
         role: ``"teacher"``, ``"scratch"`` or ``"distilled"`` (see `assign_roles`).
         scalars: Logged scalars by tag: ``[(epoch, value), …]`` (see `read_scalars`).
+        train_seconds: Wall time from the first to the last logged scalar (about the training time), or ``None``.
     """
 
     path: Path
@@ -48,6 +49,7 @@ class Run:
     hparams: dict[str, Any]
     role: Role = "scratch"
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    train_seconds: float | None = None
 
     @property
     def teacher_checkpoint(self) -> Path | None:
@@ -144,7 +146,7 @@ def read_run(run_dir: str | Path) -> Run:
         raise RunError(f"{checkpoint}: not written by a visiondistill task module (no 'student' hyper-parameter)")
     run = Run(path=path, name=path.name, config=config, checkpoint=checkpoint, hparams=hparams)
     run.role = "distilled" if run.teacher_checkpoint is not None else "scratch"
-    run.scalars = read_scalars(path)
+    run.scalars, run.train_seconds = read_events(path)
     return run
 
 
@@ -154,10 +156,15 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     Epochs come from Lightning's ``epoch`` scalar (logged at the same global steps); a value logged at a step
     without one takes the epoch of the latest step before it. Epochs count from 1, as people count them.
     """
+    return read_events(run_dir)[0]
+
+
+def read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
+    """`read_scalars`, and the wall time from the first to the last logged scalar (``None`` without events)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not any(run_dir.glob("events.out.tfevents.*")):
-        return {}
+        return {}, None
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
     tags = accumulator.Tags().get("scalars", [])
@@ -171,9 +178,12 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             current = epoch
         return current + 1
 
-    return {
-        tag: [(epoch_at(e.step), float(e.value)) for e in accumulator.Scalars(tag)] for tag in tags if tag != "epoch"
+    events = {tag: accumulator.Scalars(tag) for tag in tags}
+    times = [e.wall_time for values in events.values() for e in values]
+    scalars = {
+        tag: [(epoch_at(e.step), float(e.value)) for e in values] for tag, values in events.items() if tag != "epoch"
     }
+    return scalars, (max(times) - min(times)) if times else None
 
 
 def assign_roles(runs: Sequence[Run]) -> list[Run]:
@@ -195,23 +205,6 @@ def assign_roles(runs: Sequence[Run]) -> list[Run]:
             owner.role = "teacher"
     order = {"teacher": 0, "scratch": 1, "distilled": 2}
     return sorted(runs, key=lambda r: order[r.role])
-
-
-def load_task_module(run: Run, checkpoint: Path | None = None) -> Any:
-    """The run's task module (student only, eval mode, CPU), rebuilt from its checkpoint.
-
-    The teacher is not rebuilt (``teacher=None``): measurements of a run need its student alone.
-
-    Raises:
-        RunError: When the task module class cannot be imported.
-    """
-    module_path, _, class_name = run.task_class_path.rpartition(".")
-    try:
-        task_class = getattr(importlib.import_module(module_path), class_name)
-    except (ImportError, AttributeError) as error:
-        raise RunError(f"{run.path}: cannot import the task module {run.task_class_path!r} ({error})") from error
-    module = task_class.load_from_checkpoint(str(checkpoint or run.checkpoint), teacher=None, map_location="cpu")
-    return module.eval()
 
 
 def build_datamodule(run: Run, data_dir: str | Path | None = None) -> Any:

@@ -220,6 +220,11 @@ class DistillationTask(pl.LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("teacher.")]:
             del state[key]
+        # The class path lets `visiondistill.reporting.loader` rebuild this module from the file alone; LightningCLI
+        # records it too, a Trainer started from Python does not.
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

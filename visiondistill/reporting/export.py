@@ -6,12 +6,13 @@ traces), checked with ``onnx.checker`` and run in onnxruntime on the example inp
 images; the largest absolute difference from PyTorch's outputs is printed and must stay within ``--atol``.
 
 Tasks plug in through `register_exporter`: a function that takes the checkpoint's path and its loaded contents
-and returns an `ExportSpec` (the network to export, an example input, input/output names). The task is read from
-the checkpoint's ``hyper_parameters["_class_path"]`` (written by LightningCLI runs), else recognised by each
-registered exporter's ``recognise`` predicate on the hyper-parameters. A network whose forward returns a
-structured output (a detector's list of dicts, a keypoint head's dataclass) must be wrapped by its exporter in a
-thin ``nn.Module`` whose forward returns a tensor or a tuple of tensors (one ``output_names`` entry each); the batch
-axis of each is declared dynamic.
+and returns an `ExportSpec` (the network to export, an example input, input/output names). The exporter is chosen
+by the task module class the checkpoint records (`visiondistill.reporting.loader.recorded_class_path`), or by the
+nearest registered base class of it; the built-in exporters rebuild the student with the one loader,
+`visiondistill.reporting.loader.load_task_module`. A network whose forward returns a structured output (a
+detector's list of dicts, a keypoint head's dataclass) must be wrapped by its exporter in a thin ``nn.Module`` whose
+forward returns a tensor or a tuple of tensors (one ``output_names`` entry each); the batch axis of each is declared
+dynamic.
 
 Example::
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from visiondistill.models.checkpoints import CheckpointError, read_checkpoint
+from visiondistill.reporting.loader import import_task_class, load_task_module, recorded_class_path
 
 __all__ = ["EXPORTERS", "ExportError", "ExportResult", "ExportSpec", "export_onnx", "load_export_spec", "main"]
 
@@ -66,27 +68,16 @@ class ExportSpec:
 
 Exporter = Callable[[Path, Mapping[str, Any], int | None], ExportSpec]
 
-
-@dataclass
-class _Registration:
-    build: Exporter
-    recognise: Callable[[Mapping[str, Any]], bool]
-
-
 #: Exporters by task-module class name (the last part of ``_class_path``).
-EXPORTERS: dict[str, _Registration] = {}
+EXPORTERS: dict[str, Exporter] = {}
 
 
-def register_exporter(
-    task_class: str, recognise: Callable[[Mapping[str, Any]], bool] = lambda hparams: False
-) -> Callable[[Exporter], Exporter]:
-    """Function decorator that registers the exporter of one task module.
+def register_exporter(task_class: str) -> Callable[[Exporter], Exporter]:
+    """Function decorator that registers the exporter of one task module (and of its subclasses).
 
     Args:
-        task_class: The task module's class name (``"ClassificationTask"``), matched against the checkpoint's
-            ``hyper_parameters["_class_path"]``.
-        recognise: Says from the hyper-parameters whether a checkpoint without ``_class_path`` (a run launched from
-            Python rather than LightningCLI) belongs to this task.
+        task_class: The task module's class name (``"ClassificationTask"``), matched against the class the
+            checkpoint records (``hyper_parameters["_class_path"]``) and that class's bases.
 
     Returns:
         The decorator. The exporter is called as ``exporter(path, checkpoint, image_size)`` (``image_size`` is
@@ -94,7 +85,7 @@ def register_exporter(
     """
 
     def register(exporter: Exporter) -> Exporter:
-        EXPORTERS[task_class] = _Registration(exporter, recognise)
+        EXPORTERS[task_class] = exporter
         return exporter
 
     return register
@@ -110,50 +101,37 @@ def _image_size(checkpoint: Mapping[str, Any], image_size: int | None, key: str 
     return int(size) if isinstance(size, int) else DEFAULT_IMAGE_SIZE
 
 
-def _student_hparams(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    hparams = checkpoint.get("hyper_parameters")
-    return hparams if isinstance(hparams, Mapping) else {}
+def _input_channels(hparams: Mapping[str, Any]) -> int:
+    student = hparams["student"]
+    # `in_chans` is the spelling of checkpoints written before the specs all said `in_channels`.
+    return int(student.get("in_channels", student.get("in_chans", 3)))
 
 
-@register_exporter(
-    "ClassificationTask",
-    recognise=lambda hp: isinstance(hp.get("student"), Mapping) and "name" in hp["student"] and "num_classes" in hp,
-)
+@register_exporter("ClassificationTask")
 def _classification(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
-    from visiondistill.evaluation import load_student
-
-    model, hparams = load_student(path)
-    channels = int(hparams["student"].get("in_chans", 3))
+    module = load_task_module(path)
+    model, hparams = module.student, module.hparams
+    channels = _input_channels(hparams)
     size = _image_size(checkpoint, image_size)
     return ExportSpec(model, torch.rand(1, channels, size, size), task="classification")
 
 
-@register_exporter(
-    "SegmentationTask",
-    recognise=lambda hp: isinstance(hp.get("student"), Mapping) and "arch" in hp["student"] and "num_classes" in hp,
-)
+@register_exporter("SegmentationTask")
 def _segmentation(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
-    from visiondistill.models.segmenters import load_segmenter
-
-    model, hparams = load_segmenter(path)
-    channels = int(hparams["student"].get("in_channels", 3))
+    module = load_task_module(path)
+    model, hparams = module.student, module.hparams
+    channels = _input_channels(hparams)
     size = _image_size(checkpoint, image_size)
     if size % 32:
         raise ExportError(f"segmenters need an image size divisible by 32 (encoder depth 5), got {size}")
     return ExportSpec(model, torch.rand(1, channels, size, size), task="segmentation")
 
 
-@register_exporter(
-    "KeypointTask",
-    recognise=lambda hp: (
-        isinstance(hp.get("student"), Mapping) and "backbone" in hp["student"] and "num_keypoints" in hp
-    ),
-)
+@register_exporter("KeypointTask")
 def _keypoints(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
-    from visiondistill.models.keypoint_models import load_keypoint_model
-
-    model, hparams = load_keypoint_model(path)
-    channels = int(hparams["student"].get("in_chans", 3))
+    module = load_task_module(path)
+    model, hparams = module.student, module.hparams
+    channels = _input_channels(hparams)
     size = _image_size(checkpoint, image_size, key="input_size")  # the crop side the model was trained on
     return ExportSpec(model, torch.rand(1, channels, size, size), output_names=["heatmaps"], task="keypoints")
 
@@ -176,15 +154,11 @@ class _DetectorForExport(nn.Module):
         return self.detector.decode_boxes(output), scores
 
 
-@register_exporter(
-    "DetectionTask",
-    recognise=lambda hp: isinstance(hp.get("student"), Mapping) and "fpn_channels" in hp["student"],
-)
+@register_exporter("DetectionTask")
 def _detection(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
-    from visiondistill.models.detectors import load_detector
-
-    model, hparams = load_detector(path)
-    channels = int(hparams["student"].get("in_channels", 3))
+    module = load_task_module(path)
+    model, hparams = module.student, module.hparams
+    channels = _input_channels(hparams)
     size = _image_size(checkpoint, image_size)
     wrapper = _DetectorForExport(model).eval()
     return ExportSpec(wrapper, torch.rand(1, channels, size, size), output_names=["boxes", "scores"], task="detection")
@@ -201,28 +175,24 @@ def load_export_spec(checkpoint_path: str | Path, image_size: int | None = None)
         The export spec.
 
     Raises:
-        CheckpointError: When the file is missing or unreadable.
-        ExportError: When the checkpoint is not a visiondistill student checkpoint or its task has no exporter.
+        CheckpointError: When the file is missing or unreadable, or is not a visiondistill student checkpoint.
+        ExportError: When its task has no exporter.
     """
     path = Path(checkpoint_path).expanduser()
     checkpoint = read_checkpoint(path)
-    hparams = _student_hparams(checkpoint)
-    if not isinstance(hparams.get("student"), Mapping):
-        raise ExportError(
-            f"{str(path)!r} is not a visiondistill student checkpoint (it has no hyper_parameters with a student "
-            "spec); pass a .ckpt written by `visiondistill fit` (e.g. runs/<task>/<run>/checkpoints/best.ckpt)"
-        )
-    class_path = hparams.get("_class_path")
-    task_class = str(class_path).rsplit(".", 1)[-1] if class_path else None
+    class_path = recorded_class_path(checkpoint, path)
+    try:
+        names = [cls.__name__ for cls in import_task_class(class_path, path).__mro__]
+    except CheckpointError:
+        names = [class_path.rsplit(".", 1)[-1]]  # an exporter may serve a task module not installed here
+    task_class = next((name for name in names if name in EXPORTERS), None)
     if task_class is None:
-        task_class = next((name for name, reg in EXPORTERS.items() if reg.recognise(hparams)), None)
-    if task_class is None or task_class not in EXPORTERS:
         known = ", ".join(sorted(EXPORTERS))
         raise ExportError(
-            f"{str(path)!r} was written by {class_path or 'an unrecognised task'}, which has no exporter; "
-            f"exporters exist for: {known} (see visiondistill.export.register_exporter)"
+            f"{str(path)!r} was written by {class_path}, which has no exporter; "
+            f"exporters exist for: {known} (see visiondistill.reporting.export.register_exporter)"
         )
-    spec = EXPORTERS[task_class].build(path, checkpoint, image_size)
+    spec = EXPORTERS[task_class](path, checkpoint, image_size)
     spec.model.eval()
     return spec
 
