@@ -93,7 +93,7 @@ def test_weight_schedule_in_training_by_step_and_by_epoch(tiny_loader, trainer_k
     times = [e + b / 4 for e in range(2) for b in range(4)]
     assert [w[0] for w in log.weights] == pytest.approx([(1 - math.cos(math.pi * t / 2)) / 2 for t in times])
     # The configured weight is kept: a second fit starts from it again.
-    assert kd.__dict__["_configured_weight"] == 1.0
+    assert kd.base_weight == 1.0 and kd.weight_factors == {schedule.state_key: pytest.approx(log.weights[-1][0])}
 
 
 def test_unknown_callback_name_fails_at_fit_start(tiny_loader, trainer_kwargs):
@@ -220,3 +220,87 @@ def test_adaptive_weights_in_training_and_resume_restores_state(tmp_path, tiny_l
     assert (kd2.weight, at2.weight) == pytest.approx((kd.weight, at.weight))
     # The resumed epoch trained with the restored factors from its first step.
     assert log2.weights[0][1] == pytest.approx(10.0 * 1.25)
+
+
+class FakeMetric(pl.Callback):
+    """Logs ``values[epoch]`` as ``key`` after each validation (any key: a second agreement or task signal)."""
+
+    def __init__(self, key, values) -> None:
+        self.key, self.values = key, list(values)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log(self.key, self.values[trainer.current_epoch], rank_zero_only=True, batch_size=1)
+
+
+def two_of_each_run(tmp_path, trainer_kwargs, loader, epochs, ckpt_path=None):
+    """Two distillation callbacks and two adaptive rules, each pair of one class with different configurations."""
+    kd_a = LogitDistillation(weight=1.0, temperature=2.0, name="kd_a")
+    kd_b = LogitDistillation(weight=3.0, temperature=4.0, name="kd_b")
+    # rule_a raises kd_a as its agreement falls; rule_b decays both as its task metric rises: kd_a carries two factors
+    rule_a = AdaptiveDistillationWeights(raise_on_lag=["kd_a"], agreement_metric="val/fake_agreement", up=2.0)
+    rule_b = AdaptiveDistillationWeights(decay_on_progress=["kd_a", "kd_b"], task_metric="val/fake_task", down=0.5)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    signals = [FakeMetric("val/fake_agreement", [0.5, 0.4, 0.3]), FakeMetric("val/fake_task", [0.1, 0.2, 0.3])]
+    kwargs = {**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": True}
+    trainer = pl.Trainer(**kwargs, callbacks=[kd_a, kd_b, rule_a, rule_b, *signals, checkpoint])
+    trainer.fit(make_task(), loader, loader, ckpt_path=ckpt_path)
+    return kd_a, kd_b, rule_a, rule_b
+
+
+def test_two_instances_of_each_stateful_callback_get_their_own_state_back(tmp_path, tiny_loader, trainer_kwargs):
+    full = two_of_each_run(tmp_path / "full", trainer_kwargs, tiny_loader, 3)
+    kd_a, kd_b, rule_a, rule_b = full
+    assert len({c.state_key for c in full}) == 4
+    assert rule_a.factors == {"kd_a": 2.0**2} and rule_b.factors == {"kd_a": 0.5**2, "kd_b": 0.5**2}
+    assert kd_a.weight_factors == {rule_a.state_key: 4.0, rule_b.state_key: 0.25} and kd_a.weight == pytest.approx(1.0)
+    assert kd_b.weight == pytest.approx(3.0 * 0.25)
+
+    first = two_of_each_run(tmp_path / "resumed", trainer_kwargs, tiny_loader, 2)
+    last = tmp_path / "resumed" / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)["callbacks"]
+    assert all(saved[c.state_key] == c.state_dict() for c in first)  # four entries, none overwritten by its twin
+    assert saved[first[2].state_key] != saved[first[3].state_key]
+    resumed = two_of_each_run(tmp_path / "resumed", trainer_kwargs, tiny_loader, 3, ckpt_path=last)
+    for before, after in zip(full, resumed, strict=True):
+        assert after.state_dict() == before.state_dict(), type(after).__name__
+
+
+def test_adaptive_weights_resumed_mid_stall_keep_counting(tmp_path, tiny_loader, trainer_kwargs):
+    def run(root, epochs, ckpt_path=None):
+        at = AttentionTransfer(weight=10.0)
+        rule = AdaptiveDistillationWeights(
+            raise_on_lag=["attention_transfer"], agreement_metric="val/fake_agreement", patience=3, up=2.0
+        )
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)
+        kwargs = {**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": True}
+        signal = FakeMetric("val/fake_agreement", [0.5, 0.4, 0.3, 0.2])
+        trainer = pl.Trainer(**kwargs, callbacks=[at, rule, signal, checkpoint])
+        trainer.fit(make_task(), tiny_loader, tiny_loader, ckpt_path=ckpt_path)
+        return rule, at
+
+    full, full_at = run(tmp_path / "full", 4)
+    # best 0.5, then three stalls: raised once, at the fourth validation, and the count restarts
+    assert full.factors == {"attention_transfer": 2.0} and full.stalls == 0 and full_at.weight == pytest.approx(20.0)
+    first, _ = run(tmp_path / "resumed", 3)
+    assert first.stalls == 2 and first.factors == {"attention_transfer": 1.0}  # checkpointed mid-stall
+    resumed, resumed_at = run(tmp_path / "resumed", 4, ckpt_path=tmp_path / "resumed" / "ckpt" / "last.ckpt")
+    # a third stall after the restored two: raised, as in the uninterrupted run (a reset count would not raise)
+    assert resumed.state_dict() == full.state_dict() and resumed_at.weight == pytest.approx(20.0)
+
+
+def test_adaptive_state_saved_under_the_class_name_still_loads(tmp_path, tiny_loader, trainer_kwargs):
+    # checkpoints written before AdaptiveDistillationWeights had a configuration-based state key
+    first, *_ = adaptive_run(tmp_path, trainer_kwargs, tiny_loader, 2)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint["callbacks"]["AdaptiveDistillationWeights"] = checkpoint["callbacks"].pop(first.state_key)
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    resumed, *_ = adaptive_run(tmp_path / "again", trainer_kwargs, tiny_loader, 2, ckpt_path=old)
+    assert resumed.state_dict() == first.state_dict()  # nothing left to train: the restored state, unchanged
+
+
+def test_weight_schedules_with_other_specs_have_other_state_keys():
+    a, b = WeightSchedule({"kd": {"warmup": 2}}), WeightSchedule({"kd": {"warmup": 3}})
+    assert a.state_key != b.state_key and a.state_key == WeightSchedule({"kd": {"warmup": 2}}).state_key

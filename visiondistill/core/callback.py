@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -26,8 +27,13 @@ class DistillationCallback(Callback):
 
     Subclasses implement `compute_loss` (the unweighted term) and, when they need hooks or
     learnable connectors, `setup_distillation`. The base class keeps the teacher frozen and in eval
-    mode for the whole run, gives each callback a unique name used in logs, and owns the weight
-    (``weight`` is a plain attribute, so schedules and adaptive rules can change it during training).
+    mode for the whole run, gives each callback a unique name used in logs, and owns the weight.
+
+    The weight is ``base_weight × Π factors``: ``base_weight`` is the configured weight (the ``weight`` argument, or a
+    value assigned to ``weight`` before ``fit``), and weight controllers (`WeightSchedule`,
+    `AdaptiveDistillationWeights`) each set one factor through `scale_weight`, so several controllers compose and
+    none overwrites the configured weight. ``weight`` holds the current product; the base, the factors and the
+    product are checkpointed, so a resumed run continues with the same weight.
 
     Args:
         weight: Multiplier of the term in the total loss.
@@ -49,6 +55,8 @@ class DistillationCallback(Callback):
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
             raise ValueError(f"{type(self).__name__}: name {name!r} may hold only letters, digits, '_' and '-'")
         self.weight = weight
+        self._base_weight = weight  # underscored: kept out of the state key, which must not change in training
+        self._weight_factors: dict[str, float] = {}
         self._requested_name = name
         self.name = name or self.default_name
 
@@ -65,6 +73,47 @@ class DistillationCallback(Callback):
         """The weight applied at the current step (subclasses add warm-ups)."""
         return self.weight
 
+    # -- the weight -------------------------------------------------------------------------------
+
+    @property
+    def base_weight(self) -> float:
+        """The configured weight, before the factors of weight controllers."""
+        return self._base_weight
+
+    @property
+    def weight_factors(self) -> dict[str, float]:
+        """The factor each weight controller applies, by controller (a copy)."""
+        return dict(self._weight_factors)
+
+    def scale_weight(self, source: str, factor: float) -> float:
+        """Sets the factor that ``source`` applies to the configured weight, and recomputes ``weight``.
+
+        Args:
+            source: Who sets the factor (a controller's ``state_key``); a later call from the same source replaces
+                its factor, calls from other sources multiply with it.
+            factor: A finite number >= 0.
+
+        Returns:
+            The new weight, ``base_weight × Π factors``.
+
+        Raises:
+            ValueError: For a negative or non-finite factor.
+
+        Example::
+
+            >>> callback = DistillationCallback(weight=2.0)
+            >>> callback.scale_weight("schedule", 0.5), callback.scale_weight("adaptive", 3.0), callback.base_weight
+            (1.0, 3.0, 2.0)
+        """
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(
+                f"{type(self).__name__}: the weight factor from {source!r} must be finite and >= 0, got {factor}"
+            )
+        self._weight_factors[str(source)] = factor
+        self.weight = self._base_weight * math.prod(self._weight_factors.values())
+        return self.weight
+
     def clear(self) -> None:
         """Drops per-batch state (recorded features) after each training batch."""
 
@@ -78,6 +127,8 @@ class DistillationCallback(Callback):
         get_student(pl_module)
         teacher = get_teacher(pl_module, required=self.needs_teacher, who=type(self).__name__)
         freeze_teacher(teacher)
+        if not self._weight_factors:  # no controller has scaled it yet: a weight set by hand is the configured one
+            self._base_weight = self.weight
         self._assign_unique_name(trainer)
         self.remove_hooks()
         self.setup_distillation(trainer, pl_module, stage)
@@ -117,10 +168,15 @@ class DistillationCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight}
+        return {"weight": self.weight, "base_weight": self._base_weight, "weight_factors": dict(self._weight_factors)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Checkpoints written before controllers set factors here hold only "weight": the configured base (captured
+        # in `setup`, which runs before the restore) stays, and the controllers rebuild their factors on it.
+        if "base_weight" in state_dict:
+            self._base_weight = float(state_dict["base_weight"])
+            self._weight_factors = {str(k): float(v) for k, v in (state_dict.get("weight_factors") or {}).items()}
         self.weight = float(state_dict.get("weight", self.weight))
 
     # -- helpers for subclasses -----------------------------------------------------------------

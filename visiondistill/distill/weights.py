@@ -1,10 +1,11 @@
 """Weights of distillation terms that change during training: plain schedules and an adaptive rule.
 
 Both callbacks address distillation callbacks by their log name (``kd``, ``attention_transfer``,
-``saliency_alignment`` …) and never replace the weight a user configured: each keeps a *factor* per callback, and
-the callback's ``weight`` becomes ``configured weight × Π factors`` (so a `WeightSchedule` and an
-`AdaptiveDistillationWeights` on the same callback compose). The configured weight is the one the callback has
-at ``setup``, before any checkpoint is restored. The weight applied in a step is logged as
+``saliency_alignment`` …) and never replace the weight a user configured: each sets its *factor* on a callback
+through `DistillationCallback.scale_weight`, and the callback's ``weight`` becomes ``base_weight × Π factors`` (so a
+`WeightSchedule` and an `AdaptiveDistillationWeights` on the same callback compose). A controller's factors are
+keyed by its ``state_key``, which is built from its configuration, so two controllers of one class with different
+configurations keep separate factors and separate checkpointed state. The weight applied in a step is logged as
 ``train/weight/<name>`` (``effective_weight``, so DKD's own warm-up is included).
 """
 
@@ -27,9 +28,6 @@ from visiondistill.core.config import spec_from
 
 ScheduleShape = Literal["linear", "cosine"]
 ScheduleUnit = Literal["epoch", "step"]
-
-_BASE = "_configured_weight"  # attributes set on the distillation callbacks (underscored: not in their state key)
-_FACTORS = "_weight_factors"
 
 
 def _ramp(x: float, shape: str) -> float:
@@ -107,12 +105,6 @@ class _WeightController(Callback):
         raise NotImplementedError
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # `setup` runs before a checkpoint is restored, so this is the weight the user configured.
-        for callback in distillation_callbacks(trainer):
-            callback.__dict__.setdefault(_BASE, callback.weight)
-
-    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._targets = self._resolve(trainer)
 
@@ -127,11 +119,8 @@ class _WeightController(Callback):
         return {name: by_name[name] for name in self.controlled_names()}
 
     def set_factor(self, name: str, factor: float) -> None:
-        """Sets this controller's factor on a callback and recomputes its weight."""
-        callback = self._targets[name]
-        factors = callback.__dict__.setdefault(_FACTORS, {})
-        factors[type(self).__name__] = float(factor)
-        callback.weight = callback.__dict__.setdefault(_BASE, callback.weight) * math.prod(factors.values())
+        """Sets this controller's factor on a callback (`DistillationCallback.scale_weight`)."""
+        self._targets[name].scale_weight(self.state_key, factor)
 
     @override
     def on_train_batch_end(
@@ -184,6 +173,13 @@ class WeightSchedule(_WeightController):
     @override
     def controlled_names(self) -> list[str]:
         return list(self.schedules)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # the source of this schedule's factors on the callbacks: two schedules with other specs stay apart
+        specs = {name: dataclasses.asdict(spec) for name, spec in self.schedules.items()}
+        return self._generate_state_key(schedules=specs, unit=self.unit)
 
     def _end(self, trainer: pl.Trainer) -> float | None:
         if self.unit == "epoch":
@@ -333,6 +329,19 @@ class AdaptiveDistillationWeights(_WeightController):
     def controlled_names(self) -> list[str]:
         return list(dict.fromkeys(self.raise_on_lag + self.decay_on_progress + self.balance))
 
+    @property
+    @override
+    def state_key(self) -> str:
+        # Built from what the rule drives and reads, not from its changing state: two instances with other
+        # configurations keep their own state in one checkpoint (and their own factors on the callbacks).
+        return self._generate_state_key(
+            raise_on_lag=self.raise_on_lag,
+            agreement_metric=self.agreement_metric,
+            decay_on_progress=self.decay_on_progress,
+            task_metric=self.task_metric,
+            balance=self.balance,
+        )
+
     # -- the rule (pure: no trainer) --------------------------------------------------------------
 
     def update(self, metrics: Mapping[str, float], shares: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -425,6 +434,18 @@ class AdaptiveDistillationWeights(_WeightController):
             rank_zero_warn(f"AdaptiveDistillationWeights: {message}")
 
     # -- checkpointing ----------------------------------------------------------------------------
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Checkpoints written before the state key was configuration-based keep this state under the class name.
+        states = checkpoint.get("callbacks") or {}
+        legacy = type(self).__qualname__
+        if self.state_key not in states and legacy in states:
+            mine = [cb for cb in trainer.callbacks if isinstance(cb, AdaptiveDistillationWeights)]
+            if len(mine) == 1:  # with several instances, which one owned it is unknown: leave it
+                states[self.state_key] = states[legacy]
 
     @override
     def state_dict(self) -> dict[str, Any]:
