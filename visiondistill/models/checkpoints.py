@@ -111,7 +111,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:5])}")
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
-        lines.append(f"  check that the {role}'s architecture name, num_classes and in_chans match the checkpoint")
+        lines.append(f"  check that the {role}'s architecture name, num_classes and in_channels match the checkpoint")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True)
 

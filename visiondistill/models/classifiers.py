@@ -23,7 +23,7 @@ class ClassifierSpec:
             teacher it may be left out when ``checkpoint`` is one of our own runs: the name is then
             read from the checkpoint.
         num_classes: Output classes; ``None`` takes the task's ``num_classes``.
-        in_chans: Input channels (1 for grayscale, e.g. medical images; 3 for RGB).
+        in_channels: Input channels (1 for grayscale, e.g. medical images; 3 for RGB).
         pretrained: Load timm's pretrained weights. They must already be in the local cache:
             nothing is downloaded at run time.
         checkpoint: A local checkpoint to load: a ``.ckpt`` written by a visiondistill run (its
@@ -33,7 +33,7 @@ class ClassifierSpec:
 
     name: str | None = None
     num_classes: int | None = None
-    in_chans: int = 3
+    in_channels: int = 3
     pretrained: bool = False
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +76,7 @@ def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ValueError(f"{role}: unknown timm model {name!r}; similar names: {close or 'none'}")
     model = timm.create_model(
-        name, pretrained=spec.pretrained, num_classes=num_classes, in_chans=spec.in_chans, **spec.kwargs
+        name, pretrained=spec.pretrained, num_classes=num_classes, in_chans=spec.in_channels, **spec.kwargs
     )
     if checkpoint is not None:
         load_weights(model, extract_state_dict(checkpoint), source=str(spec.checkpoint), role=role)

@@ -46,7 +46,7 @@ class KeypointModelSpec:
             stages are not built. On small crops an earlier stage keeps more spatial detail (at 64 px the deepest
             stage of a resnet is 2×2, the one before 4×4).
         num_keypoints: Heatmaps predicted; ``None`` takes the task's ``num_keypoints``.
-        in_chans: Input channels (1 for grayscale, 3 for RGB).
+        in_channels: Input channels (1 for grayscale, 3 for RGB).
         pretrained: Load timm's pretrained backbone weights (must be in the local cache: nothing is downloaded).
         checkpoint: A local checkpoint: a ``.ckpt`` of a visiondistill keypoint run (its ``student`` weights) or a
             plain state dict (``.pt``/``.pth``/``.safetensors``).
@@ -57,7 +57,7 @@ class KeypointModelSpec:
     deconv_channels: list[int] = field(default_factory=lambda: [128, 128, 128])
     stage: int = -1
     num_keypoints: int | None = None
-    in_chans: int = 3
+    in_channels: int = 3
     pretrained: bool = False
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +81,7 @@ class SimpleBaseline(nn.Module):
         backbone: timm model name.
         num_keypoints: Heatmaps predicted.
         deconv_channels: Output channels of each ``ConvTranspose2d(k=4, s=2, p=1)`` layer.
-        in_chans: Input channels.
+        in_channels: Input channels.
         pretrained: Load timm's (locally cached) pretrained weights.
         stage: The backbone stage the head reads (``-1`` = the deepest); later stages are not built.
         **kwargs: Passed to ``timm.create_model``.
@@ -103,13 +103,13 @@ class SimpleBaseline(nn.Module):
         backbone: str,
         num_keypoints: int,
         deconv_channels: Sequence[int] = (128, 128, 128),
-        in_chans: int = 3,
+        in_channels: int = 3,
         pretrained: bool = False,
         stage: int = -1,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        create = dict(pretrained=pretrained, features_only=True, in_chans=in_chans, **kwargs)
+        create = dict(pretrained=pretrained, features_only=True, in_chans=in_channels, **kwargs)
         self.backbone = timm.create_model(backbone, **create)
         count = len(self.backbone.feature_info)
         if not -count <= stage < count:
@@ -179,7 +179,7 @@ def create_keypoint_model(spec: KeypointModelSpec, num_keypoints: int, role: str
         raise ValueError(f"{role}: unknown timm backbone {backbone!r}; similar names: {close or 'none'}")
     if any(int(c) <= 0 for c in deconv):
         raise ValueError(f"{role}: deconv_channels must be positive, got {deconv}")
-    model = SimpleBaseline(backbone, num_keypoints, deconv, spec.in_chans, spec.pretrained, stage=stage, **kwargs)
+    model = SimpleBaseline(backbone, num_keypoints, deconv, spec.in_channels, spec.pretrained, stage=stage, **kwargs)
     if checkpoint is not None:
         state = extract_state_dict(checkpoint)
         final = state.get("final.weight")

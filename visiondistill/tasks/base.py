@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -23,48 +23,97 @@ SchedulerName = Literal["cosine", "constant"]
 class DistillationTask(pl.LightningModule):
     """Base LightningModule: a trainable ``student``, an optional frozen ``teacher``, and the training loop.
 
-    Subclasses build the networks and implement `task_loss`, `evaluate_batch` (one validation or test batch) and
-    `log_epoch_metrics` (the epoch's metrics); validation and test dispatch to them here. ``training_step`` runs
-    the student, runs the teacher under ``torch.no_grad()`` on the same augmented batch, and adds
-    `visiondistill.distill.distillation_loss` to the task loss. Without a teacher (teacher runs and
-    from-scratch baselines) the same module simply trains the student.
+    A task declares its networks with class attributes and keeps only its own arguments::
+
+        class ClassificationTask(DistillationTask):
+            spec_class = ClassifierSpec  # what `student`/`teacher` are coerced to (it has an ``in_channels`` field)
+            model_factory = staticmethod(create_classifier)  # (spec, num_outputs, role) -> nn.Module
+
+            def __init__(self, student, teacher=None, num_classes=6, class_names=None, label_smoothing=0.0, **kwargs):
+                super().__init__(student, teacher, num_outputs=num_classes, output_names=class_names, **kwargs)
+
+    Here the specs are coerced (mappings from YAML or checkpoints become spec objects), teacher and student are
+    checked to take the same input channels, the output names are checked against their count, both networks
+    are built, and the hyper-parameters are recorded (the specs as plain dicts). The shared optimiser arguments
+    pass through ``**kwargs``: LightningCLI (jsonargparse) follows ``**kwargs`` into this signature, so
+    ``visiondistill fit --print_config`` lists them for every task with their types and defaults.
+
+    Subclasses implement `task_loss`, `evaluate_batch` (one validation or test batch) and `log_epoch_metrics` (the
+    epoch's metrics); validation and test dispatch to them here. ``training_step`` runs the student, runs the
+    teacher under ``torch.no_grad()`` on the same augmented batch, and adds `visiondistill.distill.distillation_loss`
+    to the task loss. Without a teacher (teacher runs and from-scratch baselines) the same module simply trains the
+    student.
 
     The teacher's weights are not written to this module's checkpoints (they come from the teacher's
     own checkpoint), which keeps a student checkpoint as small as the student.
 
     Args:
-        student: The network to train.
-        teacher: The frozen network to distil from, or ``None``.
+        student: Spec of the network to train (a ``spec_class`` instance or a mapping of its fields).
+        teacher: Spec of the frozen network to distil from, or ``None``.
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
         lr: Peak learning rate.
         weight_decay: Weight decay.
         warmup_epochs: Linear warm-up length, in epochs (fractions allowed).
         scheduler: ``"cosine"`` decay to zero after warm-up, or ``"constant"``.
+        num_outputs: The subclass's output count (its ``outputs_arg``: classes, keypoints …).
+        output_names: The subclass's output names (its ``names_arg``), or ``None`` to read them from the datamodule.
+        **recorded: Private keys that come back from a checkpoint's hyper-parameters (``_class_path``): the
+            subclasses take ``**kwargs``, so Lightning's ``load_from_checkpoint`` passes every recorded key on.
+
+    Raises:
+        ValueError: On a bad optimiser setting, output names that do not match their count, or a teacher that
+            takes other input channels than the student.
+        TypeError: On an unknown argument, or a spec of another type or with unknown keys.
     """
+
+    #: The spec dataclass of the task's networks: a ``coerce(value, role)`` classmethod and an ``in_channels`` field.
+    spec_class: ClassVar[type]
+    #: Builds one network: ``model_factory(spec, num_outputs, role)``; wrap a function in ``staticmethod``.
+    model_factory: ClassVar[Callable[[Any, int, str], nn.Module]]
+    #: The subclass's arguments (and attributes) holding the output count and names, and its datamodule's.
+    outputs_arg: ClassVar[str] = "num_classes"
+    names_arg: ClassVar[str] = "class_names"
 
     def __init__(
         self,
-        student: nn.Module,
-        teacher: nn.Module | None = None,
+        student: Any,
+        teacher: Any | None = None,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
-        weight_decay: float = 0.05,
+        weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
         scheduler: SchedulerName = "cosine",
+        *,
+        num_outputs: int,
+        output_names: Sequence[str] | None = None,
+        **recorded: Any,
     ) -> None:
-        super().__init__()
+        unknown = sorted(key for key in recorded if not key.startswith("_"))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
-        self.student = student
-        self.teacher = teacher
+        if output_names is not None and len(output_names) != num_outputs:
+            raise ValueError(f"{self.names_arg} has {len(output_names)} names but {self.outputs_arg} is {num_outputs}")
+        student_spec = self.spec_class.coerce(student, role="student")
+        teacher_spec = self.spec_class.coerce(teacher, role="teacher") if teacher is not None else None
+        if teacher_spec is not None and teacher_spec.in_channels != student_spec.in_channels:
+            raise ValueError(
+                f"teacher takes {teacher_spec.in_channels} input channels but the student takes "
+                f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
+            )
+        super().__init__()
+        self.student = self.model_factory(student_spec, num_outputs, "student")
+        self.teacher = self.model_factory(teacher_spec, num_outputs, "teacher") if teacher_spec else None
         freeze_teacher(self.teacher)
         self.distill_adapters = nn.ModuleDict()
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.scheduler_name = warmup_epochs, scheduler
+        self._record_hyperparameters(student_spec, teacher_spec, output_names)
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -133,52 +182,57 @@ class DistillationTask(pl.LightningModule):
 
     # -- shared by the task modules --------------------------------------------------------------
 
-    def record_hyperparameters(self, student_spec: Any, teacher_spec: Any, class_names: Sequence[str] | None) -> None:
-        """Saves the caller's ``__init__`` arguments as hyper-parameters, with the model specs as plain dicts.
+    def _record_hyperparameters(self, student_spec: Any, teacher_spec: Any, output_names: Sequence[str] | None) -> None:
+        """Saves the ``__init__`` arguments of this class and its subclasses, with the model specs as plain dicts.
 
-        Call it from a subclass's ``__init__`` after ``super().__init__``. ``class_names`` left to the datamodule
-        is not recorded (Lightning would see the datamodule's value as a clash). Under LightningCLI the config is
-        recorded, ``_class_path`` included, which ``visiondistill validate --ckpt_path …`` reads back. Plain dicts
-        keep checkpoints loadable with torch's safe loader and without visiondistill.
+        Lightning collects the arguments of every ``__init__`` on the way up from here (the subclass's
+        ``**kwargs`` included), so the optimiser arguments are recorded with their defaults. Output names left to
+        the datamodule are not recorded (Lightning would see the datamodule's value as a clash). Under LightningCLI
+        the config is recorded, ``_class_path`` included, which ``visiondistill validate --ckpt_path …`` reads back.
+        Plain dicts keep checkpoints loadable with torch's safe loader and without visiondistill.
         """
-        frame = inspect.currentframe()
-        self.save_hyperparameters(ignore=["class_names"] if class_names is None else None, frame=frame.f_back)
+        ignore = ["num_outputs", "output_names"] + ([self.names_arg] if output_names is None else [])
+        self.save_hyperparameters(ignore=ignore, frame=inspect.currentframe().f_back)
         self.hparams["student"] = dataclasses.asdict(student_spec)
         self.hparams["teacher"] = dataclasses.asdict(teacher_spec) if teacher_spec is not None else None
         self.student_spec, self.teacher_spec = student_spec, teacher_spec
 
-    def check_datamodule(self, student_channels: int, classes_note: str = "") -> Any:
-        """Checks the attached datamodule's classes and channels against the model; adopts its class names.
+    def check_datamodule(self, classes_note: str = "") -> Any:
+        """Checks the attached datamodule's output count and channels against the model; adopts its output names.
+
+        The datamodule's count and names are read under the task's ``outputs_arg`` and ``names_arg``
+        (``num_classes``/``class_names``, ``num_keypoints``/``keypoint_names``).
 
         Args:
-            student_channels: Input channels the student takes.
-            classes_note: Words added after the data's class count in the message (e.g. "(background included)").
+            classes_note: Words added after the data's count in the message (e.g. "(background included)").
 
         Returns:
             The datamodule, or ``None`` when the module is not attached to one.
 
         Raises:
-            ValueError: When the class count or the channel count differ, naming the setting to change.
+            ValueError: When the output count or the channel count differ, naming the setting to change.
         """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
+        data_count, count = getattr(datamodule, self.outputs_arg, None), getattr(self, self.outputs_arg)
+        if data_count is not None and data_count != count:
             note = f" {classes_note}" if classes_note else ""
+            what = self.outputs_arg.removeprefix("num_")
             raise ValueError(
-                f"the data has {data_classes} classes{note} but the model is built for {self.num_classes}; "
-                f"set model.init_args.num_classes: {data_classes}"
+                f"the data has {data_count} {what}{note} but the model is built for {count}; "
+                f"set model.init_args.{self.outputs_arg}: {data_count}"
             )
-        data_channels = getattr(datamodule, "in_channels", getattr(datamodule, "in_chans", None))
+        data_channels = getattr(datamodule, "in_channels", None)
+        student_channels = self.student_spec.in_channels
         if data_channels is not None and data_channels != student_channels:
             raise ValueError(
                 f"the data has {data_channels} channels but the student takes {student_channels}; "
                 "set the same number of input channels on the data and the models"
             )
-        names = getattr(datamodule, "class_names", None)
-        if "class_names" not in self.hparams and names is not None:
-            self.class_names = list(names)
+        names = getattr(datamodule, self.names_arg, None)
+        if self.hparams.get(self.names_arg) is None and names is not None:
+            setattr(self, self.names_arg, list(names))
         return datamodule
 
     # -- optimisation ---------------------------------------------------------------------------

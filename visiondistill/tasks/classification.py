@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
-from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
+from visiondistill.tasks.base import DistillationTask
 
 
 class ClassificationTask(DistillationTask):
@@ -23,16 +23,14 @@ class ClassificationTask(DistillationTask):
     checkpoint) and distillation callbacks on the trainer.
 
     Args:
-        student: Spec of the network to train (a timm model name and options).
+        student: Spec of the network to train (a timm model name and options), or a mapping of its fields.
         teacher: Spec of the frozen teacher, usually with ``checkpoint`` set; ``None`` for no teacher.
         num_classes: Number of classes; checked against the datamodule at setup.
         class_names: Class names for per-class metrics; read from the datamodule when ``None``.
         label_smoothing: Label smoothing of the cross-entropy.
-        optimizer: ``"adamw"`` or ``"sgd"``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay.
-        warmup_epochs: Linear warm-up length, in epochs.
-        scheduler: ``"cosine"`` or ``"constant"``.
+        weight_decay: Weight decay (0.05, AdamW's usual value for classifiers; the other tasks default to 1e-4).
+        **kwargs: The optimiser arguments of `DistillationTask`: ``optimizer``, ``lr``, ``warmup_epochs``,
+            ``scheduler``.
 
     Raises:
         ValueError: When teacher and student disagree on classes or input channels.
@@ -46,40 +44,24 @@ class ClassificationTask(DistillationTask):
         torch.Size([2, 3])
     """
 
+    spec_class = ClassifierSpec
+    model_factory = staticmethod(create_classifier)
+
     def __init__(
         self,
-        student: ClassifierSpec,
-        teacher: ClassifierSpec | None = None,
+        student: ClassifierSpec | Mapping[str, Any],
+        teacher: ClassifierSpec | Mapping[str, Any] | None = None,
         num_classes: int = 6,
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
-        optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
         weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        scheduler: SchedulerName = "cosine",
+        **kwargs: Any,
     ) -> None:
-        student_spec = ClassifierSpec.coerce(student, role="student")
-        teacher_spec = ClassifierSpec.coerce(teacher, role="teacher") if teacher is not None else None
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if teacher_spec is not None and teacher_spec.in_chans != student_spec.in_chans:
-            raise ValueError(
-                f"teacher takes {teacher_spec.in_chans} input channels but the student takes "
-                f"{student_spec.in_chans}; they see the same images, so set the same in_chans"
-            )
         super().__init__(
-            student=create_classifier(student_spec, num_classes, role="student"),
-            teacher=create_classifier(teacher_spec, num_classes, role="teacher") if teacher_spec else None,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            scheduler=scheduler,
+            student, teacher, weight_decay=weight_decay, num_outputs=num_classes, output_names=class_names, **kwargs
         )
-        self.record_hyperparameters(student_spec, teacher_spec, class_names)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.label_smoothing = label_smoothing
@@ -96,7 +78,7 @@ class ClassificationTask(DistillationTask):
 
     @override
     def setup(self, stage: str) -> None:
-        self.check_datamodule(self.student_spec.in_chans)
+        self.check_datamodule()
 
     @override
     def task_loss(self, student_out: Tensor, batch: Any) -> Tensor:

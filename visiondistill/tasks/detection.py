@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from visiondistill.core.adapters.detection import DetectionSaliencyAdapter
 from visiondistill.models.detectors import DetectorOutput, DetectorSpec, create_detector
-from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
+from visiondistill.tasks.base import DistillationTask
 
 __all__ = ["DetectionTask", "box_map_vs_teacher", "detection_map"]
 
@@ -49,15 +49,12 @@ class DetectionTask(DistillationTask):
     Explanations use the ``"detection"`` saliency adapter (`visiondistill.explain.DetectionSaliencyAdapter`).
 
     Args:
-        student: Spec of the detector to train.
+        student: Spec of the detector to train, or a mapping of its fields.
         teacher: Spec of the frozen teacher, usually with ``checkpoint`` set; ``None`` for no teacher.
         num_classes: Number of object classes (no background class); checked against the datamodule at setup.
         class_names: Class names for per-class metrics; read from the datamodule when ``None``.
-        optimizer: ``"adamw"`` or ``"sgd"``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay.
-        warmup_epochs: Linear warm-up length, in epochs.
-        scheduler: ``"cosine"`` or ``"constant"``.
+        **kwargs: The optimiser arguments of `DistillationTask`: ``optimizer``, ``lr``, ``weight_decay``,
+            ``warmup_epochs``, ``scheduler``.
 
     Raises:
         ValueError: On bad class counts, or when teacher and student disagree on input channels.
@@ -71,47 +68,27 @@ class DetectionTask(DistillationTask):
     """
 
     saliency_adapter = DetectionSaliencyAdapter
+    spec_class = DetectorSpec
+    model_factory = staticmethod(create_detector)
 
     def __init__(
         self,
-        student: DetectorSpec,
-        teacher: DetectorSpec | None = None,
+        student: DetectorSpec | Mapping[str, Any],
+        teacher: DetectorSpec | Mapping[str, Any] | None = None,
         num_classes: int = 6,
         class_names: Sequence[str] | None = None,
-        optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 1.0,
-        scheduler: SchedulerName = "cosine",
+        **kwargs: Any,
     ) -> None:
-        student_spec = DetectorSpec.coerce(student, role="student")
-        teacher_spec = DetectorSpec.coerce(teacher, role="teacher") if teacher is not None else None
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if teacher_spec is not None and teacher_spec.in_channels != student_spec.in_channels:
-            raise ValueError(
-                f"teacher takes {teacher_spec.in_channels} input channels but the student takes "
-                f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
-            )
-        super().__init__(
-            student=create_detector(student_spec, num_classes, role="student"),
-            teacher=create_detector(teacher_spec, num_classes, role="teacher") if teacher_spec else None,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            scheduler=scheduler,
-        )
-        self.record_hyperparameters(student_spec, teacher_spec, class_names)
+        super().__init__(student, teacher, num_outputs=num_classes, output_names=class_names, **kwargs)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.val_map, self.test_map = detection_map(), detection_map()
 
     @override
     def setup(self, stage: str) -> None:
-        self.check_datamodule(self.student_spec.in_channels)
+        self.check_datamodule()
 
     def _targets(self, batch: Any) -> list[dict[str, Tensor]]:
         targets = batch[1] if isinstance(batch, list | tuple) and len(batch) > 1 else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -12,7 +12,7 @@ from typing_extensions import override
 from visiondistill.core.adapters.keypoints import KeypointSaliencyAdapter
 from visiondistill.data.keypoints import check_flip_pairs, flip_permutation
 from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
-from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
+from visiondistill.tasks.base import DistillationTask
 from visiondistill.tasks.keypoint_metrics import PCK, KeypointAP, decode_heatmaps
 
 __all__ = ["KeypointTask", "flip_back"]
@@ -46,7 +46,7 @@ class KeypointTask(DistillationTask):
     ``"keypoints"`` saliency adapter (`visiondistill.explain.KeypointSaliencyAdapter`).
 
     Args:
-        student: Spec of the network to train (backbone and deconvolution head).
+        student: Spec of the network to train (backbone and deconvolution head), or a mapping of its fields.
         teacher: Spec of the frozen teacher, usually with ``checkpoint`` set; ``None`` for no teacher.
         num_keypoints: ``K``; checked against the datamodule at setup.
         keypoint_names: Names (for logs and pictures); read from the datamodule when ``None``.
@@ -60,11 +60,8 @@ class KeypointTask(DistillationTask):
             twentieth of the object's scale).
         task_weight: Multiplier of the supervised heatmap MSE (0 with a `HeatmapDistillation` at ``alpha < 1``
             gives FPD's loss exactly, as that term already holds the ground-truth part).
-        optimizer: ``"adamw"`` or ``"sgd"``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay.
-        warmup_epochs: Linear warm-up length, in epochs.
-        scheduler: ``"cosine"`` or ``"constant"``.
+        **kwargs: The optimiser arguments of `DistillationTask`: ``optimizer``, ``lr``, ``weight_decay``,
+            ``warmup_epochs``, ``scheduler``.
 
     Raises:
         ValueError: For bad keypoint counts, names, sigmas or flip pairs (naming keypoints that do not exist), or a
@@ -79,11 +76,14 @@ class KeypointTask(DistillationTask):
     """
 
     saliency_adapter = KeypointSaliencyAdapter
+    spec_class = KeypointModelSpec
+    model_factory = staticmethod(create_keypoint_model)
+    outputs_arg, names_arg = "num_keypoints", "keypoint_names"
 
     def __init__(
         self,
-        student: KeypointModelSpec,
-        teacher: KeypointModelSpec | None = None,
+        student: KeypointModelSpec | Mapping[str, Any],
+        teacher: KeypointModelSpec | Mapping[str, Any] | None = None,
         num_keypoints: int = 4,
         keypoint_names: Sequence[str] | None = None,
         flip_pairs: Sequence[Sequence[int]] | None = None,
@@ -91,19 +91,10 @@ class KeypointTask(DistillationTask):
         decoding: Literal["quarter", "dark"] = "quarter",
         oks_sigmas: Sequence[float] | None = None,
         task_weight: float = 1.0,
-        optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 1.0,
-        scheduler: SchedulerName = "cosine",
+        **kwargs: Any,
     ) -> None:
-        student_spec = KeypointModelSpec.coerce(student, role="student")
-        teacher_spec = KeypointModelSpec.coerce(teacher, role="teacher") if teacher is not None else None
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
-        if keypoint_names is not None and len(keypoint_names) != num_keypoints:
-            raise ValueError(f"keypoint_names has {len(keypoint_names)} names but num_keypoints is {num_keypoints}")
-        pairs = check_flip_pairs(flip_pairs, num_keypoints, keypoint_names) if flip_pairs is not None else None
         sigmas = [0.05] * num_keypoints if oks_sigmas is None else [float(s) for s in oks_sigmas]
         if len(sigmas) != num_keypoints or min(sigmas) <= 0:
             raise ValueError(f"oks_sigmas needs {num_keypoints} positive values (one per keypoint), got {sigmas}")
@@ -111,28 +102,14 @@ class KeypointTask(DistillationTask):
             raise ValueError(f"decoding must be 'quarter' or 'dark', got {decoding!r}")
         if not task_weight >= 0:
             raise ValueError(f"task_weight must be >= 0, got {task_weight}")
-        if teacher_spec is not None and teacher_spec.in_chans != student_spec.in_chans:
+        super().__init__(student, teacher, num_outputs=num_keypoints, output_names=keypoint_names, **kwargs)
+        # after the base class has checked keypoint_names against num_keypoints: the messages name keypoints
+        pairs = check_flip_pairs(flip_pairs, num_keypoints, keypoint_names) if flip_pairs is not None else None
+        if self.teacher is not None and self.teacher.stride != self.student.stride:
             raise ValueError(
-                f"teacher takes {teacher_spec.in_chans} input channels but the student takes {student_spec.in_chans}; "
-                "they see the same images, so set the same in_chans"
-            )
-        student_model = create_keypoint_model(student_spec, num_keypoints, role="student")
-        teacher_model = create_keypoint_model(teacher_spec, num_keypoints, role="teacher") if teacher_spec else None
-        if teacher_model is not None and teacher_model.stride != student_model.stride:
-            raise ValueError(
-                f"teacher heatmaps have stride {teacher_model.stride} but the student's have {student_model.stride}; "
+                f"teacher heatmaps have stride {self.teacher.stride} but the student's have {self.student.stride}; "
                 "give both the same number of deconv layers over backbones of the same reduction"
             )
-        super().__init__(
-            student=student_model,
-            teacher=teacher_model,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            scheduler=scheduler,
-        )
-        self.record_hyperparameters(student_spec, teacher_spec, keypoint_names)
         self.num_keypoints = num_keypoints
         self.keypoint_names = (
             list(keypoint_names) if keypoint_names is not None else [f"kp_{i}" for i in range(num_keypoints)]
@@ -143,7 +120,7 @@ class KeypointTask(DistillationTask):
         self.decoding_sigma = 1.0  # the data's target sigma, read at setup
         self.oks_sigmas = sigmas
         self.task_weight = float(task_weight)
-        self.stride = student_model.stride
+        self.stride = self.student.stride
         # ModuleDict keys may not hold dots: "0_05" is logged as pck@0.05
         self.val_pck = torch.nn.ModuleDict({"0_05": PCK(0.05), "0_1": PCK(0.1)})
         self.test_pck = torch.nn.ModuleDict({"0_05": PCK(0.05), "0_1": PCK(0.1)})
@@ -151,21 +128,9 @@ class KeypointTask(DistillationTask):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self.check_datamodule()
         if datamodule is None:
             return
-        data_keypoints = getattr(datamodule, "num_keypoints", None)
-        if data_keypoints is not None and data_keypoints != self.num_keypoints:
-            raise ValueError(
-                f"the data has {data_keypoints} keypoints but the model is built for {self.num_keypoints}; "
-                f"set model.init_args.num_keypoints: {data_keypoints}"
-            )
-        channels = getattr(datamodule, "in_channels", None)
-        if channels is not None and channels != self.student_spec.in_chans:
-            raise ValueError(
-                f"the data has {channels} channels but the student takes {self.student_spec.in_chans}; "
-                "set the same number of input channels on the data and the models"
-            )
         stride = getattr(datamodule, "heatmap_stride", None)
         if stride is not None and stride != self.stride:
             raise ValueError(
@@ -173,9 +138,6 @@ class KeypointTask(DistillationTask):
                 f"set data.init_args.heatmap_stride: {self.stride}"
             )
         self.decoding_sigma = float(getattr(datamodule, "sigma", self.decoding_sigma))
-        names = getattr(datamodule, "keypoint_names", None)
-        if self.hparams.get("keypoint_names") is None and names is not None:
-            self.keypoint_names = list(names)
         if self.flip_pairs is None:
             self.flip_pairs = check_flip_pairs(getattr(datamodule, "flip_pairs", None), self.num_keypoints)
 

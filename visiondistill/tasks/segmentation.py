@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
 from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
-from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName
+from visiondistill.tasks.base import DistillationTask
 
 SegmentationLoss = Literal["ce", "dice", "ce+dice"]
 _LOSSES = ("ce", "dice", "ce+dice")
@@ -29,7 +29,7 @@ class SegmentationTask(DistillationTask):
     Explanations use the ``"segmentation"`` saliency adapter (`visiondistill.explain.SegmentationSaliencyAdapter`).
 
     Args:
-        student: Spec of the network to train (smp architecture and encoder).
+        student: Spec of the network to train (smp architecture and encoder), or a mapping of its fields.
         teacher: Spec of the frozen teacher, usually with ``checkpoint`` set; ``None`` for no teacher.
         num_classes: Number of classes, background included; checked against the datamodule at setup.
         class_names: Class names for per-class metrics; read from the datamodule when ``None``.
@@ -37,11 +37,8 @@ class SegmentationTask(DistillationTask):
         dice_weight: Weight of the Dice term in ``"ce+dice"``.
         class_weights: Per-class weights of the cross-entropy (e.g. to counter heavy imbalance).
         ignore_index: Mask value of pixels left out of losses and metrics; ``None`` for none.
-        optimizer: ``"adamw"`` or ``"sgd"``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay.
-        warmup_epochs: Linear warm-up length, in epochs.
-        scheduler: ``"cosine"`` or ``"constant"``.
+        **kwargs: The optimiser arguments of `DistillationTask`: ``optimizer``, ``lr``, ``weight_decay``,
+            ``warmup_epochs``, ``scheduler``.
 
     Raises:
         ValueError: On an unknown loss, bad class counts or weights, or when teacher and student disagree on
@@ -56,29 +53,23 @@ class SegmentationTask(DistillationTask):
     """
 
     saliency_adapter = SegmentationSaliencyAdapter
+    spec_class = SegmenterSpec
+    model_factory = staticmethod(create_segmenter)
 
     def __init__(
         self,
-        student: SegmenterSpec,
-        teacher: SegmenterSpec | None = None,
+        student: SegmenterSpec | Mapping[str, Any],
+        teacher: SegmenterSpec | Mapping[str, Any] | None = None,
         num_classes: int = 7,
         class_names: Sequence[str] | None = None,
         loss: SegmentationLoss = "ce",
         dice_weight: float = 1.0,
         class_weights: Sequence[float] | None = None,
         ignore_index: int | None = 255,
-        optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_epochs: float = 1.0,
-        scheduler: SchedulerName = "cosine",
+        **kwargs: Any,
     ) -> None:
-        student_spec = SegmenterSpec.coerce(student, role="student")
-        teacher_spec = SegmenterSpec.coerce(teacher, role="teacher") if teacher is not None else None
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         if loss not in _LOSSES:
             raise ValueError(f"loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
         if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) < 0):
@@ -87,21 +78,7 @@ class SegmentationTask(DistillationTask):
             )
         if ignore_index is not None and 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
-        if teacher_spec is not None and teacher_spec.in_channels != student_spec.in_channels:
-            raise ValueError(
-                f"teacher takes {teacher_spec.in_channels} input channels but the student takes "
-                f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
-            )
-        super().__init__(
-            student=create_segmenter(student_spec, num_classes, role="student"),
-            teacher=create_segmenter(teacher_spec, num_classes, role="teacher") if teacher_spec else None,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            scheduler=scheduler,
-        )
-        self.record_hyperparameters(student_spec, teacher_spec, class_names)
+        super().__init__(student, teacher, num_outputs=num_classes, output_names=class_names, **kwargs)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.loss_name, self.dice_weight, self.ignore_index = loss, float(dice_weight), ignore_index
@@ -120,7 +97,7 @@ class SegmentationTask(DistillationTask):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = self.check_datamodule(self.student_spec.in_channels, classes_note="(background included)")
+        datamodule = self.check_datamodule(classes_note="(background included)")
         data_ignore = getattr(datamodule, "ignore_index", None)
         if data_ignore is not None and data_ignore != self.ignore_index:
             raise ValueError(
