@@ -47,7 +47,9 @@ def detection_section(context: SectionContext) -> list[Block]:
     rows = []
     for run in context.students:
         agreement = box_map_vs_teacher(_detections(context.network(run), images), reference, SCORE_THRESHOLD)
-        rows.append({"student": run.name, "mAP@50 vs teacher's boxes": f"{100 * agreement:.1f}"})
+        # torchmetrics gives -1 when there is nothing to match: the teacher kept no box at the threshold.
+        shown_value = f"{100 * agreement:.1f}" if agreement >= 0 else f"– (no teacher box ≥ {SCORE_THRESHOLD})"
+        rows.append({"student": run.name, "mAP@50 vs teacher's boxes": shown_value})
     blocks += [
         Paragraph(
             f"On the first {len(images)} test images, each student's box mAP@50 with the teacher's detections (score "
