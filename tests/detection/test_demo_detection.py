@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from visiondistill.demo import main
@@ -24,6 +25,7 @@ def test_detection_configs_keep_the_best_map_checkpoint():
 
 
 # Three CLI runs in subprocesses (which also parse every config): 134 s measured on two heavily shared CPU cores.
+@pytest.mark.slow  # 176 s on 2 loaded cores; make test-all runs it
 def test_quick_detection_demo_writes_the_report(tmp_path: Path):
     out = tmp_path / "demo"
     args = ["--task", "detection", "--quick", "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]

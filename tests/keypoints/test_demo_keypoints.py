@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from visiondistill.demo import TASKS, main
 
 
 # Three CLI runs in subprocesses: about half a minute on two (shared) CPU cores.
+@pytest.mark.slow  # 98 s on 2 loaded cores; make test-all runs it
 def test_quick_keypoint_demo_writes_the_report(tmp_path: Path):
     assert "keypoints" in TASKS
     out = tmp_path / "demo"

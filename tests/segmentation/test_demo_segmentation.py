@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from visiondistill.demo import main
 
 
 # Four CLI runs in subprocesses: 30-50 s on two (shared) CPU cores.
+@pytest.mark.slow  # 153 s on 2 loaded cores; make test-all runs it
 def test_quick_segmentation_demo_writes_the_report(tmp_path: Path):
     out = tmp_path / "demo"
     args = ["--task", "segmentation", "--quick", "--runs", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
