@@ -169,8 +169,8 @@ def build_report(
             Heading("Agreement with the teacher (test images)"),
             Paragraph(
                 "Grad-CAM of the teacher and of each student for the same target (the teacher's prediction) on the "
-                "same test images; definitions in DESIGN.md. Higher is closer to the teacher for every column but "
-                "`kld` (0 = same). `pointing_game_*`: fraction of maps whose peak falls on the object."
+                "same test images; definitions in docs/metrics.md. Higher is closer to the teacher for every column "
+                "but `kld` (0 = same). `pointing_game_*`: fraction of maps whose peak falls on the object."
             ),
             Table(
                 [
