@@ -10,6 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from visiondistill.data.keypoints import ShapesKeypoints
+from visiondistill.models.segmenters import SegmenterSpec
+
+from .support import detection, keypoints, segmentation
+
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 # The test models are tiny: one thread is as fast, and OpenMP's spinning threads make a busy 2-core machine
@@ -62,3 +67,41 @@ def quick_classification_demo(tmp_path_factory) -> Path:
     args = ["--task", "classification", "--quick", "--runs", str(root / "runs"), "--data-dir", str(root / "data")]
     assert main([*args, "--out", str(root / "demo")]) == 0
     return root
+
+
+# -- task data and models shared by the tests of several packages (constants and helpers: tests/support/) --------
+
+
+@pytest.fixture
+def coco_root(tmp_path: Path) -> Path:
+    """A tiny COCO data set of squares: 16 training and 8 validation images."""
+    root = tmp_path / "coco"
+    detection.square_split(root, "train", 16, seed=0)
+    detection.square_split(root, "val", 8, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_keypoints_dir(tmp_path_factory) -> Path:
+    """A generated shapes keypoint data set (64-px images), written once per test session."""
+    root = tmp_path_factory.mktemp("shapes_keypoints")
+    module = ShapesKeypoints(str(root), **keypoints.SHAPES_ARGS)
+    module.prepare_data()
+    return root
+
+
+@pytest.fixture
+def seg_loader() -> DataLoader:
+    return DataLoader(segmentation.square_masks(), batch_size=8)
+
+
+@pytest.fixture
+def small_seg_loader() -> DataLoader:
+    """Eight 32-px images, each with one bright 10-px square labelled 1 or 2 on background 0, in one batch."""
+    return DataLoader(segmentation.square_masks(n=8), batch_size=8)
+
+
+@pytest.fixture
+def seg_specs() -> tuple[SegmenterSpec, SegmenterSpec]:
+    """(student, teacher) specs of two tiny U-Nets on timm's test_resnet encoder."""
+    return segmentation.TINY_STUDENT, segmentation.TINY_TEACHER

@@ -1,10 +1,9 @@
-"""Tiny segmentation data and models shared by the segmentation tests."""
+"""Tiny segmentation data and segmenter specs shared by tests of several packages."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from visiondistill.models.segmenters import SegmenterSpec
 
@@ -26,8 +25,3 @@ def square_masks(n: int = 16, size: int = 32, num_classes: int = 3, seed: int = 
         images[i, :, top : top + 10, left : left + 10] += float(label)
         masks[i, top : top + 10, left : left + 10] = label
     return TensorDataset(images, masks)
-
-
-@pytest.fixture
-def seg_loader() -> DataLoader:
-    return DataLoader(square_masks(), batch_size=8)

@@ -224,7 +224,7 @@ def test_batchnorm_statistics_move_once_per_step(tiny_loader, trainer_kwargs):
     assert int(task.student.bn1.num_batches_tracked) == 3  # no second student forward
 
 
-def test_segmentation_student_gets_gradients_from_the_term(seg_loader, seg_specs, trainer_kwargs):
+def test_segmentation_student_gets_gradients_from_the_term(small_seg_loader, seg_specs, trainer_kwargs):
     torch.manual_seed(0)
 
     class SegZero(SegmentationTask):
@@ -235,7 +235,7 @@ def test_segmentation_student_gets_gradients_from_the_term(seg_loader, seg_specs
     spy = GradientSpy()
     callback = SaliencyAlignment(student_layer="decoder", teacher_layer="decoder")
     trainer = pl.Trainer(**{**trainer_kwargs, "max_steps": 1}, callbacks=[callback, spy])
-    trainer.fit(task, seg_loader)
+    trainer.fit(task, small_seg_loader)
     norms = spy.grad_norms[0]
     encoder = [v for k, v in norms.items() if k.startswith("student.encoder.")]
     head = [v for k, v in norms.items() if k.startswith("student.segmentation_head.")]

@@ -14,7 +14,7 @@ from visiondistill.models import CheckpointError
 from visiondistill.models.detectors import DetectorSpec, create_detector
 from visiondistill.reporting.loader import load_task_module
 
-from .conftest import TINY_STUDENT
+from ..support.detection import TINY_STUDENT
 
 TARGETS = [
     {"boxes": torch.tensor([[8.0, 8.0, 30.0, 30.0], [30.0, 34.0, 60.0, 50.0]]), "labels": torch.tensor([0, 1])},

@@ -54,10 +54,10 @@ def test_classification_student_round_trip(tmp_path, tiny_loader, trainer_kwargs
     np.testing.assert_allclose(onnxruntime_outputs(output, images), expected, rtol=0, atol=1e-4)
 
 
-def test_segmentation_student_round_trip(tmp_path, seg_loader, seg_specs, trainer_kwargs):
+def test_segmentation_student_round_trip(tmp_path, small_seg_loader, seg_specs, trainer_kwargs):
     torch.manual_seed(0)
     task = SegmentationTask(student=seg_specs[0], teacher=seg_specs[1], num_classes=3)
-    checkpoint = trained_checkpoint(task, seg_loader, trainer_kwargs, tmp_path)
+    checkpoint = trained_checkpoint(task, small_seg_loader, trainer_kwargs, tmp_path)
     output = tmp_path / "out" / "segmenter.onnx"
     assert main(["export", str(checkpoint), "--output", str(output), "--image-size", "32", "--opset", "17"]) == 0
     student = load_task_module(checkpoint).student

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from visiondistill.models import CheckpointError, SegmenterSpec
 from visiondistill.tasks import SegmentationTask
 
-from .conftest import TINY_STUDENT, TINY_TEACHER, square_masks
+from ..support.segmentation import TINY_STUDENT, TINY_TEACHER, square_masks
 
 
 @pytest.mark.parametrize("loss", ["ce", "dice", "ce+dice"])

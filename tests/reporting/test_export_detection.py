@@ -10,7 +10,7 @@ from visiondistill.cli import main
 from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import DetectionTask
 
-from .conftest import TINY_STUDENT
+from ..support.detection import TINY_STUDENT
 
 
 def test_detection_student_round_trip(tmp_path, capsys):

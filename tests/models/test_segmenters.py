@@ -9,7 +9,7 @@ from visiondistill.core.recorder import FeatureRecorder, feature_stages
 from visiondistill.models import CheckpointError, SegmenterSpec, create_segmenter
 from visiondistill.reporting.loader import load_task_module
 
-from .conftest import TINY_STUDENT
+from ..support.segmentation import TINY_STUDENT
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import DetectionTask
 from visiondistill.tasks.detection import box_map_vs_teacher
 
-from .conftest import TINY_STUDENT, TINY_TEACHER, square_split
+from ..support.detection import TINY_STUDENT, TINY_TEACHER, square_split
 
 
 @pytest.fixture

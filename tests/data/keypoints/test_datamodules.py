@@ -15,7 +15,7 @@ from visiondistill.data.keypoints.datamodules import (
 )
 from visiondistill.data.shapes import ShapesGenerator
 
-from .conftest import SHAPES_ARGS, diamond, write_coco
+from ...support.keypoints import SHAPES_ARGS, diamond, write_coco
 
 
 def test_coco_keypoints_module_reads_splits_and_falls_back_to_val_for_test(tmp_path):

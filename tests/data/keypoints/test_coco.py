@@ -8,7 +8,7 @@ from visiondistill.data.errors import DataError
 from visiondistill.data.keypoints.coco import read_coco_keypoints
 from visiondistill.data.keypoints.dataset import KeypointCrops
 
-from .conftest import diamond, write_coco
+from ...support.keypoints import diamond, write_coco
 
 
 def test_keypoints_outside_the_image_are_marked_invisible_and_counted(tmp_path):

@@ -8,7 +8,7 @@ from visiondistill.core.adapters.detection import DetectionScores
 from visiondistill.explain import DetectionSaliencyAdapter
 from visiondistill.models.detectors import create_detector
 
-from .conftest import TINY_STUDENT
+from ..support.detection import TINY_STUDENT
 
 
 def test_target_scores_equal_the_cam_target_on_the_dense_output():

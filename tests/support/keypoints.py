@@ -1,4 +1,4 @@
-"""Tiny keypoint data shared by the keypoint tests: hand-written COCO files and a small generated shapes set."""
+"""Tiny keypoint models, COCO keypoint files and the shapes keypoint set shared by tests of several packages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
+import pytorch_lightning as pl
 from PIL import Image
 
 from visiondistill.data.keypoints import ShapesKeypoints
@@ -51,15 +51,6 @@ def diamond(ann_id: int, image_id: int, cx: float = 24.0, cy: float = 24.0, r: f
     return {"id": ann_id, "image_id": image_id, "bbox": [cx - r, cy - r, 2 * r, 2 * r], "keypoints": points}
 
 
-@pytest.fixture(scope="session")
-def shapes_keypoints_dir(tmp_path_factory) -> Path:
-    """A generated shapes keypoint data set (64-px images), written once per test session."""
-    root = tmp_path_factory.mktemp("shapes_keypoints")
-    module = ShapesKeypoints(str(root), **SHAPES_ARGS)
-    module.prepare_data()
-    return root
-
-
 #: Data-module arguments of the tiny shapes set (32-px crops, 8×8 heatmaps).
 SHAPES_ARGS = {
     "num_train": 24,
@@ -70,3 +61,25 @@ SHAPES_ARGS = {
     "num_workers": 0,
     "difficulty": 0.0,
 }
+
+
+def shapes(root, **overrides) -> ShapesKeypoints:
+    """The tiny shapes keypoint datamodule (`SHAPES_ARGS`) under ``root``, with ``overrides``."""
+    return ShapesKeypoints(str(root), **{**SHAPES_ARGS, **overrides})
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    """A one-epoch CPU trainer without logger, checkpoints or progress bar; ``kwargs`` override."""
+    settings = {
+        "default_root_dir": tmp_path,
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kwargs,
+    }
+    return pl.Trainer(**settings)

@@ -18,7 +18,7 @@ from visiondistill.distill import (
 )
 from visiondistill.tasks import SegmentationTask
 
-from .conftest import TINY_STUDENT, TINY_TEACHER
+from ..support.segmentation import TINY_STUDENT, TINY_TEACHER
 
 
 def fit_with(callback: DistillationCallback, loader: DataLoader, trainer_kwargs: dict) -> SegmentationTask:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from visiondistill.core.protocol import ProtocolError
-from visiondistill.data.keypoints import ShapesKeypoints, flip_permutation, gaussian_heatmaps
+from visiondistill.data.keypoints import flip_permutation, gaussian_heatmaps
 from visiondistill.distill import AttentionTransfer, HeatmapDistillation
 from visiondistill.models.checkpoints import CheckpointError
 from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
@@ -16,27 +15,7 @@ from visiondistill.reporting.loader import load_task_module
 from visiondistill.tasks import KeypointTask
 from visiondistill.tasks.keypoints import flip_back
 
-from .conftest import SHAPES_ARGS, TINY_STUDENT, TINY_TEACHER
-
-
-def shapes(root, **overrides) -> ShapesKeypoints:
-    return ShapesKeypoints(str(root), **{**SHAPES_ARGS, **overrides})
-
-
-def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    settings = {
-        "default_root_dir": tmp_path,
-        "max_epochs": 1,
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kwargs,
-    }
-    return pl.Trainer(**settings)
+from ..support.keypoints import TINY_STUDENT, TINY_TEACHER, shapes, trainer
 
 
 # -------------------------------------------------------------------------------------------------- model

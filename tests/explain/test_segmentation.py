@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from visiondistill.explain import ClassRegionTarget, GradCAMCallback, SegmentationSaliencyAdapter, saliency_adapter_for
 from visiondistill.tasks import SegmentationTask
 
-from .conftest import TINY_STUDENT, TINY_TEACHER, square_masks
+from ..support.segmentation import TINY_STUDENT, TINY_TEACHER, square_masks
 
 
 def test_target_sums_the_class_logits_over_the_region():

@@ -15,7 +15,7 @@ from visiondistill.explain.metrics import pointing_game_hits
 from visiondistill.models.keypoint_models import create_keypoint_model
 from visiondistill.tasks import KeypointTask
 
-from .conftest import SHAPES_ARGS, TINY_STUDENT, TINY_TEACHER
+from ..support.keypoints import SHAPES_ARGS, TINY_STUDENT, TINY_TEACHER
 
 
 def test_peak_target_explains_one_keypoint_or_the_sum_and_its_gradient_reaches_the_peak():

@@ -8,8 +8,7 @@ import torch
 from visiondistill.distill import SaliencyAlignment
 from visiondistill.tasks import KeypointTask
 
-from .conftest import TINY_STUDENT, TINY_TEACHER
-from .test_keypoint_task import shapes, trainer
+from ..support.keypoints import TINY_STUDENT, TINY_TEACHER, shapes, trainer
 
 
 class _Spy(pl.Callback):

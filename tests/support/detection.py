@@ -1,4 +1,4 @@
-"""Tiny COCO-format data and detector specs shared by the detection tests."""
+"""Tiny COCO-format detection data and detector specs shared by tests of several packages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from visiondistill.models.detectors import DetectorSpec
@@ -68,12 +67,3 @@ def square_split(root: Path, split: str, n: int, seed: int, size: int = 64) -> N
     path = root / "annotations" / f"instances_{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
-
-
-@pytest.fixture
-def coco_root(tmp_path: Path) -> Path:
-    """A tiny COCO data set of squares: 16 training and 8 validation images."""
-    root = tmp_path / "coco"
-    square_split(root, "train", 16, seed=0)
-    square_split(root, "val", 8, seed=1)
-    return root

@@ -19,7 +19,7 @@ from visiondistill.data.detection import (
     detection_transforms,
 )
 
-from .conftest import write_coco
+from ..support.detection import write_coco
 
 
 def _image(i: int) -> dict:

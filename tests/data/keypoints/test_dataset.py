@@ -10,7 +10,7 @@ from visiondistill.data.keypoints.coco import read_coco_keypoints
 from visiondistill.data.keypoints.dataset import KeypointCrops
 from visiondistill.data.transforms import resolve_normalization
 
-from .conftest import DOT_COLOURS, diamond, write_coco
+from ...support.keypoints import DOT_COLOURS, diamond, write_coco
 
 
 def crops(root, **kwargs) -> KeypointCrops:

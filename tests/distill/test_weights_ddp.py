@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # 76 s on 2 loaded cores; tests/test_ddp.py keeps DDP in make test
+@pytest.mark.slow  # 76 s on 2 loaded cores; tests/distill/test_ddp.py keeps DDP in make test
 def test_saliency_alignment_and_adaptive_weights_under_ddp(tmp_path: Path):
     script = tmp_path / "ddp_fusion.py"
     script.write_text(SCRIPT)

@@ -12,7 +12,7 @@ from visiondistill.cli import VisionDistillCLI, main
 from visiondistill.distill import DistillationCallback
 from visiondistill.tasks import DistillationTask
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
