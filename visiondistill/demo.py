@@ -51,6 +51,8 @@ class DemoTask:
 
     runs: tuple[DemoRun, ...]
     reports: tuple[tuple[str, tuple[str, ...]], ...] = (("", ("teacher", "student_scratch", "student_distilled")),)
+    #: Test images of the report's agreement measurement (``--num-images``); quick runs use `QUICK_IMAGES`.
+    agreement_images: int = 32
 
     @property
     def teacher(self) -> DemoRun:
@@ -67,7 +69,8 @@ class DemoSettings:
     out: Path
     overrides: tuple[str, ...] = ()
     skip_existing: bool = False
-    num_images: int = 32
+    #: Overrides every task's ``agreement_images`` when set (quick runs).
+    num_images: int | None = None
 
     def run_dir(self, task: str, run: DemoRun) -> Path:
         """The folder of one run."""
@@ -136,6 +139,7 @@ TASKS: dict[str, DemoTask] = {
             distilled_name="student_kd",
         ),
         reports=(("", ("teacher", "student_scratch", "student_kd")),),
+        agreement_images=64,  # the 64-px CAMs are 4×4 maps: agreement needs more images to be stable
     ),
     "segmentation": DemoTask(
         (
@@ -204,12 +208,13 @@ def run_task(task: str, settings: DemoSettings) -> list[Path]:
         fit(task, run, demo.teacher, settings)
     by_name = {run.name: run for run in demo.runs}
     reports = []
+    num_images = settings.num_images or demo.agreement_images
     for subfolder, names in demo.reports:
         folders = [settings.run_dir(task, by_name[name]) for name in names]
         out = settings.out / task / subfolder
         shown = " ".join(shlex.quote(str(folder)) for folder in folders)
-        print(f"\n== report\n$ visiondistill report {shown} --out {out} --num-images {settings.num_images}", flush=True)
-        reports.append(write_report(folders, out, num_images=settings.num_images)[0])
+        print(f"\n== report\n$ visiondistill report {shown} --out {out} --num-images {num_images}", flush=True)
+        reports.append(write_report(folders, out, num_images=num_images)[0])
     return reports
 
 
@@ -233,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=Path(args.out),
         overrides=overrides,
         skip_existing=args.skip_existing,
-        num_images=QUICK_IMAGES if args.quick else 32,
+        num_images=QUICK_IMAGES if args.quick else None,
     )
     for task in list(TASKS) if args.task == "all" else [args.task]:
         for report in run_task(task, settings):
