@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,24 @@ def test_image_folder_dataset_labels_and_loading(tmp_path):
     assert image.shape == (3, 12, 12) and image.dtype == torch.float32 and label == 1
     gray = ImageFolderDataset(root, in_channels=1, class_names=["dog", "cat"])
     assert gray[0][0].shape == (1, 12, 12) and gray[0][1] == 0 and gray.targets[-1] == 1
+
+
+def test_class_indices_follow_sorted_folder_names_whatever_order_the_file_system_lists(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data" / "train", classes=("bee", "ant", "cow"), per_class=1)
+    make_image_folder(tmp_path / "data" / "val", classes=("bee", "ant", "cow"), per_class=1)
+    listing = Path.iterdir
+
+    def reverse_sorted(self: Path):  # a file system that lists entries in anything but name order
+        return iter(sorted(listing(self), reverse=True))
+
+    monkeypatch.setattr(Path, "iterdir", reverse_sorted)
+    assert [p.name for p in root.iterdir()] == ["cow", "bee", "ant"]
+    dataset = ImageFolderDataset(root)
+    assert dataset.class_names == ["ant", "bee", "cow"]
+    assert [(path.parent.name, label) for path, label in dataset.samples] == [("ant", 0), ("bee", 1), ("cow", 2)]
+    datamodule = ImageFolderClassification(str(tmp_path / "data"), image_size=12, batch_size=3, num_workers=0)
+    datamodule.setup("fit")
+    assert datamodule.class_names == ["ant", "bee", "cow"] and datamodule.val_dataset.targets == [0, 1, 2]
 
 
 def test_image_folder_dataset_reports_bad_folders(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 from visiondistill.data import DataError
 from visiondistill.data.detection import (
@@ -19,7 +22,7 @@ from visiondistill.data.detection import (
     detection_transforms,
 )
 
-from ..support.detection import write_coco
+from ..support.detection import write_coco, write_wide_coco
 
 
 def _image(i: int) -> dict:
@@ -176,3 +179,24 @@ def test_seeded_augmentation_is_reproducible(coco_root: Path, num_workers: int):
     (images_a, targets_a), (images_b, targets_b) = first_batch(), first_batch()
     assert torch.equal(images_a, images_b)
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets_a, targets_b, strict=True))
+
+
+def test_boxes_of_non_square_images_match_pycocotools_reading(tmp_path: Path):
+    path = write_wide_coco(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))  # pycocotools' own reading of the file
+    dataset = CocoDetectionDataset(path, tmp_path / "images" / "val")
+    datamodule = CocoDetection(str(tmp_path), image_size=48, batch_size=2, num_workers=0)
+    datamodule.setup("validate")
+    _, resized = next(iter(datamodule.val_dataloader()))
+    for index, entry in enumerate(dataset.images):
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=entry["id"]))
+        xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)])
+        labels = [dataset.category_ids.index(a["category_id"]) for a in annotations]
+        image, target = dataset[index]
+        assert image.shape == (3, 64, 96)
+        assert torch.equal(target["boxes"], xyxy.float()) and target["labels"].tolist() == labels
+        # the datamodule resizes 96x64 to 48x48: x scales by 1/2, y by 3/4
+        scale = torch.tensor([48 / 96, 48 / 64, 48 / 96, 48 / 64])
+        assert torch.allclose(resized[index]["boxes"], xyxy.float() * scale, atol=1e-4)
+        assert resized[index]["labels"].tolist() == labels

@@ -139,3 +139,32 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export"])
     assert "the following arguments are required: checkpoint" in capsys.readouterr().err
+
+
+class _BatchOfOneBranch(torch.nn.Module):
+    """Python control flow on the batch size: tracing bakes in the branch of the example (batch 1), so the ONNX
+    graph adds nothing where PyTorch adds 1 to a batch of two: a real export mismatch of exactly 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y if x.shape[0] == 1 else y + 1.0
+
+
+def test_export_whose_onnx_graph_differs_from_pytorch_fails_naming_atol_and_the_difference(tmp_path, capsys):
+    spec = ExportSpec(_BatchOfOneBranch(), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ExportError, match=r"differ by up to 1 \(> atol 0\.0001\) in .*mismatch\.onnx"):
+        export_onnx(spec, tmp_path / "mismatch.onnx")
+    # The comparison measures the real difference: a tolerance above it lets the same network through.
+    assert export_onnx(spec, tmp_path / "tolerated.onnx", atol=1.5).max_abs_diff == pytest.approx(1.0, abs=1e-5)
+
+    register_exporter("MismatchTask")(lambda path, checkpoint, image_size: spec)
+    try:
+        torch.save({"hyper_parameters": {"_class_path": "x.MismatchTask", "student": {}}}, tmp_path / "m.ckpt")
+        assert main(["export", str(tmp_path / "m.ckpt")]) == 1  # the command fails too, with the reason
+        assert "differ by up to 1 (> atol 0.0001)" in capsys.readouterr().err
+    finally:
+        del EXPORTERS["MismatchTask"]

@@ -67,3 +67,25 @@ def square_split(root: Path, split: str, n: int, seed: int, size: int = 64) -> N
     path = root / "annotations" / f"instances_{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+
+
+# Non-square images (96 wide, 64 high) and boxes with x != y and w != h: reading [x, y, w, h] in any other order
+# gives other boxes. COCO ids 4 and 9 = our labels 0 and 1.
+WIDE_IMAGES = {1: [(9, [6, 20, 30, 12]), (4, [50, 3, 8, 40])], 2: [(4, [70, 10, 24, 50]), (9, [2, 41, 44, 9])]}
+
+
+def write_wide_coco(root: Path, split: str = "val") -> Path:
+    """Writes ``WIDE_IMAGES`` in the layout `CocoDetection` reads; returns the JSON path."""
+    (root / "images" / split).mkdir(parents=True)
+    images, annotations = [], []
+    for image_id, objects in WIDE_IMAGES.items():
+        Image.fromarray(np.full((64, 96, 3), 128, np.uint8)).save(root / "images" / split / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 96, "height": 64})
+        for category, bbox in objects:
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": category, "bbox": bbox}
+            annotations.append({**annotation, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    categories = [{"id": 9, "name": "nine"}, {"id": 4, "name": "four"}]
+    path = root / "annotations" / f"instances_{split}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path

@@ -42,6 +42,50 @@ def test_flip_back_undoes_a_mirrored_input_with_swapped_pairs():
     assert torch.allclose(flip_back(of_mirror, permutation), original, atol=1e-6)
 
 
+class _MirrorAwareDetector(torch.nn.Module):
+    """A perfect keypoint detector for one image: on the image it gives the keypoints' heatmaps, on the mirrored
+    image the mirrored keypoints' heatmaps in semantic order (its "right" channel marks the mirrored left point)."""
+
+    def __init__(self, image: torch.Tensor, heatmaps: torch.Tensor, of_mirror: torch.Tensor) -> None:
+        super().__init__()
+        self.image, self.heatmaps, self.of_mirror = image, heatmaps, of_mirror
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.equal(images, self.image):
+            return self.heatmaps
+        assert torch.equal(images, self.image.flip(-1)), "the flip test feeds the image and its mirror only"
+        return self.of_mirror
+
+
+def test_flip_test_swaps_left_and_right_heatmaps_before_averaging():
+    # top, right, bottom, left (flip pair 1 <-> 3) at asymmetric places of a 32 px input, stride-4 heatmaps
+    points = np.array([[13.0, 3.0, 2], [29.0, 14.0, 2], [15.0, 27.0, 2], [2.5, 17.0, 2]])
+    mirrored = points.copy()
+    mirrored[:, 0] = 32 - points[:, 0]
+    heatmaps = torch.from_numpy(gaussian_heatmaps(points, 8, 4, 1.0))[None]
+    of_mirror = torch.from_numpy(gaussian_heatmaps(mirrored[[0, 3, 2, 1]], 8, 4, 1.0))[None]
+    detector = _MirrorAwareDetector(
+        torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), heatmaps, of_mirror
+    )
+
+    with_pairs = KeypointTask(student=TINY_STUDENT, num_keypoints=4, flip_pairs=[(1, 3)])
+    averaged = with_pairs.predict_heatmaps(detector.image, model=detector)
+    # A perfect detector agrees with itself on the mirror: the average is its own heatmaps, left and right kept apart.
+    assert torch.allclose(averaged, heatmaps, atol=1e-6)
+    truth = torch.from_numpy(points[:, :2]).float()
+    assert torch.allclose(with_pairs.decode(averaged)[0][0], truth, atol=1.0)  # quarter-offset decoding: ~1 px
+
+    # Without the pairs the mirror's "right" channel (the left point) is averaged into "right", and vice versa.
+    without_pairs = KeypointTask(student=TINY_STUDENT, num_keypoints=4, flip_pairs=[]).predict_heatmaps(
+        detector.image, model=detector
+    )
+    assert torch.allclose(without_pairs[:, [0, 2]], heatmaps[:, [0, 2]], atol=1e-6)  # unpaired keypoints agree
+    swapped_in = 0.5 * (heatmaps[:, [1, 3]] + heatmaps[:, [3, 1]])
+    assert torch.allclose(without_pairs[:, [1, 3]], swapped_in, atol=1e-6)
+    # Both peaks are halved and equal: one of the pair decodes onto the other's place, some 27 px away.
+    assert (with_pairs.decode(without_pairs)[0][0] - truth).abs().max() > 10
+
+
 # ------------------------------------------------------------------------------------------------ training
 @pytest.fixture(scope="module")
 def teacher_checkpoint(shapes_keypoints_dir, tmp_path_factory):

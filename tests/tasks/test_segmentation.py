@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from visiondistill.models import CheckpointError, SegmenterSpec
 from visiondistill.tasks import SegmentationTask
@@ -37,6 +38,30 @@ def test_ignore_index_pixels_do_not_count(seg_loader: DataLoader):
     changed = logits.clone()
     changed[:, :, :16] += 10 * torch.randn_like(changed[:, :, :16])
     assert torch.allclose(task.task_loss(logits, (images, unlabelled)), task.task_loss(changed, (images, unlabelled)))
+
+
+class _FixedLogits(torch.nn.Module):
+    """A student that predicts the same classes for every image, whatever it sees."""
+
+    def __init__(self, classes: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("logits", 10.0 * F.one_hot(classes, num_classes).permute(2, 0, 1).float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(images.shape[0], -1, -1, -1)
+
+
+def test_ignored_pixels_stay_out_of_the_validation_iou(trainer_kwargs: dict):
+    # Four pixels: two labelled and predicted right, two unlabelled (255) that the student calls class 1. Counting
+    # the unlabelled pixels (e.g. as background) would turn IoU [1, 1, 0] into [1/3, 1/3, 0].
+    masks = torch.tensor([[[0, 1], [255, 255]]])
+    task = SegmentationTask(student=TINY_STUDENT, num_classes=3, class_names=["bg", "a", "b"], ignore_index=255)
+    task.student = _FixedLogits(torch.tensor([[0, 1], [1, 1]]), num_classes=3)
+    loader = DataLoader(TensorDataset(torch.zeros(1, 3, 2, 2), masks), batch_size=1)
+    (results,) = pl.Trainer(**trainer_kwargs).validate(task, loader, verbose=False)
+    per_class = [results[f"val/iou/{name}"] for name in ("bg", "a", "b")]
+    assert per_class == pytest.approx([1.0, 1.0, 0.0]), per_class
+    assert results["val/miou"] == pytest.approx(2 / 3) and results["val/dice"] == pytest.approx(2 / 3)
 
 
 def test_teacher_for_other_classes_is_refused(tmp_path):
