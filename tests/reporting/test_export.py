@@ -156,8 +156,10 @@ class _BatchOfOneBranch(torch.nn.Module):
 
 def test_export_whose_onnx_graph_differs_from_pytorch_fails_naming_atol_and_the_difference(tmp_path, capsys):
     spec = ExportSpec(_BatchOfOneBranch(), torch.rand(1, 3, 8, 8))
+    (tmp_path / "mismatch.onnx").write_bytes(b"an earlier export")
     with pytest.raises(ExportError, match=r"differ by up to 1 \(> atol 0\.0001\) in .*mismatch\.onnx"):
         export_onnx(spec, tmp_path / "mismatch.onnx")
+    assert (tmp_path / "mismatch.onnx").read_bytes() == b"an earlier export"  # a failed export writes nothing
     # The comparison measures the real difference: a tolerance above it lets the same network through.
     assert export_onnx(spec, tmp_path / "tolerated.onnx", atol=1.5).max_abs_diff == pytest.approx(1.0, abs=1e-5)
 

@@ -231,7 +231,7 @@ def export_onnx(spec: ExportSpec, output: str | Path, opset: int = 17, atol: flo
         The result, with the largest absolute difference over the example and a random batch of two.
 
     Raises:
-        ExportError: When the outputs differ by more than ``atol`` or are not tensors.
+        ExportError: When the outputs differ by more than ``atol`` or are not tensors; ``output`` is then not written.
     """
     import onnx
     import onnxruntime
@@ -262,9 +262,10 @@ def export_onnx(spec: ExportSpec, output: str | Path, opset: int = 17, atol: flo
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
-    output.write_bytes(buffer.getvalue())
 
-    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    # The model is checked from memory and written only when it matches PyTorch: a failed export leaves no file that
+    # looks usable, and never replaces a good one already at ``output``.
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand((2, *example.shape[1:]), generator=generator)
     worst = 0.0
@@ -277,7 +278,11 @@ def export_onnx(spec: ExportSpec, output: str | Path, opset: int = 17, atol: flo
                 raise ExportError(f"output {name!r}: onnxruntime gives {have.shape}, PyTorch {tuple(want.shape)}")
             worst = max(worst, float(np.max(np.abs(have - want.numpy()))) if want.numel() else 0.0)
     if not worst <= atol:
-        raise ExportError(f"onnxruntime and PyTorch outputs differ by up to {worst:.3g} (> atol {atol:g}) in {output}")
+        raise ExportError(
+            f"onnxruntime and PyTorch outputs differ by up to {worst:.3g} (> atol {atol:g}) in {output}; "
+            "nothing was written"
+        )
+    output.write_bytes(buffer.getvalue())
     return ExportResult(output, worst, tuple(example.shape), opset)
 
 
