@@ -14,6 +14,8 @@ from visiondistill.distill.losses import (
     channel_wise_loss,
     dkd_loss,
     dkd_warmup,
+    fgd_feature_loss,
+    fgd_masks,
     heatmap_kd_loss,
     hint_loss,
     kd_loss,
@@ -416,3 +418,101 @@ def test_float32_inputs_give_float32_losses():
     assert kd_loss(s.flatten(1), t.flatten(1)).dtype == torch.float32
     assert attention_transfer_loss(s, t).dtype == torch.float32
     assert channel_wise_loss(s, t).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------- messages name the input
+def _z(*shape):
+    return torch.zeros(*shape)
+
+
+# Every shape, rank and positivity check names the argument at fault and the layout it expects: a message that
+# named the wrong tensor (or none) would send the user to the wrong input.
+MESSAGE_CASES = [
+    (lambda: kd_loss(_z(2, 3), _z(2, 4)), "student_logits and teacher_logits must have the same shape"),
+    (lambda: kd_loss(_z(2, 3, 1), _z(2, 3, 1)), "student_logits must be 2-D (N, C), got shape (2, 3, 1)"),
+    (lambda: kd_loss(_z(2, 3), _z(2, 3), temperature=0), "temperature must be a positive number, got 0"),
+    (lambda: dkd_loss(_z(2, 3), _z(2, 4), torch.tensor([0, 1])), "student_logits and teacher_logits must have"),
+    (lambda: dkd_loss(_z(2, 3, 1), _z(2, 3, 1), torch.tensor([0, 1])), "student_logits must be 2-D (N, C), got"),
+    (lambda: dkd_loss(_z(2, 3), _z(2, 3), torch.tensor([0, 1]), temperature=-1.0), "temperature must be a positive"),
+    (lambda: attention_transfer_loss(_z(2, 3, 4), _z(2, 3, 4, 4)), "student_feature must be 4-D (N, C, H, W), got"),
+    (lambda: attention_transfer_loss(_z(2, 3, 4, 4), _z(2, 3, 4)), "teacher_feature must be 4-D (N, C, H, W), got"),
+    (lambda: hint_loss(_z(2, 3, 4, 4), _z(2, 5, 4, 4)), "student_feature and teacher_feature must have the same shape"),
+    (lambda: pixelwise_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 5)), "student_logits and teacher_logits must have the same"),
+    (lambda: pixelwise_kd_loss(_z(2, 3, 4), _z(2, 3, 4)), "student_logits must be 4-D (N, C, H, W), got shape (2, 3"),
+    (lambda: pixelwise_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 4), temperature=0), "temperature must be a positive number"),
+    (lambda: channel_wise_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 5)), "student_map and teacher_map must have the same shape"),
+    (lambda: channel_wise_loss(_z(2, 3, 4), _z(2, 3, 4)), "student_map must be 4-D (N, C, H, W), got shape (2, 3, 4)"),
+    (lambda: channel_wise_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 4), tau=0), "tau must be a positive number, got 0"),
+    (lambda: pairwise_similarity_loss(_z(2, 3, 4), _z(2, 3, 4, 4)), "student_feature must be 4-D (N, C, H, W), got"),
+    (lambda: pairwise_similarity_loss(_z(2, 3, 4, 4), _z(2, 3, 4)), "teacher_feature must be 4-D (N, C, H, W), got"),
+    (lambda: heatmap_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 5)), "student_heatmaps and teacher_heatmaps must have the"),
+    (lambda: heatmap_kd_loss(_z(2, 3, 4), _z(2, 3, 4)), "student_heatmaps must be 4-D (N, K, H, W), got shape"),
+    (
+        lambda: heatmap_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 4), _z(2, 3, 4, 5)),
+        "student_heatmaps and target_heatmaps must have the same shape",
+    ),
+    (lambda: heatmap_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 4), alpha=-0.1), "alpha must be in [0, 1], got -0.1"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), MESSAGE_CASES)
+def test_errors_name_the_argument_and_the_expected_layout(call, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        call()
+
+
+# ------------------------------------------------------------------------------------ defaults and edge values
+def test_pixelwise_kd_loss_default_temperature_is_one_and_one_kept_pixel_counts_once():
+    s, t = rand(1, 3, 2, 2, seed=40), rand(1, 3, 2, 2, seed=41)
+    assert float(pixelwise_kd_loss(s, t)) == pytest.approx(float(pixelwise_kd_loss(s, t, temperature=1.0)), rel=1e-12)
+    # Only pixel (0, 1) kept: the loss is that pixel's KL, divided by a count of one.
+    keep_one = torch.ones(1, 2, 2, dtype=torch.bool)
+    keep_one[0, 0, 1] = False
+    kl = F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="none").sum(dim=1)
+    got = pixelwise_kd_loss(s, t, ignore_mask=keep_one)
+    assert float(got) == pytest.approx(float(kl[0, 0, 1]), rel=1e-12)
+
+
+def test_heatmap_kd_loss_accepts_alpha_at_both_ends():
+    s, t, gt = rand(1, 2, 3, 3, seed=42), rand(1, 2, 3, 3, seed=43), rand(1, 2, 3, 3, seed=44)
+    assert float(heatmap_kd_loss(s, t, gt, alpha=0.0)) == pytest.approx(float(F.mse_loss(s, gt)), rel=1e-12)
+    assert float(heatmap_kd_loss(s, t, gt, alpha=1.0)) == pytest.approx(float(F.mse_loss(s, t)), rel=1e-12)
+
+
+def test_heatmap_kd_loss_computes_in_the_heatmaps_dtype():
+    s, t = torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3)
+    weights = torch.tensor([[0.3, 1.0]], dtype=torch.float64)  # float64 weights do not promote float32 heatmaps
+    assert heatmap_kd_loss(s, t, weights=weights).dtype == torch.float32
+
+
+def test_fgd_masks_scale_rows_and_columns_separately_and_clip_to_the_map():
+    # A 32×64 (H×W) image on a 4×4 map: a row is 8 pixels, a column 16.
+    boxes = [
+        torch.tensor([[0.0, 0.0, 16.0, 8.0]]),  # the top-left cell exactly
+        torch.tensor([[-20.0, -20.0, 100.0, 100.0]]),  # reaches outside: the whole map, no background left
+        torch.tensor([[64.0, 32.0, 64.0, 32.0]]),  # empty box on the far corner: still the last cell
+        torch.tensor([[16.0, 16.0, 16.0, 16.0]]),  # empty box on a cell corner: one cell, (2, 1)
+    ]
+    foreground, background = fgd_masks(boxes, 4, 4, (32, 64))
+    expected_fg = torch.zeros(4, 4, 4)
+    expected_fg[0, 0, 0] = 1.0
+    expected_fg[1] = 1.0 / 16
+    expected_fg[2, 3, 3] = 1.0
+    expected_fg[3, 2, 1] = 1.0
+    torch.testing.assert_close(foreground, expected_fg)
+    assert torch.equal(background[1], torch.zeros(4, 4))  # all foreground: zeros, not 0/0
+    for i, cell in ((0, (0, 0)), (2, (3, 3)), (3, (2, 1))):
+        expected_bg = torch.full((4, 4), 1.0 / 15)
+        expected_bg[cell] = 0.0
+        torch.testing.assert_close(background[i], expected_bg)
+
+
+def test_fgd_feature_loss_defaults_and_dtype():
+    s, t = rand(1, 3, 2, 2, seed=45), rand(1, 3, 2, 2, seed=46)
+    fg, bg = fgd_masks([torch.tensor([[0.0, 0.0, 4.0, 4.0]])], 2, 2, (8, 8))
+    paper = fgd_feature_loss(s, t, fg, bg, alpha=1.0, beta=0.5, gamma=0.0, temperature=0.5)
+    assert float(fgd_feature_loss(s, t, fg, bg)) == pytest.approx(float(paper), rel=1e-12)
+    # float64 masks do not promote float32 features
+    assert fgd_feature_loss(s.float(), t.float(), fg.double(), bg.double()).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"^background must have shape \(1, 2, 2\)"):
+        fgd_feature_loss(s, t, fg, torch.zeros(1, 3, 3))

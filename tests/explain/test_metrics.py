@@ -391,3 +391,86 @@ def test_metric_flags():
         assert metric_class.full_state_update is False
         assert metric_class.is_differentiable is False
     assert PointingGame.higher_is_better is True and LinearCKA.higher_is_better is True
+
+
+# ------------------------------------------------------------------------------- edges the tests above leave open
+def test_pointing_game_default_tolerance_is_exact_and_one_pixel_reaches_the_neighbours():
+    # The peak sits at (row 1, column 1); the mask is the pixel right of it and the one two rows down.
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 1, 1] = 1.0
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 1, 2] = True
+    assert pointing_game_hits(maps, masks).tolist() == [False]
+    assert float(pointing_game(maps, masks)) == 0.0
+    assert pointing_game_hits(maps, masks, tolerance=1).tolist() == [True]
+    only_far = torch.zeros(1, 4, 4, dtype=torch.bool)
+    only_far[0, 3, 1] = True
+    assert pointing_game_hits(maps, only_far, tolerance=1).tolist() == [False]
+    assert pointing_game_hits(maps, only_far, tolerance=2).tolist() == [True]
+    metric = PointingGame()
+    metric.update(maps, masks)
+    assert float(metric.compute()) == 0.0
+
+
+def test_pointing_game_metric_tolerance_and_ddp_merge():
+    PointingGame(tolerance=0.5)  # any tolerance >= 0 is fine
+    with pytest.raises(ValueError, match="tolerance"):
+        PointingGame(tolerance=-0.5)
+    maps, masks = rand_maps(6, 5, 5, seed=30), rand_maps(6, 5, 5, seed=31) > 0.5
+    rank0, rank1 = PointingGame(tolerance=1.0), PointingGame(tolerance=1.0)
+    rank0.update(maps[:2], masks[:2])
+    rank1.update(maps[2:], masks[2:])
+    rank0.merge_state(rank1)
+    merged = rank0.compute()
+    assert merged.shape == ()
+    assert float(merged) == pytest.approx(float(pointing_game(maps, masks, tolerance=1.0)))
+
+
+def test_map_errors_name_maps_and_masks():
+    with pytest.raises(ValueError, match=r"^maps must have shape \(N, H, W\) or \(H, W\)"):
+        pointing_game_hits(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match=r"^masks must have shape \(N, H, W\) or \(H, W\)"):
+        pointing_game_hits(torch.zeros(1, 4, 4), torch.zeros(4))
+
+
+def test_attention_metrics_use_p_on_both_sides_and_resize_to_a_non_square_teacher():
+    generator = torch.Generator().manual_seed(32)
+    student = torch.randn(2, 3, 2, 4, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(2, 5, 4, 6, generator=generator, dtype=torch.float64)
+    q_s = F.normalize(
+        F.interpolate(student.abs().pow(3).mean(1, keepdim=True), size=(4, 6), mode="bilinear").flatten(1), dim=1
+    )
+    q_t = F.normalize(teacher.abs().pow(3).mean(1).flatten(1), dim=1)
+    torch.testing.assert_close(attention_distance(student, teacher, p=3), (q_s - q_t).pow(2).mean(dim=1).mean())
+    torch.testing.assert_close(attention_cosine(student, teacher, p=3), (q_s * q_t).sum(dim=1).mean())
+    with pytest.raises(ValueError, match=r"^student_feature must be 4-D"):
+        attention_distance(student[0], teacher)
+    with pytest.raises(ValueError, match=r"^teacher_feature must be 4-D"):
+        attention_cosine(student, teacher[0])
+
+
+def test_attention_agreement_metric_merges_like_ddp():
+    AttentionAgreement(p=0.5)  # any p > 0 is fine
+    with pytest.raises(ValueError, match="p must be a positive number"):
+        AttentionAgreement(p=0)
+    generator = torch.Generator().manual_seed(33)
+    student, teacher = torch.randn(5, 3, 4, 4, generator=generator), torch.randn(5, 2, 4, 4, generator=generator)
+    rank0, rank1 = AttentionAgreement(), AttentionAgreement()
+    rank0.update(student[:2], teacher[:2])
+    rank1.update(student[2:], teacher[2:])
+    rank0.merge_state(rank1)
+    result = rank0.compute()
+    for key, function in (("at_distance", attention_distance), ("at_cosine", attention_cosine)):
+        assert result[key].shape == () and result[key].dtype == torch.float32
+        assert float(result[key]) == pytest.approx(float(function(student, teacher)), rel=1e-6)
+
+
+def test_linear_cka_metric_with_fewer_than_two_examples_is_zero_and_errors_name_the_side():
+    metric = LinearCKA()
+    metric.update(torch.randn(1, 4), torch.randn(1, 3))
+    value = metric.compute()
+    assert value.shape == () and float(value) == 0.0
+    with pytest.raises(ValueError, match=r"^student_feature must have shape \(n, p\)"):
+        LinearCKA().update(torch.randn(2, 3, 4), torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"^teacher_feature must have shape \(n, p\)"):
+        LinearCKA().update(torch.randn(2, 3), torch.randn(2, 3, 4))

@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from visiondistill.tasks.detection import detection_map
+from visiondistill.tasks.detection import box_map_vs_teacher, detection_map
 
 # Three images, three categories (COCO ids 1, 2, 3 = our labels 0, 1, 2); xywh pixels.
 GROUND_TRUTH = {
@@ -101,3 +101,26 @@ def test_per_class_map_equals_cocoeval():
         label = category - 1
         position = ours["classes"].tolist().index(label)
         assert float(ours["map_per_class"][position]) == pytest.approx(expected, abs=1e-4)
+
+
+def _detections(boxes: list[list[float]], scores: list[float], labels: list[int]) -> dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+
+
+def test_box_map_vs_teacher_takes_teacher_detections_at_or_above_the_threshold_as_truth():
+    # Teacher: two class-0 boxes at scores 0.9 and exactly 0.5 (both truth at the default threshold), one class-1
+    # box at 0.3 (not truth). The student finds both class-0 boxes, one at IoU 100/120 (a hit at 0.5, not at 0.95).
+    teacher = [_detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.5, 0.3], [0, 0, 1])]
+    student = [_detections([[0, 0, 10, 12], [20, 20, 30, 30]], [0.7, 0.8], [0, 0])]
+    assert box_map_vs_teacher(student, teacher) == pytest.approx(1.0)  # map@50, not the 0.50:0.95 mean
+    # At 0.2 the class-1 box is truth too and the student missed it: class 1 scores 0.
+    assert box_map_vs_teacher(student, teacher, score_threshold=0.2) == pytest.approx(0.5)
+    # Above 0.5 the box at exactly 0.5 is no longer truth: the student's best-scored box is a false positive.
+    assert box_map_vs_teacher(student, teacher, score_threshold=0.6) == pytest.approx(0.5, abs=0.02)
+    # Right boxes, wrong class: nothing matches.
+    wrong_class = [_detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.7, 0.8], [1, 1])]
+    assert box_map_vs_teacher(wrong_class, teacher) == pytest.approx(0.0)
