@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from visiondistill.distill.losses import (
     attention_map,
     attention_transfer_loss,
+    binary_kd_loss,
     channel_wise_loss,
     dkd_loss,
     dkd_warmup,
@@ -21,6 +22,7 @@ from visiondistill.distill.losses import (
     kd_loss,
     pairwise_similarity_loss,
     pixelwise_kd_loss,
+    saliency_alignment_loss,
 )
 
 ATOL = 1e-6
@@ -516,3 +518,78 @@ def test_fgd_feature_loss_defaults_and_dtype():
     assert fgd_feature_loss(s.float(), t.float(), fg.double(), bg.double()).dtype == torch.float32
     with pytest.raises(ValueError, match=r"^background must have shape \(1, 2, 2\)"):
         fgd_feature_loss(s, t, fg, torch.zeros(1, 3, 3))
+
+
+# ------------------------------------------------------------------------------------------ saliency alignment
+def _np_minmax(x, eps):
+    shifted = x - x.min(axis=1, keepdims=True)
+    return shifted / (shifted.max(axis=1, keepdims=True) + eps)
+
+
+def test_saliency_alignment_loss_matches_numpy_on_non_square_maps_of_another_size():
+    student, teacher = rand(3, 2, 3, seed=50).abs(), rand(3, 4, 6, seed=51).abs()
+    teacher[1] = 0.0  # an all-zero teacher map: cosine distance 1, min-max map all zeros
+    resized = F.interpolate(student.unsqueeze(1), size=(4, 6), mode="bilinear", align_corners=False).squeeze(1)
+    s, t = resized.flatten(1).numpy(), teacher.flatten(1).numpy()
+    eps = 1e-7
+    cosine = 1 - (s * t).sum(1) / (
+        np.maximum(np.linalg.norm(s, axis=1), eps) * np.maximum(np.linalg.norm(t, axis=1), eps)
+    )
+    assert float(saliency_alignment_loss(student, teacher)) == pytest.approx(cosine.mean(), rel=1e-12)
+    assert cosine[1] == pytest.approx(1.0)
+    mse = ((_np_minmax(s, eps) - _np_minmax(t, eps)) ** 2).mean()
+    assert float(saliency_alignment_loss(student, teacher, distance="mse")) == pytest.approx(mse, rel=1e-12)
+    big_eps = 0.5  # eps enters both the norm clamp and the min-max denominator
+    cosine_big = 1 - (s * t).sum(1) / (
+        np.maximum(np.linalg.norm(s, axis=1), big_eps) * np.maximum(np.linalg.norm(t, axis=1), big_eps)
+    )
+    assert float(saliency_alignment_loss(student, teacher, eps=big_eps)) == pytest.approx(cosine_big.mean(), rel=1e-12)
+    mse_big = ((_np_minmax(s, big_eps) - _np_minmax(t, big_eps)) ** 2).mean()
+    got = saliency_alignment_loss(student, teacher, distance="mse", eps=big_eps)
+    assert float(got) == pytest.approx(mse_big, rel=1e-12)
+
+
+def test_saliency_alignment_loss_is_zero_for_scaled_or_shifted_copies_and_follows_the_student_dtype():
+    cam = rand(2, 4, 4, seed=52).abs()
+    assert float(saliency_alignment_loss(3 * cam, cam)) == pytest.approx(0.0, abs=1e-12)
+    assert float(saliency_alignment_loss(2 * cam + 5, cam, distance="mse")) == pytest.approx(0.0, abs=1e-12)
+    assert float(saliency_alignment_loss(cam, 1 - cam, distance="mse")) > 0.1
+    assert saliency_alignment_loss(cam.float(), cam).dtype == torch.float32
+
+
+def test_saliency_alignment_loss_errors():
+    with pytest.raises(ValueError, match=r"^student_cam must be 3-D \(N, H, W\)"):
+        saliency_alignment_loss(_z(2, 1, 4, 4), _z(2, 4, 4))
+    with pytest.raises(ValueError, match=r"^teacher_cam must be 3-D \(N, H, W\)"):
+        saliency_alignment_loss(_z(2, 4, 4), _z(4, 4))
+    with pytest.raises(ValueError, match=r"^eps must be a positive number"):
+        saliency_alignment_loss(_z(2, 4, 4), _z(2, 4, 4), eps=0)
+    with pytest.raises(ValueError, match="same batch size"):
+        saliency_alignment_loss(_z(2, 4, 4), _z(3, 4, 4))
+    with pytest.raises(ValueError, match="distance must be 'cosine' or 'mse', got 'l1'"):
+        saliency_alignment_loss(_z(2, 4, 4), _z(2, 4, 4), distance="l1")
+
+
+def test_default_temperatures():
+    s, t = rand(3, 5, seed=53), rand(3, 5, seed=54)
+    assert float(kd_loss(s, t)) == pytest.approx(float(kd_loss(s, t, temperature=4.0)), rel=1e-12)
+    assert float(binary_kd_loss(s, t)) == pytest.approx(float(binary_kd_loss(s, t, temperature=1.0)), rel=1e-12)
+
+
+def test_binary_kd_loss_weights_of_small_total_and_in_another_dtype():
+    s, t = rand(2, 3, seed=55), rand(2, 3, seed=56)
+    # Weights summing to 0.5: the loss is the weighted mean, the total is not clamped up to 1.
+    weights = torch.tensor([0.4, 0.1], dtype=torch.float64)
+    per_location = torch.stack([binary_kd_loss(s[i : i + 1], t[i : i + 1]) for i in range(2)])
+    expected = (per_location * weights).sum() / weights.sum()
+    assert float(binary_kd_loss(s, t, weights=weights)) == pytest.approx(float(expected), rel=1e-12)
+    assert binary_kd_loss(s.float(), t.float(), weights=weights).dtype == torch.float32
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_attention_transfer_loss_uses_p_on_both_sides(p):
+    s, t = rand(2, 3, 2, 2, seed=57), rand(2, 4, 4, 4, seed=58)
+    q_s = F.normalize(F.interpolate(s.abs().pow(p).mean(1, keepdim=True), size=(4, 4), mode="bilinear").flatten(1))
+    q_t = F.normalize(t.abs().pow(p).mean(1).flatten(1))
+    expected = (q_s - q_t).pow(2).mean()
+    assert float(attention_transfer_loss(s, t, p=p)) == pytest.approx(float(expected), rel=1e-9)

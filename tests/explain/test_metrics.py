@@ -474,3 +474,45 @@ def test_linear_cka_metric_with_fewer_than_two_examples_is_zero_and_errors_name_
         LinearCKA().update(torch.randn(2, 3, 4), torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"^teacher_feature must have shape \(n, p\)"):
         LinearCKA().update(torch.randn(2, 3), torch.randn(2, 3, 4))
+
+
+def test_linear_cka_at_the_smallest_sample_sizes():
+    generator = torch.Generator().manual_seed(34)
+    x, y = torch.randn(4, 3, generator=generator, dtype=torch.float64), torch.randn(4, 5, generator=generator)
+    # Two examples: both centred grams are rank one and proportional, so CKA is exactly 1 (not the "too few" 0).
+    assert float(linear_cka(x[:2], y[:2])) == pytest.approx(1.0)
+    assert float(linear_cka(x[:1], y[:1])) == 0.0
+    # The debiased estimator needs four examples, and has a value there.
+    expected = kornblith_cka(gram_linear(x.numpy()), gram_linear(y.double().numpy()), debiased=True)
+    assert float(linear_cka(x, y, debiased=True)) == pytest.approx(expected, abs=1e-6)
+    assert float(linear_cka(x[:3], y[:3], debiased=True)) == 0.0
+    with pytest.raises(ValueError, match=r"^x must have shape \(n, p\)"):
+        linear_cka(torch.randn(2, 3, 4), y)
+    with pytest.raises(ValueError, match=r"^y must have shape \(n, p\)"):
+        linear_cka(x, torch.randn(4))
+
+
+def test_saliency_agreement_dtype_follows_float_teacher_maps_and_defaults_for_integer_ones():
+    teacher, student = rand_maps(2, 4, 4, seed=35), rand_maps(2, 4, 4, seed=36)
+    assert all(v.dtype == torch.float64 for v in saliency_agreement_per_image(teacher, student).values())
+    integer = (teacher * 10).long()
+    assert all(v.dtype == torch.float32 for v in saliency_agreement_per_image(integer, student).values())
+    with pytest.raises(ValueError, match=r"^teacher_maps must have shape"):
+        saliency_agreement(torch.zeros(4), student)
+    with pytest.raises(ValueError, match=r"^student_maps must have shape"):
+        saliency_agreement(teacher, torch.zeros(4))
+    with pytest.raises(ValueError, match="top_k"):
+        saliency_agreement(teacher, student, top_k=1.5)
+
+
+def test_top_k_of_one_position_and_distributions_of_small_mass():
+    # Ten positions at top_k 0.1 is one position: the two maps share their maximum but not their second.
+    teacher = torch.tensor([[9.0, 8.0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    student = torch.tensor([[9.0, 0, 8.0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    assert float(saliency_agreement(teacher, student, top_k=0.1)["topk_iou"]) == 1.0
+    assert float(saliency_agreement(teacher, student, top_k=0.2)["topk_iou"]) == pytest.approx(1 / 3)
+    # sim and kld compare distributions: a map whose mass is below one is normalised like any other.
+    small = saliency_agreement(teacher * 1e-3, student * 1e-3)
+    large = saliency_agreement(teacher, student)
+    for key in ("sim", "kld"):
+        assert float(small[key]) == pytest.approx(float(large[key]), rel=1e-9)
