@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import pytest
@@ -186,3 +187,85 @@ def test_keypoint_ap_metric_accumulates_batches_like_the_function():
 def test_keypoint_ap_without_labelled_ground_truth_is_minus_one():
     keypoints = np.zeros((1, 4, 3))
     assert keypoint_ap([1], keypoints, np.ones(1), np.ones((1, 4)), np.zeros((1, 4, 2)), np.ones(1), SIGMAS) == -1.0
+
+
+# ------------------------------------------------------------------------------------- decoding, transcribed
+def numpy_dark(heatmaps: np.ndarray, stride: float, sigma: float) -> np.ndarray:
+    """DARK as docs say: Gaussian smoothing (zero padding), rescaled to the peak, log, one Newton step."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(taps**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    n, k, height, width = heatmaps.shape
+    out = np.zeros((n, k, 2))
+    for i in range(n):
+        for j in range(k):
+            m = heatmaps[i, j].astype(np.float64)
+            y, x = divmod(int(np.argmax(m)), width)
+            padded = np.pad(m, radius)
+            rows = np.stack([np.convolve(r, kernel, mode="valid") for r in padded])
+            smooth = np.stack([np.convolve(c, kernel, mode="valid") for c in rows.T]).T
+            smooth = np.log(np.maximum(smooth * max(m.max(), 0) / max(smooth.max(), 1e-10), 1e-10))
+            ox = oy = 0.0
+            if 1 < x < width - 2 and 1 < y < height - 2:
+                at = lambda dy, dx, s=smooth, y=y, x=x: s[y + dy, x + dx]  # noqa: E731
+                gx, gy = 0.5 * (at(0, 1) - at(0, -1)), 0.5 * (at(1, 0) - at(-1, 0))
+                dxx = 0.25 * (at(0, 2) - 2 * at(0, 0) + at(0, -2))
+                dyy = 0.25 * (at(2, 0) - 2 * at(0, 0) + at(-2, 0))
+                dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
+                det = dxx * dyy - dxy**2
+                if abs(det) > 1e-12:
+                    ox = float(np.clip(-(dyy * gx - dxy * gy) / det, -1, 1))
+                    oy = float(np.clip(-(-dxy * gx + dxx * gy) / det, -1, 1))
+            out[i, j] = [(x + ox + 0.5) * stride, (y + oy + 0.5) * stride]
+    return out
+
+
+def _blobs(n: int, k: int, height: int, width: int, seed: int) -> np.ndarray:
+    """Skewed, non-Gaussian blobs (two overlapping anisotropic bumps plus noise) anywhere on non-square maps."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    maps = np.zeros((n, k, height, width))
+    for i in range(n):
+        for j in range(k):
+            cy, cx = rng.uniform(0, height - 1), rng.uniform(0, width - 1)
+            sy, sx = rng.uniform(0.8, 2.5, size=2)
+            bump = np.exp(-((ys - cy) ** 2) / (2 * sy**2) - (xs - cx) ** 2 / (2 * sx**2))
+            bump += 0.5 * np.exp(-((ys - cy - 1.3) ** 2 + (xs - cx + 0.7) ** 2) / 2.0)
+            maps[i, j] = bump + 0.01 * rng.random((height, width))
+    return maps
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 0.3])
+def test_dark_decoding_equals_a_numpy_transcription_on_skewed_blobs(sigma: float):
+    heatmaps = _blobs(3, 4, 11, 14, seed=int(sigma * 10))
+    coords, scores = decode_heatmaps(torch.from_numpy(heatmaps).float(), stride=4, method="dark", sigma=sigma)
+    expected = numpy_dark(heatmaps.astype(np.float32), 4, sigma)
+    np.testing.assert_allclose(coords.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(scores.numpy(), heatmaps.astype(np.float32).max(axis=(2, 3)))
+    # Not a degenerate fixture: many peaks are refined (the rest sit within two pixels of a border).
+    argmax_only = (coords.numpy() / 4 - 0.5) % 1
+    assert (np.abs(argmax_only) > 1e-3).mean() >= 0.4
+
+
+def test_decoding_defaults():
+    heatmaps = torch.from_numpy(_blobs(2, 3, 9, 12, seed=7)).float()
+    torch.testing.assert_close(decode_heatmaps(heatmaps)[0], decode_heatmaps(heatmaps, stride=1.0, method="quarter")[0])
+    dark = decode_heatmaps(heatmaps, method="dark")[0]
+    torch.testing.assert_close(dark, decode_heatmaps(heatmaps, stride=1.0, method="dark", sigma=1.0)[0])
+
+
+def test_quarter_decoding_of_a_batch_at_every_border_and_with_equal_neighbours():
+    heatmaps = torch.zeros(2, 3, 5, 6)
+    # Image 0: one pixel inside each far border (shifted), and equal neighbours (not shifted on x).
+    heatmaps[0, 0, 3, 4], heatmaps[0, 0, 3, 3], heatmaps[0, 0, 2, 4] = 1.0, 0.5, 0.5  # x=W-2, y=H-2: left, above
+    heatmaps[0, 1, 1, 1], heatmaps[0, 1, 1, 2], heatmaps[0, 1, 2, 1] = 1.0, 0.5, 0.5  # x=1, y=1: right, below
+    heatmaps[0, 2, 2, 2], heatmaps[0, 2, 2, 1], heatmaps[0, 2, 2, 3] = 1.0, 0.5, 0.5  # equal left and right
+    # Image 1: on each border: no shift across it.
+    heatmaps[1, 0, 4, 2], heatmaps[1, 0, 3, 2] = 1.0, 0.5  # last row
+    heatmaps[1, 1, 2, 0], heatmaps[1, 1, 2, 1] = 1.0, 0.5  # first column
+    heatmaps[1, 2, 2, 5], heatmaps[1, 2, 2, 4] = 1.0, 0.5  # last column
+    coords, scores = decode_heatmaps(heatmaps)
+    assert coords[0].tolist() == [[4 - 0.25 + 0.5, 3 - 0.25 + 0.5], [1.25 + 0.5, 1.25 + 0.5], [2.5, 2.5]]
+    assert coords[1].tolist() == [[2.5, 4.5], [0.5, 2.5], [5.5, 2.5]]
+    assert scores.tolist() == [[1.0] * 3] * 2
