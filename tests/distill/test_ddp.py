@@ -5,12 +5,10 @@ Each rank writes its verdict to its own file (``rank<N>.txt``): lines both ranks
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from ..support.ddp import run_ddp_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -64,16 +62,6 @@ SCRIPT = textwrap.dedent(
 
 
 def test_distillation_under_ddp_on_two_cpu_processes(tmp_path: Path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(SCRIPT)
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("DDP fit did not finish in 240 s: a collective call is probably waiting on one rank")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "fit done" in output
+    output = run_ddp_script(SCRIPT, tmp_path, "ddp_fit.py")
     verdicts = {path.name: path.read_text() for path in tmp_path.glob("rank*.txt")}
     assert verdicts == {"rank0.txt": "teacher unchanged", "rank1.txt": "teacher unchanged"}, (verdicts, output[-4000:])

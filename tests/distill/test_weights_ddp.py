@@ -8,12 +8,12 @@ stdout found one rank only now and then although both ranks agreed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from ..support.ddp import run_ddp_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -74,17 +74,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow  # 76 s on 2 loaded cores; tests/distill/test_ddp.py keeps DDP in make test
 def test_saliency_alignment_and_adaptive_weights_under_ddp(tmp_path: Path):
-    script = tmp_path / "ddp_fusion.py"
-    script.write_text(SCRIPT)
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("DDP fit did not finish in 240 s: a collective call is probably waiting on one rank")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "fit done" in output
+    output = run_ddp_script(SCRIPT, tmp_path, "ddp_fusion.py")
     written = sorted(path.name for path in tmp_path.glob("rank*.json"))
     assert written == ["rank0.json", "rank1.json"], (written, output[-4000:])
     results = [json.loads((tmp_path / name).read_text()) for name in written]
