@@ -16,8 +16,9 @@ between tasks is small and lives in a `SaliencyAdapter`:
 
 A LightningModule picks its adapter with a ``saliency_adapter`` attribute: an adapter class or instance (the task
 modules name theirs, from `visiondistill.core.adapters`), or a name registered with `register_saliency_adapter`.
-Classification is the default. Nothing here imports grad-cam: target callables are plain functions of one
-image's output, so this module costs a user of `visiondistill.distill` nothing.
+Classification is the default. Importing this module does not import grad-cam: target callables are plain
+functions of one image's output, and the classification adapter imports grad-cam's ``ClassifierOutputTarget`` only
+when it builds targets, so `visiondistill.distill` stays light for users who never explain a CAM.
 """
 
 from __future__ import annotations
