@@ -12,28 +12,15 @@ from visiondistill.cli import VisionDistillCLI, main
 from visiondistill.distill import DistillationCallback
 from visiondistill.tasks import DistillationTask
 
+from ..support import cli as support_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
 def tiny_overrides(tmp_path: Path, name: str) -> list[str]:
     """Command-line overrides that shrink any shipped classification config to a seconds-long run."""
-    return [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.logger.init_args.name={name}",
-        f"--data.init_args.data_dir={tmp_path / 'data'}",
-        "--data.init_args.image_size=32",
-        "--data.init_args.num_train=48",
-        "--data.init_args.num_val=16",
-        "--data.init_args.num_test=16",
-        "--data.init_args.batch_size=8",
-        "--data.init_args.num_workers=0",
-    ]
+    return support_cli.tiny_overrides(tmp_path, name, num_train=48, num_val=16, num_test=16, batch_size=8)
 
 
 def edited_config(config: Path, tmp_path: Path, **model_args) -> Path:

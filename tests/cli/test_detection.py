@@ -9,26 +9,13 @@ import yaml
 
 from visiondistill.cli import main
 
+from ..support.cli import tiny_overrides
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 
 
 def tiny(tmp_path: Path, name: str) -> list[str]:
-    return [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.logger.init_args.name={name}",
-        f"--data.init_args.data_dir={tmp_path / 'data'}",
-        "--data.init_args.image_size=32",
-        "--data.init_args.num_train=8",
-        "--data.init_args.num_val=4",
-        "--data.init_args.num_test=0",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]
+    return tiny_overrides(tmp_path, name)
 
 
 def test_teacher_then_distil_then_validate(tmp_path: Path):

@@ -9,28 +9,14 @@ import yaml
 
 from visiondistill.cli import main
 
+from ..support.cli import tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "keypoints"
 
 
 def tiny(tmp_path: Path, name: str) -> list[str]:
-    return [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.logger.init_args.name={name}",
-        f"--data.init_args.data_dir={tmp_path / 'data'}",
-        "--data.init_args.image_size=32",
-        "--data.init_args.input_size=32",
-        "--data.init_args.num_train=12",
-        "--data.init_args.num_val=6",
-        "--data.init_args.num_test=0",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]
+    return tiny_overrides(tmp_path, name, num_train=12, num_val=6, extra=("--data.init_args.input_size=32",))
 
 
 def test_teacher_then_distil_then_validate(tmp_path: Path):
