@@ -7,12 +7,14 @@
 - `recorder`: forward-hook feature recorders addressed by module path or stage index;
 - `maps`: attention maps, the differentiable Grad-CAM map and box masks;
 - `saliency` and `adapters`: what to explain in each task's output (saliency adapters and their registry);
+- `errors`: `VisionDistillError`, the base of every error raised for a user's mistake, and `ConfigError`;
 - `validation`: argument checks of the pure tensor functions.
 
 See ``docs/architecture.md`` for the layers and the import rule.
 """
 
 from visiondistill.core.callback import DistillationCallback, distillation_callbacks, distillation_loss
+from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.maps import attention_map, boxes_to_masks, gradcam_map
 from visiondistill.core.protocol import (
     ProtocolError,
@@ -47,6 +49,7 @@ from visiondistill.core.saliency import (
 __all__ = [
     "SALIENCY_ADAPTERS",
     "ClassificationSaliencyAdapter",
+    "ConfigError",
     "DistillationCallback",
     "FeatureRecorder",
     "FeatureStage",
@@ -56,6 +59,7 @@ __all__ = [
     "ProtocolError",
     "SaliencyAdapter",
     "TokenReshape",
+    "VisionDistillError",
     "attention_map",
     "batch_inputs",
     "batch_targets",

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
+from visiondistill.core.errors import VisionDistillError
 
-class ProtocolError(TypeError):
+
+class ProtocolError(VisionDistillError, TypeError):
     """A LightningModule that lacks what the distillation protocol needs."""
 
 

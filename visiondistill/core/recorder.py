@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.errors import VisionDistillError
+
 LayerSpec = str | int
 
 
-class LayerNotFoundError(ValueError):
+class LayerNotFoundError(VisionDistillError, ValueError):
     """A layer name or stage index that does not exist in the model."""
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from visiondistill.core.errors import VisionDistillError
+
 __all__ = ["CorruptImageError", "DataError", "MissingDataError"]
 
 
-class DataError(Exception):
+class DataError(VisionDistillError):
     """Base class of every error raised by :mod:`visiondistill.data`."""
 
 

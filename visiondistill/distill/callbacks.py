@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import VisionDistillError
 from visiondistill.core.protocol import (
     batch_targets,
     example_inputs,
@@ -27,7 +28,7 @@ from visiondistill.core.recorder import FeatureRecorder, LayerSpec, probe_featur
 from visiondistill.distill import losses
 
 
-class ShapeMismatchError(ValueError):
+class ShapeMismatchError(VisionDistillError, ValueError):
     """Student and teacher outputs or features whose shapes cannot be reconciled."""
 
 

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.errors import VisionDistillError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(VisionDistillError, ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model it is loaded into."""
 
 

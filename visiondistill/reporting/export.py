@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.errors import VisionDistillError
 from visiondistill.models.checkpoints import CheckpointError, read_checkpoint
 from visiondistill.reporting.loader import import_task_class, load_task_module, recorded_class_path
 
@@ -43,7 +44,7 @@ FORMATS = ("onnx",)
 DEFAULT_IMAGE_SIZE = 64
 
 
-class ExportError(ValueError):
+class ExportError(VisionDistillError, ValueError):
     """An export that cannot be done or whose result does not match PyTorch."""
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from visiondistill.core.errors import VisionDistillError
 from visiondistill.models.checkpoints import read_checkpoint
 
 Role = Literal["teacher", "scratch", "distilled"]
@@ -23,7 +24,7 @@ Role = Literal["teacher", "scratch", "distilled"]
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
 
-class RunError(ValueError):
+class RunError(VisionDistillError, ValueError):
     """A folder that is not a usable visiondistill run folder (the message names the folder and what is missing)."""
 
 

@@ -12,27 +12,9 @@ Examples::
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 
-from pytorch_lightning.cli import LightningCLI
-
-# A frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
-class VisionDistillCLI(LightningCLI):
-    """LightningCLI with visiondistill's defaults: any task module, any datamodule, configs saved per run."""
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=list(args) if args is not None else None,
-            run=run,
-            auto_configure_optimizers=False,
-        )
+from visiondistill.cli.lightning import VisionDistillCLI
 
 
 def _synth(argv: Sequence[str]) -> int:
@@ -81,5 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["VisionDistillCLI", "main"]
