@@ -8,23 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from visiondistill.data.channels import resolve_in_channels
-from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
+from visiondistill.data.images import IMAGE_EXTENSIONS, check_image, check_window, read_image
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import classification_transforms
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-# what PIL raises for files that are not (complete) images; FileNotFoundError is an OSError too
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def find_class_folders(root: str | Path) -> list[str]:
@@ -52,12 +47,14 @@ class ImageFolderDataset(Dataset):
         root: Split folder holding one sub-folder per class.
         transform: Albumentations-style callable, ``transform(image=array)["image"]``; ``None`` returns a ``float32``
             tensor ``C x H x W`` in [0, 1].
-        in_channels: 3 loads images as RGB, 1 as grayscale (``H x W`` arrays).
+        in_channels: 3 loads images as RGB, 1 as grayscale (``H x W x 1`` arrays).
         class_names: Fixed class order (use the training split's to keep labels equal across splits). Folders of
             other names are an error; listed classes without images only warn. ``None`` = sorted folder names,
             each of which must hold images.
         extensions: File name endings that count as images (case-insensitive).
         in_chans: Deprecated spelling of ``in_channels``.
+        intensity_window: ``[low, high]`` in the files' units, mapped to [0, 1] instead of the type's range (see
+            `visiondistill.data.images`).
 
     Raises:
         MissingDataError: When ``root`` does not exist.
@@ -85,8 +82,10 @@ class ImageFolderDataset(Dataset):
         class_names: Sequence[str] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         in_chans: int | None = None,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         self.in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
+        self.intensity_window = check_window(intensity_window)
         self.root = Path(root)
         self.transform = transform
         self.extensions = tuple(e.lower() for e in extensions)
@@ -146,17 +145,13 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Decode image ``index`` as a ``uint8`` array (``H x W x 3`` for RGB, ``H x W`` for grayscale).
+        """Decode image ``index`` as ``float32`` in [0, 1], ``H x W x in_channels`` (`read_image`: any bit depth).
 
         Raises:
             CorruptImageError: When the file cannot be decoded; the message names the file.
+            UnsupportedImageError: When it cannot be represented (a volume, > 4 channels …).
         """
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
-        except _DECODE_ERRORS as err:
-            raise CorruptImageError.for_file(path, err) from err
+        return read_image(self.samples[index][0], channels=self.in_channels, window=self.intensity_window)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Return ``(image tensor C x H x W, label)``."""
@@ -164,21 +159,17 @@ class ImageFolderDataset(Dataset):
         label = self.samples[index][1]
         if self.transform is not None:
             return self.transform(image=image)["image"], label
-        tensor = torch.from_numpy(image.copy()).float().div_(255)
-        return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()), label
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label
 
     def verify(self) -> None:
-        """Check that every file is a readable image (PIL ``verify``: headers and checksums, no full decode).
+        """Check that every file is a readable image (`check_image`: headers and checksums, no full decode).
 
         Raises:
             CorruptImageError: For the first unreadable file, naming it.
+            UnsupportedImageError: For the first file that cannot be represented (a volume, > 4 channels …).
         """
         for path, _ in self.samples:
-            try:
-                with Image.open(path) as image:
-                    image.verify()
-            except _DECODE_ERRORS as err:
-                raise CorruptImageError.for_file(path, err) from err
+            check_image(path)
 
 
 class ImageFolderClassification(SplitFolderDataModule):
@@ -199,9 +190,13 @@ class ImageFolderClassification(SplitFolderDataModule):
         seed: Seed of the training shuffle order.
         class_names: Fixed class order instead of the sorted folder names.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        intensity_window: ``[low, high]`` in the files' units (raw counts, or Hounsfield units of a CT DICOM),
+            mapped to [0, 1] instead of each file's type range; e.g. ``[0, 4095]`` for 12-bit data in 16-bit PNGs
+            (see `visiondistill.data.images`).
 
     Raises:
         ValueError: For non-positive sizes, negative workers or ``in_channels`` other than 1 or 3.
+        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``.
 
     Example::
 
@@ -222,6 +217,7 @@ class ImageFolderClassification(SplitFolderDataModule):
         seed: int = 0,
         class_names: list[str] | None = None,
         in_chans: int | None = None,
+        intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -240,6 +236,7 @@ class ImageFolderClassification(SplitFolderDataModule):
         self.verify_images = verify_images
         self.seed = seed
         self._class_names = list(class_names) if class_names is not None else None
+        self.intensity_window = check_window(intensity_window)
         self.train_dataset: ImageFolderDataset | None = None
         self.val_dataset: ImageFolderDataset | None = None
         self.test_dataset: ImageFolderDataset | None = None
@@ -270,6 +267,7 @@ class ImageFolderClassification(SplitFolderDataModule):
             ),
             in_channels=self.in_channels,
             class_names=self.class_names,
+            intensity_window=self.intensity_window,
         )
         if self.verify_images:
             dataset.verify()

@@ -40,14 +40,14 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.data.channels import resolve_in_channels
-from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
+from visiondistill.data.images import check_window, read_image
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import resolve_normalization
@@ -63,7 +63,6 @@ __all__ = [
 ]
 
 InvalidBoxes = Literal["clip", "error"]
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def read_coco_json(path: str | Path) -> dict[str, Any]:
@@ -147,7 +146,8 @@ def detection_transforms(
             A.Affine(scale=(0.85, 1.15), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_REFLECT_101, p=0.5),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         ]
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    # ToFloat: 8-bit arrays ÷ 255, float arrays (what `read_image` gives, any bit depth) as they are
+    steps += [A.ToFloat(), A.Normalize(mean=mean, std=std, max_pixel_value=1.0), ToTensorV2()]
     bbox_params = A.BboxParams(
         format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility, min_area=1.0, clip=True
     )
@@ -183,6 +183,8 @@ class CocoDetectionDataset(Dataset):
         invalid_boxes: ``"clip"`` clips boxes to their image and drops empty ones (counted in `stats`);
             ``"error"`` raises on the first such box.
         class_names: Expected category names in label order; the file must have the same (a `DataError` otherwise).
+        intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of the type's range
+            (see `visiondistill.data.images`).
 
     Raises:
         MissingDataError: When the JSON or the image folder does not exist.
@@ -202,6 +204,7 @@ class CocoDetectionDataset(Dataset):
         in_channels: int = 3,
         invalid_boxes: InvalidBoxes = "clip",
         class_names: Sequence[str] | None = None,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         if invalid_boxes not in ("clip", "error"):
             raise ValueError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
@@ -209,6 +212,7 @@ class CocoDetectionDataset(Dataset):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
         self.annotation_file, self.image_dir = Path(annotation_file), Path(image_dir)
         self.transform, self.in_channels, self.invalid_boxes = transform, in_channels, invalid_boxes
+        self.intensity_window = check_window(intensity_window)
         content = read_coco_json(self.annotation_file)
         if not self.image_dir.is_dir():
             raise MissingDataError(f"Image folder '{self.image_dir}' does not exist.", path=self.image_dir)
@@ -296,18 +300,14 @@ class CocoDetectionDataset(Dataset):
         return len(self.images)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Decode image ``index`` as ``uint8`` (``H×W×3`` RGB or ``H×W`` grayscale), checking its size."""
+        """Decode image ``index`` as ``float32`` in [0, 1], ``H×W×in_channels`` (`read_image`), checking its size."""
         entry = self.images[index]
         path = self.image_dir / entry["file_name"]
         if not path.is_file():
             raise MissingDataError(
                 f"Image '{path}' (id {entry['id']!r} in '{self.annotation_file}') does not exist.", path=path
             )
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
-        except _DECODE_ERRORS as error:
-            raise CorruptImageError.for_file(path, error) from error
+        array = read_image(path, channels=self.in_channels, window=self.intensity_window)
         expected = (entry.get("height"), entry.get("width"))
         if None not in expected and tuple(array.shape[:2]) != tuple(expected):
             raise DataError(
@@ -326,8 +326,7 @@ class CocoDetectionDataset(Dataset):
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         else:
-            tensor = torch.from_numpy(image.copy()).float().div_(255)
-            tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+            tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         image_id = self.images[index]["id"]
         target = {
             "boxes": torch.from_numpy(boxes.copy()),
@@ -357,6 +356,8 @@ class CocoDetection(SplitFolderDataModule):
         min_visibility: Augmentation keeps a box when at least this fraction of it stays in the image.
         seed: Seed of the training shuffle order.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of each file's type
+            range (see `visiondistill.data.images`).
 
     Raises:
         ValueError: For non-positive sizes, negative workers or a bad ``invalid_boxes``.
@@ -381,6 +382,7 @@ class CocoDetection(SplitFolderDataModule):
         min_visibility: float = 0.3,
         seed: int = 0,
         in_chans: int | None = None,
+        intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -396,6 +398,7 @@ class CocoDetection(SplitFolderDataModule):
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.in_channels, self.augment, self.invalid_boxes = in_channels, augment, invalid_boxes
         self.min_visibility, self.seed = min_visibility, seed
+        self.intensity_window = check_window(intensity_window)
         self.mean, self.std = resolve_normalization(in_channels)
         self.class_names: list[str] | None = None
         self.stats: dict[str, dict[str, int]] = {}
@@ -435,6 +438,7 @@ class CocoDetection(SplitFolderDataModule):
             in_channels=self.in_channels,
             invalid_boxes=self.invalid_boxes,
             class_names=self.class_names,
+            intensity_window=self.intensity_window,
         )
         self.class_names = dataset.class_names
         self.stats[split] = dict(dataset.stats)

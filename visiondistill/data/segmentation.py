@@ -20,13 +20,12 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from visiondistill.data.channels import resolve_in_channels
-from visiondistill.data.classification import IMAGE_EXTENSIONS
-from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
+from visiondistill.data.images import IMAGE_EXTENSIONS, check_image, check_window, read_image, read_mask
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import augmentation_pipeline, resolve_normalization
@@ -41,8 +40,6 @@ __all__ = [
 
 #: Lossless formats a mask may be stored in (a JPEG would blur the class indices).
 MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-_INDEX_MODES = ("L", "P", "I", "I;16", "1")
 
 
 def segmentation_transforms(
@@ -93,6 +90,8 @@ class MaskFolderDataset(Dataset):
         in_channels: 3 loads images as RGB, 1 as grayscale.
         ignore_index: Mask value of pixels to ignore; ``None`` allows none.
         extensions: File name endings that count as images.
+        intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of the type's range
+            (see `visiondistill.data.images`); masks are never rescaled.
 
     Raises:
         MissingDataError: When ``root/images`` or ``root/masks`` does not exist, or an image has no mask (the
@@ -102,6 +101,7 @@ class MaskFolderDataset(Dataset):
     Example::
 
         >>> import tempfile
+        >>> from PIL import Image
         >>> root = Path(tempfile.mkdtemp())
         >>> for sub in ("images", "masks"):
         ...     (root / sub).mkdir()
@@ -120,6 +120,7 @@ class MaskFolderDataset(Dataset):
         in_channels: int = 3,
         ignore_index: int | None = 255,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
@@ -130,6 +131,7 @@ class MaskFolderDataset(Dataset):
         self.transform = transform
         self.in_channels = in_channels
         self.ignore_index = ignore_index
+        self.intensity_window = check_window(intensity_window)
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
@@ -159,16 +161,11 @@ class MaskFolderDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Decode image ``index`` as ``uint8`` (``H x W x 3`` RGB or ``H x W`` grayscale)."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
-        except _DECODE_ERRORS as err:
-            raise CorruptImageError.for_file(path, err) from err
+        """Decode image ``index`` as ``float32`` in [0, 1], ``H x W x in_channels`` (`read_image`: any bit depth)."""
+        return read_image(self.samples[index][0], channels=self.in_channels, window=self.intensity_window)
 
     def load_mask(self, index: int) -> np.ndarray:
-        """Decode mask ``index`` as an ``H x W`` integer array of class indices, checking its values.
+        """Decode mask ``index`` as an ``H x W`` integer array of class indices (`read_mask`), checking its values.
 
         Raises:
             CorruptImageError: When the file cannot be decoded.
@@ -176,16 +173,7 @@ class MaskFolderDataset(Dataset):
                 ``ignore_index`` (the message lists the values found).
         """
         path = self.samples[index][1]
-        try:
-            with Image.open(path) as image:
-                if image.mode not in _INDEX_MODES:
-                    raise DataError(
-                        f"Mask '{path}' is a {image.mode} image; masks must be single-channel (mode L or P) PNGs "
-                        "whose pixel values are class indices, not colours."
-                    )
-                mask = np.asarray(image)
-        except _DECODE_ERRORS as err:
-            raise CorruptImageError.for_file(path, err) from err
+        mask = read_mask(path)
         self._check_values(mask, path)
         return mask
 
@@ -221,9 +209,7 @@ class MaskFolderDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             return out["image"], torch.as_tensor(out["mask"]).long()
-        tensor = torch.from_numpy(image.copy()).float().div_(255)
-        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
-        return tensor, torch.from_numpy(mask)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)
 
     def verify(self) -> None:
         """Check every pair: readable files, equal sizes (from the headers) and valid mask values.
@@ -233,11 +219,7 @@ class MaskFolderDataset(Dataset):
             DataError: For the first pair whose sizes differ or whose mask holds invalid values.
         """
         for index, (image_path, _) in enumerate(self.samples):
-            try:
-                with Image.open(image_path) as image:
-                    image_size = image.size
-            except _DECODE_ERRORS as err:
-                raise CorruptImageError.for_file(image_path, err) from err
+            image_size = check_image(image_path)
             mask = self.load_mask(index)
             self.check_sizes(index, image_size, mask.shape[1::-1])
 
@@ -261,10 +243,14 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         verify: In ``setup``, check every pair (sizes, mask values), so a bad file fails at once and by name.
         seed: Seed of the training shuffle order.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        intensity_window: ``[low, high]`` in the image files' units (raw counts, or Hounsfield units of a CT
+            DICOM), mapped to [0, 1] instead of each file's type range, e.g. ``[-160, 240]`` for a soft-tissue CT
+            window (see `visiondistill.data.images`). Masks are never rescaled.
 
     Raises:
         ValueError: For non-positive sizes, negative workers, ``in_channels`` other than 1 or 3, no class count,
             or a ``class_names`` list that disagrees with ``num_classes``.
+        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``.
 
     Example::
 
@@ -287,6 +273,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         verify: bool = True,
         seed: int = 0,
         in_chans: int | None = None,
+        intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
@@ -312,6 +299,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         self.augment = augment
         self.verify = verify
         self.seed = seed
+        self.intensity_window = check_window(intensity_window)
         self.mean, self.std = resolve_normalization(in_channels)
         self.train_dataset: MaskFolderDataset | None = None
         self.val_dataset: MaskFolderDataset | None = None
@@ -331,6 +319,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
             transform=segmentation_transforms(self.image_size, train and self.augment, self.in_channels),
             in_channels=self.in_channels,
             ignore_index=self.ignore_index,
+            intensity_window=self.intensity_window,
         )
         if self.verify:
             dataset.verify()

@@ -147,5 +147,7 @@ def augmentation_pipeline(
             ),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
         ]
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    # ToFloat: 8-bit arrays ÷ 255, float arrays (what `visiondistill.data.images.read_image` gives, any bit depth)
+    # as they are; the augmentations before it handle both (albumentations treats float images as [0, 1]).
+    steps += [A.ToFloat(), A.Normalize(mean=mean, std=std, max_pixel_value=1.0), ToTensorV2()]
     return TorchSeededCompose(steps) if train else A.Compose(steps)

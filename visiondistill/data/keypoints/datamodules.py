@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
+from visiondistill.data.images import check_window
 from visiondistill.data.keypoints.coco import KeypointConverter, read_coco_keypoints
 from visiondistill.data.keypoints.dataset import KeypointCrops
 from visiondistill.data.keypoints.geometry import check_flip_pairs
@@ -87,6 +88,8 @@ class COCOKeypoints(SplitFolderDataModule):
         augment: Augment the training crops.
         seed: Seed of the training shuffle order.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of each file's type
+            range (see `visiondistill.data.images`).
 
     Raises:
         ValueError: For bad sizes or flip pairs that name keypoints that do not exist.
@@ -117,6 +120,7 @@ class COCOKeypoints(SplitFolderDataModule):
         augment: bool = True,
         seed: int = 0,
         in_chans: int | None = None,
+        intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
         if input_size <= 0 or batch_size <= 0 or num_workers < 0 or heatmap_stride <= 0:
@@ -143,6 +147,7 @@ class COCOKeypoints(SplitFolderDataModule):
         self.rotation = rotation
         self.batch_size, self.num_workers, self.in_channels = batch_size, num_workers, in_channels
         self.augment, self.seed = augment, seed
+        self.intensity_window = check_window(intensity_window)
         self.mean, self.std = resolve_normalization(in_channels)  # read by the explanation callbacks for display
         self.train_dataset: KeypointCrops | None = None
         self.val_dataset: KeypointCrops | None = None
@@ -226,6 +231,7 @@ class COCOKeypoints(SplitFolderDataModule):
             flip_pairs=self.flip_pairs,
             rotation=self.rotation,
             in_channels=self.in_channels,
+            intensity_window=self.intensity_window,
         )
 
 

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from torch.utils.data import Dataset
 
-from visiondistill.data.errors import CorruptImageError, MissingDataError
+from visiondistill.data.errors import MissingDataError
+from visiondistill.data.images import check_window, read_image
 from visiondistill.data.keypoints.coco import CocoKeypointsFile, KeypointInstance
 from visiondistill.data.keypoints.geometry import (
     apply_affine,
@@ -35,8 +35,6 @@ from visiondistill.data.keypoints.geometry import (
 from visiondistill.data.transforms import resolve_normalization
 
 __all__ = ["KeypointCrops"]
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class KeypointCrops(Dataset):
@@ -62,6 +60,8 @@ class KeypointCrops(Dataset):
         rotation: Largest training rotation in degrees (0 when keypoints are defined by image axes, as the shapes').
         flip_probability: Chance of a horizontal flip in training.
         in_channels: 3 for RGB, 1 for grayscale.
+        intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of the type's range
+            (see `visiondistill.data.images`).
 
     Raises:
         ValueError: For bad sizes, a stride that does not divide ``input_size``, or bad flip pairs.
@@ -82,6 +82,7 @@ class KeypointCrops(Dataset):
         rotation: float = 0.0,
         flip_probability: float = 0.5,
         in_channels: int = 3,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         if input_size <= 0 or heatmap_stride <= 0 or input_size % heatmap_stride:
             raise ValueError(
@@ -104,6 +105,7 @@ class KeypointCrops(Dataset):
         self.scale_range, self.shift, self.rotation = scale_range, shift, rotation
         self.flip_probability = flip_probability if train else 0.0
         self.in_channels = in_channels
+        self.intensity_window = check_window(intensity_window)
         mean, std = resolve_normalization(in_channels)
         keypoint_params = A.KeypointParams(format="xy", remove_invisible=False)
         steps: list[A.BasicTransform] = []
@@ -112,7 +114,8 @@ class KeypointCrops(Dataset):
                 A.Affine(scale=(0.95, 1.05), translate_percent=(-0.02, 0.02), border_mode=cv2.BORDER_CONSTANT, p=0.5),
                 A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
             ]
-        steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+        # ToFloat: 8-bit arrays ÷ 255, float arrays (what `read_image` gives, any bit depth) as they are
+        steps += [A.ToFloat(), A.Normalize(mean=mean, std=std, max_pixel_value=1.0), ToTensorV2()]
         # without a geometric step the keypoints pass through unchanged (and albumentations would warn)
         self.pipeline = A.Compose(steps, keypoint_params=keypoint_params if train else None)
 
@@ -121,18 +124,14 @@ class KeypointCrops(Dataset):
         return len(self.instances)
 
     def load_image(self, instance: KeypointInstance) -> np.ndarray:
-        """Decode an instance's image as ``uint8`` (``H×W×3`` RGB or ``H×W`` grayscale)."""
+        """Decode an instance's image as ``float32`` in [0, 1], ``H×W×in_channels`` (`read_image`: any bit depth)."""
         path = self.image_dir / instance.file_name
         if not path.is_file():
             raise MissingDataError(
                 f"Image '{path}' (image id {instance.image_id}, annotation id {instance.annotation_id}) does not exist",
                 path=path,
             )
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB" if self.in_channels == 3 else "L"))
-        except _DECODE_ERRORS as err:
-            raise CorruptImageError.for_file(path, err) from err
+        return read_image(path, channels=self.in_channels, window=self.intensity_window)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """One instance crop (see the class docstring)."""
