@@ -426,9 +426,11 @@ def _dicom_dataset(path: Path) -> Any:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
         raise CorruptImageError.for_file(path, error) from error
     if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        uid = dataset.get("SOPClassUID", "unknown")
+        sop_class = getattr(uid, "name", None) or uid
         raise UnsupportedImageError(
-            f"DICOM file '{path}' holds no pixel data (SOP class {dataset.get('SOPClassUID', 'unknown')}: a report, "
-            "structured set or other non-image object); remove it from the image folder."
+            f"DICOM file '{path}' holds no pixel data (SOP class {sop_class}), so it is not an image (e.g. a report "
+            "or a presentation state); remove it from the image folder."
         )
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
