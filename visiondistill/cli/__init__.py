@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
+from visiondistill.cli.errors import run_guarded
 from visiondistill.cli.lightning import VisionDistillCLI
+from visiondistill.cli.overrides import expand_callback_overrides
 
 
 def _synth(argv: Sequence[str]) -> int:
@@ -35,11 +37,22 @@ def _report(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _predict(argv: Sequence[str]) -> int:
+    from visiondistill.reporting.predict import main
+
+    return main(argv)
+
+
 def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     return {
         "synth": (_synth, "write the synthetic shapes data set to disk in standard formats"),
         "export": (_export, "export a checkpoint's student for the edge (ONNX), checked against PyTorch"),
         "report": (_report, "compare teacher / scratch / distilled run folders: Markdown + HTML report, model cards"),
+        "predict": (
+            _predict,
+            "a checkpoint's predictions on a folder of your own images (CSV, mask PNGs, COCO JSON; --explain adds "
+            "saliency maps); replaces LightningCLI's predict",
+        ),
     }
 
 
@@ -50,16 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
 
     Returns:
-        The exit status.
+        The exit status: 0, 2 for a refused command line or config, 1 for another user error (data, checkpoint,
+        layer, run folder), which is printed as one ``error: …`` block without a traceback (see
+        `visiondistill.cli.errors`; ``VISIONDISTILL_TRACEBACK=1`` or ``--traceback`` shows it).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     tools = _tools()
     if argv and argv[0] in tools:
-        return tools[argv[0]][0](argv[1:])
+        return run_guarded(tools[argv[0]][0], argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         extra = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in tools.items())
-        print(f"visiondistill tools (besides LightningCLI's fit/validate/test/predict):\n{extra}\n")
-    VisionDistillCLI(args=argv)
+        print(f"visiondistill tools (besides LightningCLI's fit/validate/test):\n{extra}\n")
+    return run_guarded(_lightning, argv)
+
+
+def _lightning(argv: list[str]) -> int:
+    VisionDistillCLI(args=expand_callback_overrides(argv))
     return 0
 
 

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import (
     ProtocolError,
     batch_inputs,
@@ -51,9 +52,9 @@ class DistillationCallback(Callback):
         super().__init__()
         weight = float(weight)
         if not weight >= 0 or weight == float("inf"):
-            raise ValueError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight}")
+            raise ConfigError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight}")
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-            raise ValueError(f"{type(self).__name__}: name {name!r} may hold only letters, digits, '_' and '-'")
+            raise ConfigError(f"{type(self).__name__}: name {name!r} may hold only letters, digits, '_' and '-'")
         self.weight = weight
         self._base_weight = weight  # underscored: kept out of the state key, which must not change in training
         self._weight_factors: dict[str, float] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from visiondistill.core.errors import ConfigError
+
 __all__ = ["DEFAULT_IN_CHANNELS", "resolve_in_channels"]
 
 DEFAULT_IN_CHANNELS = 3
@@ -34,7 +36,7 @@ def resolve_in_channels(in_channels: int, in_chans: int | None = None, owner: st
     if in_chans is not None:
         # in_channels at its default counts as "not given": an old config sets only in_chans
         if in_channels not in (DEFAULT_IN_CHANNELS, in_chans):
-            raise ValueError(
+            raise ConfigError(
                 f"{owner}: in_channels={in_channels!r} and the deprecated in_chans={in_chans!r} disagree; "
                 "set in_channels only"
             )
@@ -46,5 +48,5 @@ def resolve_in_channels(in_channels: int, in_chans: int | None = None, owner: st
         )
         in_channels = in_chans
     if isinstance(in_channels, bool) or in_channels not in (1, 3):
-        raise ValueError(f"{owner}: in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+        raise ConfigError(f"{owner}: in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
     return in_channels

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
@@ -221,7 +222,7 @@ class ImageFolderClassification(SplitFolderDataModule):
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )

@@ -44,6 +44,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
@@ -133,9 +134,9 @@ def detection_transforms(
         ((3, 32, 32), [[4.0, 4.0, 12.0, 20.0]])
     """
     if int(image_size) <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
+        raise ConfigError(f"image_size must be positive, got {image_size!r}")
     if not 0.0 <= min_visibility <= 1.0:
-        raise ValueError(f"min_visibility must be in [0, 1], got {min_visibility!r}")
+        raise ConfigError(f"min_visibility must be in [0, 1], got {min_visibility!r}")
     mean, std = resolve_normalization(in_channels, mean, std)
     steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)]
     if train:
@@ -207,9 +208,9 @@ class CocoDetectionDataset(Dataset):
         intensity_window: Sequence[float] | None = None,
     ) -> None:
         if invalid_boxes not in ("clip", "error"):
-            raise ValueError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
+            raise ConfigError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+            raise ConfigError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
         self.annotation_file, self.image_dir = Path(annotation_file), Path(image_dir)
         self.transform, self.in_channels, self.invalid_boxes = transform, in_channels, invalid_boxes
         self.intensity_window = check_window(intensity_window)
@@ -386,13 +387,13 @@ class CocoDetection(SplitFolderDataModule):
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if invalid_boxes not in ("clip", "error"):
-            raise ValueError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
+            raise ConfigError(f"invalid_boxes must be 'clip' or 'error', got {invalid_boxes!r}")
         self.data_dir = Path(data_dir)
         self.images_pattern, self.annotations_pattern = images_pattern, annotations_pattern
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers

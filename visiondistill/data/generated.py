@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.synthesize import meta_differences, read_meta, write_shapes_dataset
@@ -34,12 +35,12 @@ class GeneratedShapes:
             ValueError: For non-positive train/val counts, a negative test count or a negative difficulty.
         """
         if num_train <= 0 or num_val <= 0 or num_test < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
                 f"num_val={num_val!r}, num_test={num_test!r}"
             )
         if difficulty < 0:
-            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
+            raise ConfigError(f"difficulty must be >= 0, got {difficulty!r}")
         self.generate = generate
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.difficulty = difficulty

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.segmentation import MaskFolderSegmentation
 
@@ -58,11 +59,11 @@ class LesionGenerator:
 
     def __init__(self, image_size: int = 64, num_lesion_classes: int = 3, max_lesions: int = 3) -> None:
         if image_size < 16:
-            raise ValueError(f"image_size must be at least 16, got {image_size!r}")
+            raise ConfigError(f"image_size must be at least 16, got {image_size!r}")
         if num_lesion_classes not in (2, 3):
-            raise ValueError(f"num_lesion_classes must be 2 or 3, got {num_lesion_classes!r}")
+            raise ConfigError(f"num_lesion_classes must be 2 or 3, got {num_lesion_classes!r}")
         if max_lesions < 1:
-            raise ValueError(f"max_lesions must be >= 1, got {max_lesions!r}")
+            raise ConfigError(f"max_lesions must be >= 1, got {max_lesions!r}")
         self.image_size, self.num_lesion_classes, self.max_lesions = image_size, num_lesion_classes, max_lesions
 
     @property
@@ -246,7 +247,7 @@ class SyntheticLesions(MaskFolderSegmentation):
         verify: bool = True,
     ) -> None:
         if num_train <= 0 or num_val <= 0 or num_test < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need num_train > 0, num_val > 0 and num_test >= 0, got num_train={num_train!r}, "
                 f"num_val={num_val!r}, num_test={num_test!r}"
             )

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
@@ -123,9 +124,9 @@ class MaskFolderDataset(Dataset):
         intensity_window: Sequence[float] | None = None,
     ) -> None:
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+            raise ConfigError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be >= 2, got {num_classes!r}")
         self.root = Path(root)
         self.num_classes = int(num_classes)
         self.transform = transform
@@ -277,17 +278,17 @@ class MaskFolderSegmentation(SplitFolderDataModule):
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or num_workers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
                 f"batch_size={batch_size!r}, num_workers={num_workers!r}"
             )
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if num_classes is None and class_names is None:
-            raise ValueError("give num_classes or class_names (background included), e.g. num_classes: 2")
+            raise ConfigError("give num_classes or class_names (background included), e.g. num_classes: 2")
         if num_classes is not None and class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+            raise ConfigError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         if ignore_index is not None and num_classes is not None and 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+            raise ConfigError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
         self.data_dir = Path(data_dir)
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.num_classes = len(self.class_names)

@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from visiondistill.core.errors import ConfigError
+
 __all__ = [
     "GENERATOR_VERSION",
     "KEYPOINT_NAMES",
@@ -189,17 +191,17 @@ class ShapesGenerator:
         classes: Sequence[str] = SHAPE_CLASSES,
     ) -> None:
         if int(image_size) < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size!r}")
+            raise ConfigError(f"image_size must be at least 8 pixels, got {image_size!r}")
         if int(min_objects) < 1 or int(max_objects) < int(min_objects):
-            raise ValueError(
+            raise ConfigError(
                 f"need 1 <= min_objects <= max_objects, got min_objects={min_objects!r}, max_objects={max_objects!r}"
             )
         if not float(difficulty) >= 0.0:
-            raise ValueError(f"difficulty must be >= 0, got {difficulty!r}")
+            raise ConfigError(f"difficulty must be >= 0, got {difficulty!r}")
         classes = tuple(classes)
         unknown = [c for c in classes if c not in SHAPE_CLASSES]
         if not classes or unknown or len(set(classes)) != len(classes):
-            raise ValueError(
+            raise ConfigError(
                 f"classes must be distinct names from {SHAPE_CLASSES}, got {classes!r}"
                 + (f" (unknown: {unknown})" if unknown else "")
             )

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import DataError
 from visiondistill.data.shapes import GENERATOR_VERSION, KEYPOINT_NAMES, ShapesGenerator, ShapesSample
 
@@ -175,16 +176,16 @@ def write_shapes_dataset(
     tasks = tuple(dict.fromkeys(tasks))
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
-        raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks!r}")
+        raise ConfigError(f"tasks must be a non-empty subset of {TASKS}, got {tasks!r}")
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     for name, count in splits.items():
         if not _SPLIT_NAME.match(str(name)):
-            raise ValueError(f"split names may hold only letters, digits, '-' and '_', got {name!r}")
+            raise ConfigError(f"split names may hold only letters, digits, '-' and '_', got {name!r}")
         if int(count) < 0:
-            raise ValueError(f"split {name!r} has a negative image count {count!r}")
+            raise ConfigError(f"split {name!r} has a negative image count {count!r}")
     splits = {name: int(count) for name, count in splits.items() if int(count) > 0}
     if not splits:
-        raise ValueError(f"at least one split needs images, got {splits!r}")
+        raise ConfigError(f"at least one split needs images, got {splits!r}")
     generator = ShapesGenerator(
         image_size=image_size,
         min_objects=min_objects,

@@ -10,6 +10,7 @@ import cv2
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
 
 __all__ = [
@@ -50,10 +51,10 @@ def resolve_normalization(
         if len(values) == 3 and in_channels == 1:
             values = (sum(values) / 3,)
         if len(values) != in_channels:
-            raise ValueError(f"{name} needs {in_channels} value(s) for in_channels={in_channels}, got {values!r}")
+            raise ConfigError(f"{name} needs {in_channels} value(s) for in_channels={in_channels}, got {values!r}")
         resolved.append(values)
     if min(resolved[1]) <= 0:
-        raise ValueError(f"std must be positive, got {resolved[1]!r}")
+        raise ConfigError(f"std must be positive, got {resolved[1]!r}")
     return resolved[0], resolved[1]
 
 
@@ -127,7 +128,7 @@ def augmentation_pipeline(
     `classification_transforms`.
     """
     if int(image_size) <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
+        raise ConfigError(f"image_size must be positive, got {image_size!r}")
     mean, std = resolve_normalization(in_channels, mean, std)
     steps: list[A.BasicTransform] = [
         A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)

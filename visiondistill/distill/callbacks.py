@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
-from visiondistill.core.errors import VisionDistillError
+from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import (
     batch_targets,
     example_inputs,
@@ -63,7 +63,7 @@ class LogitDistillation(DistillationCallback):
     def __init__(self, temperature: float = 4.0, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__(weight=weight, name=name)
         if not temperature > 0:
-            raise ValueError(f"LogitDistillation: temperature must be > 0, got {temperature}")
+            raise ConfigError(f"LogitDistillation: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
     @override
@@ -108,11 +108,11 @@ class DecoupledDistillation(DistillationCallback):
     ) -> None:
         super().__init__(weight=weight, name=name)
         if not temperature > 0:
-            raise ValueError(f"DecoupledDistillation: temperature must be > 0, got {temperature}")
+            raise ConfigError(f"DecoupledDistillation: temperature must be > 0, got {temperature}")
         if alpha < 0 or beta < 0:
-            raise ValueError(f"DecoupledDistillation: alpha and beta must be >= 0, got {alpha}, {beta}")
+            raise ConfigError(f"DecoupledDistillation: alpha and beta must be >= 0, got {alpha}, {beta}")
         if warmup_epochs < 0:
-            raise ValueError(f"DecoupledDistillation: warmup_epochs must be >= 0, got {warmup_epochs}")
+            raise ConfigError(f"DecoupledDistillation: warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         self.warmup_epochs = int(warmup_epochs)
 
@@ -144,9 +144,9 @@ class _FeatureDistillation(DistillationCallback):
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
         if not self.student_layers:
-            raise ValueError(f"{type(self).__name__}: give at least one student/teacher layer pair")
+            raise ConfigError(f"{type(self).__name__}: give at least one student/teacher layer pair")
         if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: {len(self.student_layers)} student layers {self.student_layers} but "
                 f"{len(self.teacher_layers)} teacher layers {self.teacher_layers}; they are matched pairwise"
             )

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import ProtocolError, example_inputs, get_student, get_teacher, module_device
 from visiondistill.distill import losses
 from visiondistill.distill.callbacks import HintConnector, ShapeMismatchError
@@ -83,7 +84,7 @@ class _FPNDistillation(DistillationCallback):
         if levels != "all" and (
             isinstance(levels, str) or not list(levels) or not all(isinstance(i, int) for i in levels)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: levels must be 'all' or a non-empty list of indices, got {levels!r}"
             )
         self.levels = "all" if levels == "all" else [int(i) for i in levels]
@@ -104,7 +105,7 @@ class _FPNDistillation(DistillationCallback):
         indices = list(range(count)) if self.levels == "all" else self.levels
         for index in indices:
             if not -count <= index < count:
-                raise ValueError(f"{who}: level {index} does not exist; the detectors have levels 0..{count - 1}")
+                raise ConfigError(f"{who}: level {index} does not exist; the detectors have levels 0..{count - 1}")
         self._indices = [i % count for i in indices]
         connectors = []
         for index in self._indices:
@@ -170,7 +171,7 @@ class FeatureImitation(_FPNDistillation):
     ) -> None:
         super().__init__(levels, weight=weight, name=name)
         if not temperature > 0:
-            raise ValueError(f"FeatureImitation: temperature must be > 0, got {temperature}")
+            raise ConfigError(f"FeatureImitation: temperature must be > 0, got {temperature}")
         self.alpha, self.beta, self.gamma, self.temperature = (
             float(alpha),
             float(beta),
@@ -227,7 +228,7 @@ class FPNChannelWiseDistillation(_FPNDistillation):
     def __init__(self, levels: LevelSpec = "all", tau: float = 4.0, weight: float = 1.0, name: str | None = None):
         super().__init__(levels, weight=weight, name=name)
         if not tau > 0:
-            raise ValueError(f"FPNChannelWiseDistillation: tau must be > 0, got {tau}")
+            raise ConfigError(f"FPNChannelWiseDistillation: tau must be > 0, got {tau}")
         self.tau = float(tau)
 
     @override
@@ -271,9 +272,9 @@ class DetectionLogitDistillation(DistillationCallback):
     ) -> None:
         super().__init__(weight=weight, name=name)
         if not temperature > 0:
-            raise ValueError(f"DetectionLogitDistillation: temperature must be > 0, got {temperature}")
+            raise ConfigError(f"DetectionLogitDistillation: temperature must be > 0, got {temperature}")
         if weighting not in ("teacher_score", "uniform"):
-            raise ValueError(
+            raise ConfigError(
                 f"DetectionLogitDistillation: weighting must be 'teacher_score' or 'uniform', got {weighting!r}"
             )
         self.temperature, self.weighting = float(temperature), weighting

@@ -15,6 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import ProtocolError, output_logits
 from visiondistill.distill import losses
 from visiondistill.distill.callbacks import ShapeMismatchError
@@ -76,7 +77,7 @@ class HeatmapDistillation(DistillationCallback):
     ) -> None:
         super().__init__(weight=weight, name=name)
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"HeatmapDistillation: alpha must be in [0, 1], got {alpha}")
+            raise ConfigError(f"HeatmapDistillation: alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
         self.use_ground_truth = bool(use_ground_truth)
         self.use_weights = bool(use_weights)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.maps import gradcam_map
 from visiondistill.core.protocol import batch_inputs, example_inputs, get_student, get_teacher, module_device
 from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
@@ -80,9 +81,9 @@ class SaliencyAlignment(DistillationCallback):
     ) -> None:
         super().__init__(weight=weight, name=name)
         if distance not in ("cosine", "mse"):
-            raise ValueError(f"SaliencyAlignment: distance must be 'cosine' or 'mse', got {distance!r}")
+            raise ConfigError(f"SaliencyAlignment: distance must be 'cosine' or 'mse', got {distance!r}")
         if target not in ("teacher", "ground_truth"):
-            raise ValueError(f"SaliencyAlignment: target must be 'teacher' or 'ground_truth', got {target!r}")
+            raise ConfigError(f"SaliencyAlignment: target must be 'teacher' or 'ground_truth', got {target!r}")
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.distance, self.target = distance, target
         self._adapter: SaliencyAdapter | None = None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import ProtocolError, batch_targets, output_logits
 from visiondistill.core.recorder import LayerSpec
 from visiondistill.distill import losses
@@ -65,7 +66,7 @@ class PixelwiseDistillation(DistillationCallback):
     def __init__(self, temperature: float = 1.0, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__(weight=weight, name=name)
         if not temperature > 0:
-            raise ValueError(f"PixelwiseDistillation: temperature must be > 0, got {temperature}")
+            raise ConfigError(f"PixelwiseDistillation: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
     @override
@@ -118,9 +119,9 @@ class ChannelWiseDistillation(_FeatureDistillation):
         name: str | None = None,
     ) -> None:
         if source not in ("logits", "features"):
-            raise ValueError(f"ChannelWiseDistillation: source must be 'logits' or 'features', got {source!r}")
+            raise ConfigError(f"ChannelWiseDistillation: source must be 'logits' or 'features', got {source!r}")
         if not tau > 0:
-            raise ValueError(f"ChannelWiseDistillation: tau must be > 0, got {tau}")
+            raise ConfigError(f"ChannelWiseDistillation: tau must be > 0, got {tau}")
         if source == "features":
             super().__init__([student_layer], [teacher_layer], weight=weight, name=name)
         else:  # no hooks: the logits come with the step
@@ -195,7 +196,7 @@ class PairwiseSimilarity(_FeatureDistillation):
     ) -> None:
         super().__init__([student_layer], [teacher_layer], weight=weight, name=name)
         if pool_size is not None and (isinstance(pool_size, bool) or int(pool_size) < 1):
-            raise ValueError(f"PairwiseSimilarity: pool_size must be >= 1 or None, got {pool_size!r}")
+            raise ConfigError(f"PairwiseSimilarity: pool_size must be >= 1 or None, got {pool_size!r}")
         self.pool_size = int(pool_size) if pool_size is not None else None
 
     def grid(self, s: Tensor, t: Tensor) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback, distillation_callbacks
 from visiondistill.core.config import spec_from
+from visiondistill.core.errors import ConfigError
 
 ScheduleShape = Literal["linear", "cosine"]
 ScheduleUnit = Literal["epoch", "step"]
@@ -71,13 +72,13 @@ class ScheduleSpec:
         for key in ("warmup", "start", "final"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"schedule {key} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"schedule {key} must be a finite number >= 0, got {value!r}")
         if self.shape not in ("linear", "cosine"):
-            raise ValueError(f"schedule shape must be 'linear' or 'cosine', got {self.shape!r}")
+            raise ConfigError(f"schedule shape must be 'linear' or 'cosine', got {self.shape!r}")
         if self.decay_start is not None and self.decay_start < self.warmup:
-            raise ValueError(f"schedule decay_start ({self.decay_start}) must be >= warmup ({self.warmup})")
+            raise ConfigError(f"schedule decay_start ({self.decay_start}) must be >= warmup ({self.warmup})")
         if self.decay_end is not None and (self.decay_start is None or self.decay_end <= self.decay_start):
-            raise ValueError(
+            raise ConfigError(
                 f"schedule decay_end ({self.decay_end}) needs a decay_start before it, got {self.decay_start}"
             )
 
@@ -112,7 +113,7 @@ class _WeightController(Callback):
         by_name = {callback.name: callback for callback in distillation_callbacks(trainer)}
         unknown = [name for name in self.controlled_names() if name not in by_name]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: no distillation callback named {', '.join(map(repr, unknown))} on the "
                 f"trainer; the distillation callbacks are named: {', '.join(map(repr, by_name)) or '(none)'}"
             )
@@ -161,9 +162,9 @@ class WeightSchedule(_WeightController):
     def __init__(self, schedules: Mapping[str, ScheduleSpec | Mapping[str, Any]], unit: ScheduleUnit = "epoch") -> None:
         super().__init__()
         if unit not in ("epoch", "step"):
-            raise ValueError(f"WeightSchedule: unit must be 'epoch' or 'step', got {unit!r}")
+            raise ConfigError(f"WeightSchedule: unit must be 'epoch' or 'step', got {unit!r}")
         if not schedules:
-            raise ValueError("WeightSchedule: give at least one schedule, e.g. {'kd': {'warmup': 2}}")
+            raise ConfigError("WeightSchedule: give at least one schedule, e.g. {'kd': {'warmup': 2}}")
         self.schedules = {
             str(name): spec_from(ScheduleSpec, spec, f"WeightSchedule[{name!r}]", expected="a mapping of fields")
             for name, spec in schedules.items()
@@ -194,7 +195,7 @@ class WeightSchedule(_WeightController):
         super().on_fit_start(trainer, pl_module)
         open_ended = [n for n, s in self.schedules.items() if s.decay_start is not None and s.decay_end is None]
         if open_ended and self._end(trainer) is None:
-            raise ValueError(
+            raise ConfigError(
                 f"WeightSchedule: the decay of {open_ended} runs to the end of training, but the trainer sets no "
                 f"max_{'epochs' if self.unit == 'epoch' else 'steps'}; give decay_end"
             )
@@ -292,25 +293,25 @@ class AdaptiveDistillationWeights(_WeightController):
         self.raise_on_lag, self.decay_on_progress = list(raise_on_lag), list(decay_on_progress)
         self.balance = list(balance)
         if not (self.raise_on_lag or self.decay_on_progress or self.balance):
-            raise ValueError(
+            raise ConfigError(
                 "AdaptiveDistillationWeights: name at least one callback in raise_on_lag, decay_on_progress or balance"
             )
         if not up > 1:
-            raise ValueError(f"AdaptiveDistillationWeights: up must be > 1, got {up}")
+            raise ConfigError(f"AdaptiveDistillationWeights: up must be > 1, got {up}")
         if not 0 < down < 1:
-            raise ValueError(f"AdaptiveDistillationWeights: down must be in (0, 1), got {down}")
+            raise ConfigError(f"AdaptiveDistillationWeights: down must be in (0, 1), got {down}")
         if not 0 < min_factor <= 1 <= max_factor:
-            raise ValueError(
+            raise ConfigError(
                 f"AdaptiveDistillationWeights: need 0 < min_factor <= 1 <= max_factor, got {min_factor}, {max_factor}"
             )
         if not 0 <= min_share < max_share:
-            raise ValueError(
+            raise ConfigError(
                 f"AdaptiveDistillationWeights: need 0 <= min_share < max_share, got {min_share}, {max_share}"
             )
         if task_mode not in ("max", "min"):
-            raise ValueError(f"AdaptiveDistillationWeights: task_mode must be 'max' or 'min', got {task_mode!r}")
+            raise ConfigError(f"AdaptiveDistillationWeights: task_mode must be 'max' or 'min', got {task_mode!r}")
         if int(patience) < 1:
-            raise ValueError(f"AdaptiveDistillationWeights: patience must be >= 1, got {patience}")
+            raise ConfigError(f"AdaptiveDistillationWeights: patience must be >= 1, got {patience}")
         self.agreement_metric, self.agreement_target, self.patience = agreement_metric, agreement_target, int(patience)
         self.task_metric, self.task_mode = task_metric, task_mode
         self.min_share, self.max_share = float(min_share), float(max_share)

@@ -26,6 +26,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.base_cam import BaseCAM
 from torch import Tensor, nn
 
+from visiondistill.core.errors import ConfigError
+
 __all__ = ["CAM_METHODS", "cam_method", "compute_cams", "compute_layer_cams"]
 
 #: grad-cam methods by name. Every class here takes ``(model, target_layers, reshape_transform)``.
@@ -66,7 +68,7 @@ def cam_method(name: str) -> type[BaseCAM]:
     """
     key = str(name).lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
     if key not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {name!r}; valid methods are: {', '.join(CAM_METHODS)}")
+        raise ConfigError(f"unknown CAM method {name!r}; valid methods are: {', '.join(CAM_METHODS)}")
     return CAM_METHODS[key]
 
 

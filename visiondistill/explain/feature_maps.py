@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import get_student, get_teacher
 from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
 from visiondistill.explain.metrics import attention_cosine, attention_distance, attention_map, linear_cka
@@ -80,19 +81,19 @@ class FeatureMapCallback(ProbeCallback):
         self.student_layers = layer_list(student_layers, "FeatureMapCallback", "student_layers")
         self.teacher_layers = layer_list(teacher_layers, "FeatureMapCallback", "teacher_layers")
         if not self.student_layers or len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(
+            raise ConfigError(
                 f"FeatureMapCallback: {len(self.student_layers)} student layers {self.student_layers} and "
                 f"{len(self.teacher_layers)} teacher layers {self.teacher_layers}; give at least one pair, "
                 "matched pairwise"
             )
         self.stage_names = [str(layer) for layer in self.teacher_layers]
         if len(set(self.stage_names)) != len(self.stage_names):
-            raise ValueError(
+            raise ConfigError(
                 f"FeatureMapCallback: teacher_layers {self.teacher_layers} repeat a layer; each pair is logged under "
                 "its teacher layer, so teacher layers must differ"
             )
         if not p > 0:
-            raise ValueError(f"FeatureMapCallback: p must be > 0, got {p!r}")
+            raise ConfigError(f"FeatureMapCallback: p must be > 0, got {p!r}")
         self.p = p
         self.debiased_cka = debiased_cka
         self._active = True

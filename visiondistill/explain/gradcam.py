@@ -1,9 +1,10 @@
-"""`GradCAMCallback`: does the student look where the teacher looks? CAMs of both on a fixed probe batch."""
+"""`GradCAMCallback`: does the student look where the teacher looks? CAMs (or Captum maps) of both on a probe batch."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -12,10 +13,18 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import get_student, get_teacher
 from visiondistill.core.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
 from visiondistill.core.saliency import TARGET_KINDS, SaliencyAdapter, TargetKind, saliency_adapter_for
+from visiondistill.explain.attribution import (
+    ATTRIBUTION_METHODS,
+    attribution_method,
+    compute_attributions,
+    is_attribution_method,
+)
 from visiondistill.explain.cam import cam_method, compute_cams, compute_layer_cams
+from visiondistill.explain.faithfulness import FAITHFULNESS_KEYS, faithfulness_scores, probability_targets
 from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
 from visiondistill.explain.render import comparison_grid, saliency_grid
@@ -41,6 +50,13 @@ class GradCAMCallback(ProbeCallback):
       ``<log_dir>/saliency/epoch_XXX/`` (plus ``layerwise.png`` / ``val/saliency_layerwise/grid`` in layer-wise
       mode: the first four images with both CAMs at every stage).
 
+    With ``faithfulness_every_n_epochs``, at every probe of an epoch ``e`` with ``(e + 1) %
+    faithfulness_every_n_epochs == 0`` (and at every ``validate``) it also measures how faithful each model's map is
+    to that model (`visiondistill.explain.faithfulness.faithfulness_scores`: deletion / insertion AUC, ROAD, average
+    drop / increase in confidence; class probabilities for classification), logged as
+    ``val/faithfulness/{teacher,student}/<measure>`` and saved as ``faithfulness_{teacher,student}_<measure>`` in
+    ``maps.npz``. It costs about 0.25 s per image and model at 32 px (0.5 s at 64 px), mostly ROAD.
+
     Without a teacher it computes the student's maps and the pointing game only. It never changes training: the
     probe images come from a generator of its own, the global random states, every module's train flag and every
     parameter's gradient are restored afterwards, and only global rank zero computes, logs and writes.
@@ -53,7 +69,9 @@ class GradCAMCallback(ProbeCallback):
 
     Args:
         method: grad-cam method: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, eigengradcam,
-            gradcamelementwise, scorecam, ablationcam, kpcacam, shapleycam, fem, randomcam.
+            gradcamelementwise, scorecam, ablationcam, kpcacam, shapleycam, fem, randomcam; or a Captum attribution
+            method (`visiondistill.explain.attribution`): integrated_gradients, occlusion, kernel_shap, lime, which
+            explain the input pixels (the layers are then unused, and ``layerwise`` is not available).
         every_n_epochs: Explain every this many training epochs.
         num_samples: Number of probe images.
         layers: Layer(s) to explain in both models (module paths or stage indices); default the last stage
@@ -67,9 +85,12 @@ class GradCAMCallback(ProbeCallback):
         seed: Seed of the probe-image draw.
         log_images: Log the grid to TensorBoard and write PNGs (``maps.npz`` is always written).
         save_dir: Folder for ``epoch_XXX/`` outputs instead of ``<log_dir>/saliency``.
+        faithfulness_every_n_epochs: Also measure faithfulness every this many epochs (``None``: never).
+        attribution_options: Settings of a Captum method (`visiondistill.explain.attribution.attribute`: ``n_steps``,
+            ``baseline``, ``window``, ``stride``, ``grid``, ``n_samples``, …; and ``sign``).
 
     Raises:
-        ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts.
+        ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts (a `ConfigError`).
         LayerNotFoundError: At setup, for a layer a model does not have (the message lists the valid ones).
 
     Example::
@@ -80,7 +101,7 @@ class GradCAMCallback(ProbeCallback):
         >>> GradCAMCallback(method="magic")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown CAM method 'magic'; valid methods are: gradcam, gradcam++, ...
+        visiondistill.core.errors.ConfigError: unknown CAM method 'magic'; valid methods are: gradcam, gradcam++, ...
     """
 
     folder = "saliency"
@@ -99,16 +120,29 @@ class GradCAMCallback(ProbeCallback):
         seed: int = 0,
         log_images: bool = True,
         save_dir: str | Path | None = None,
+        faithfulness_every_n_epochs: int | None = None,
+        attribution_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
         )
-        self._cam_class = cam_method(method)
+        self._attribution = attribution_method(method) if is_attribution_method(method) else None
+        self._cam_class = None if self._attribution else _cam_class(method)
         self.method = method
+        if self._attribution and layerwise:
+            raise ConfigError(
+                f"GradCAMCallback: layerwise=True compares CAMs of feature stages, but {method!r} explains the input "
+                "pixels; use a CAM method for layer-wise maps, or layerwise=False"
+            )
+        every = faithfulness_every_n_epochs
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError(f"GradCAMCallback: faithfulness_every_n_epochs must be None or >= 1, got {every!r}")
+        self.faithfulness_every_n_epochs = every
+        self.attribution_options = dict(attribution_options or {})
         if target not in TARGET_KINDS:
-            raise ValueError(f"GradCAMCallback: target must be one of {', '.join(TARGET_KINDS)}, got {target!r}")
+            raise ConfigError(f"GradCAMCallback: target must be one of {', '.join(TARGET_KINDS)}, got {target!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int | float) or not 0 < top_k <= 1:
-            raise ValueError(f"GradCAMCallback: top_k must be a fraction in (0, 1], got {top_k!r}")
+            raise ConfigError(f"GradCAMCallback: top_k must be a fraction in (0, 1], got {top_k!r}")
         default = [-1] if layers is None else layers
         student_layers = default if student_layers is None else student_layers
         teacher_layers = default if teacher_layers is None else teacher_layers
@@ -190,6 +224,14 @@ class GradCAMCallback(ProbeCallback):
             )
             teacher_maps = teacher_all[teacher_group]
         arrays = self._score(pl_module, "val/saliency", student_maps, teacher_maps, masks)
+        if self._faithfulness_due(trainer):
+            for role, model, wrapped, maps in (
+                ("student", student, student_model, student_maps),
+                ("teacher", teacher, teacher_model, teacher_maps),
+            ):
+                if model is not None and maps is not None:
+                    inputs = model_input(batch.images, model)
+                    arrays |= self._faithfulness(pl_module, role, wrapped, inputs, maps, targets)
 
         layer_columns: list[tuple[str, Tensor]] = []
         if self._stage_pairs:
@@ -262,8 +304,14 @@ class GradCAMCallback(ProbeCallback):
         targets: list,
         groups: list[tuple[str, ...]],
     ) -> dict[tuple[str, ...], Tensor]:
-        """CAMs of ``model`` for each group of layer paths; every single-layer group comes out of one pass."""
+        """CAMs of ``model`` for each group of layer paths; every single-layer group comes out of one pass.
+
+        An attribution method explains the input, whatever the layers: every group gets the same maps.
+        """
         inputs = model_input(images, model)
+        if self._attribution is not None:
+            maps = compute_attributions(self._attribution, wrapped, inputs, targets, **self.attribution_options)
+            return dict.fromkeys(groups, maps)
         singles = list(dict.fromkeys(group[0] for group in groups if len(group) == 1))
         maps: dict[tuple[str, ...], Tensor] = {}
         if singles:
@@ -306,6 +354,25 @@ class GradCAMCallback(ProbeCallback):
                     arrays[f"pointing_game_{role}"] = hits.numpy()
         return arrays
 
+    def _faithfulness_due(self, trainer: pl.Trainer) -> bool:
+        every = self.faithfulness_every_n_epochs
+        if every is None:
+            return False
+        return trainer.state.fn == "validate" or (trainer.current_epoch + 1) % every == 0
+
+    def _faithfulness(
+        self, pl_module: pl.LightningModule, role: str, wrapped: nn.Module, inputs: Tensor, maps: Tensor, targets: list
+    ) -> dict[str, np.ndarray]:
+        """Logs the faithfulness of one model's maps (batch means, NaNs left out); returns the per-image values."""
+        scores = faithfulness_scores(wrapped, inputs, maps, probability_targets(targets), seed=self.seed)
+        arrays = {}
+        for key in FAITHFULNESS_KEYS:
+            values = scores[key]
+            if not values.isnan().all():
+                self.log_metric(pl_module, f"val/faithfulness/{role}/{key}", values.nanmean())
+            arrays[f"faithfulness_{role}_{key}"] = values.numpy()
+        return arrays
+
     def _effective_target(self, truth: Tensor | None, teacher_pred: Tensor | None) -> str:
         if self.target == "teacher" and teacher_pred is None:
             return "ground_truth" if truth is not None else "student"
@@ -323,6 +390,13 @@ class GradCAMCallback(ProbeCallback):
                 f"explaining the {kind.replace('_', ' ')} class instead"
             )
         return {"teacher": teacher_pred, "ground_truth": truth, "student": student_pred}[kind].cpu()
+
+
+def _cam_class(method: str) -> Any:
+    try:
+        return cam_method(method)
+    except ValueError as error:
+        raise ConfigError(f"{error}; or an attribution method: {', '.join(ATTRIBUTION_METHODS)}") from error
 
 
 def _class_names(

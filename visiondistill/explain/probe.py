@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import default_collate
 from typing_extensions import override
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import batch_inputs, module_device
 from visiondistill.core.recorder import LayerSpec
 from visiondistill.explain.render import encode_png, save_png
@@ -223,10 +224,10 @@ def layer_list(layers: LayerSpec | Sequence[LayerSpec], owner: str, name: str) -
     """
     items = [layers] if isinstance(layers, str | int) else list(layers)
     if not items:
-        raise ValueError(f"{owner}: {name} must name at least one layer")
+        raise ConfigError(f"{owner}: {name} must name at least one layer")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, str | int):
-            raise ValueError(f"{owner}: {name} must be module paths or stage indices, got {item!r}")
+            raise ConfigError(f"{owner}: {name} must be module paths or stage indices, got {item!r}")
     return items
 
 
@@ -270,9 +271,9 @@ class ProbeCallback(Callback):
         super().__init__()
         name = type(self).__name__
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"{name}: every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
+            raise ConfigError(f"{name}: every_n_epochs must be an integer >= 1, got {every_n_epochs!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"{name}: num_samples must be an integer >= 1, got {num_samples!r}")
+            raise ConfigError(f"{name}: num_samples must be an integer >= 1, got {num_samples!r}")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.seed = int(seed)

@@ -37,6 +37,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 
 from visiondistill.core.config import spec_from
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -311,14 +312,14 @@ def create_detector(spec: DetectorSpec, num_classes: int, role: str = "model") -
         'fpn.layer_blocks.2'
     """
     if spec.num_classes is not None and spec.num_classes != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{role} is configured for {spec.num_classes} classes but the task has {num_classes}; "
             f"set {role}.num_classes to {num_classes} or leave it out"
         )
     if spec.in_channels not in (1, 3):
-        raise ValueError(f"{role}: in_channels must be 1 (grayscale) or 3 (RGB), got {spec.in_channels!r}")
+        raise ConfigError(f"{role}: in_channels must be 1 (grayscale) or 3 (RGB), got {spec.in_channels!r}")
     if spec.fpn_channels < 1 or spec.head_convs < 0 or not spec.out_indices:
-        raise ValueError(
+        raise ConfigError(
             f"{role}: need fpn_channels >= 1, head_convs >= 0 and at least one out_indices, got "
             f"fpn_channels={spec.fpn_channels}, head_convs={spec.head_convs}, out_indices={spec.out_indices}"
         )
@@ -331,7 +332,7 @@ def create_detector(spec: DetectorSpec, num_classes: int, role: str = "model") -
         head_convs, kwargs = stored.head_convs, kwargs or dict(stored.kwargs)
     if not timm.is_model(backbone_name):
         close = timm.list_models(f"*{backbone_name.split('_')[0]}*")[:10]
-        raise ValueError(f"{role}: unknown timm backbone {backbone_name!r}; similar timm names: {close or 'none'}")
+        raise ConfigError(f"{role}: unknown timm backbone {backbone_name!r}; similar timm names: {close or 'none'}")
     try:
         backbone = timm.create_model(
             backbone_name,
@@ -342,7 +343,9 @@ def create_detector(spec: DetectorSpec, num_classes: int, role: str = "model") -
             **kwargs,
         )
     except (IndexError, AssertionError, ValueError) as error:
-        raise ValueError(f"{role}: backbone {backbone_name!r} cannot give out_indices {out_indices}: {error}") from None
+        raise ConfigError(
+            f"{role}: backbone {backbone_name!r} cannot give out_indices {out_indices}: {error}"
+        ) from None
     model = Detector(
         backbone,
         num_classes,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.config import spec_from
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -113,7 +114,7 @@ class SimpleBaseline(nn.Module):
         self.backbone = timm.create_model(backbone, **create)
         count = len(self.backbone.feature_info)
         if not -count <= stage < count:
-            raise ValueError(f"stage {stage} does not exist: {backbone} has {count} stages ({-count}..{count - 1})")
+            raise ConfigError(f"stage {stage} does not exist: {backbone} has {count} stages ({-count}..{count - 1})")
         if stage % count != count - 1:  # build the backbone only up to that stage
             self.backbone = timm.create_model(backbone, out_indices=tuple(range(stage % count + 1)), **create)
         info = self.backbone.feature_info
@@ -164,7 +165,7 @@ def create_keypoint_model(spec: KeypointModelSpec, num_keypoints: int, role: str
         (torch.Size([1, 3, 8, 8]), 'backbone.layer4')
     """
     if spec.num_keypoints is not None and spec.num_keypoints != num_keypoints:
-        raise ValueError(
+        raise ConfigError(
             f"{role} is configured for {spec.num_keypoints} keypoints but the task has {num_keypoints}; "
             f"set {role}.num_keypoints to {num_keypoints} or leave it out"
         )
@@ -176,9 +177,9 @@ def create_keypoint_model(spec: KeypointModelSpec, num_keypoints: int, role: str
         kwargs = kwargs or dict(stored.kwargs)
     if not timm.is_model(backbone):
         close = timm.list_models(f"*{backbone.split('_')[0]}*")[:10]
-        raise ValueError(f"{role}: unknown timm backbone {backbone!r}; similar names: {close or 'none'}")
+        raise ConfigError(f"{role}: unknown timm backbone {backbone!r}; similar names: {close or 'none'}")
     if any(int(c) <= 0 for c in deconv):
-        raise ValueError(f"{role}: deconv_channels must be positive, got {deconv}")
+        raise ConfigError(f"{role}: deconv_channels must be positive, got {deconv}")
     model = SimpleBaseline(backbone, num_keypoints, deconv, spec.in_channels, spec.pretrained, stage=stage, **kwargs)
     if checkpoint is not None:
         state = extract_state_dict(checkpoint)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from visiondistill.core.config import spec_from
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import (
     CheckpointError,
     extract_state_dict,
@@ -100,12 +101,12 @@ def create_segmenter(spec: SegmenterSpec, num_classes: int, role: str = "model")
         'encoder.model.layer4'
     """
     if spec.num_classes is not None and spec.num_classes != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{role} is configured for {spec.num_classes} classes but the task has {num_classes}; "
             f"set {role}.num_classes to {num_classes} or leave it out"
         )
     if spec.in_channels not in (1, 3):
-        raise ValueError(f"{role}: in_channels must be 1 (grayscale) or 3 (RGB), got {spec.in_channels!r}")
+        raise ConfigError(f"{role}: in_channels must be 1 (grayscale) or 3 (RGB), got {spec.in_channels!r}")
     checkpoint = read_checkpoint(spec.checkpoint) if spec.checkpoint else None
     arch, encoder_name, kwargs = spec.arch, spec.encoder_name, dict(spec.kwargs)
     if arch is None or encoder_name is None:
@@ -197,7 +198,7 @@ def encoder_feature_info(model: nn.Module, in_channels: int = 3, size: int = 64)
 
 def _check_arch(arch: str, role: str) -> None:
     if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(
+        raise ConfigError(
             f"{role}: unknown smp architecture {arch!r}; valid ones: {', '.join(segmenter_architectures())}"
         )
 
@@ -206,7 +207,7 @@ def _check_encoder(name: str, role: str) -> None:
     if name.startswith("tu-"):
         if not timm.is_model(name[3:]):
             close = timm.list_models(f"*{name[3:].split('_')[0]}*")[:10]
-            raise ValueError(
+            raise ConfigError(
                 f"{role}: unknown timm encoder {name!r} (no timm model {name[3:]!r}); similar timm names, to use "
                 f"with the 'tu-' prefix: {close or 'none'}"
             )
@@ -214,7 +215,7 @@ def _check_encoder(name: str, role: str) -> None:
     names = smp.encoders.get_encoder_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=8, cutoff=0.4)
-        raise ValueError(
+        raise ConfigError(
             f"{role}: unknown smp encoder {name!r}; close smp encoders: {close or 'none'}. Any timm model works as "
             "an encoder with the 'tu-' prefix (e.g. 'tu-test_resnet')"
         )

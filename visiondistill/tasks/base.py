@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import distillation_loss
+from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import batch_inputs, freeze_teacher
 
 OptimizerName = Literal["adamw", "sgd"]
@@ -92,17 +93,17 @@ class DistillationTask(pl.LightningModule):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}")
         if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+            raise ConfigError(f"lr must be > 0, got {lr}")
         if optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
         if scheduler not in ("cosine", "constant"):
-            raise ValueError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+            raise ConfigError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
         if output_names is not None and len(output_names) != num_outputs:
-            raise ValueError(f"{self.names_arg} has {len(output_names)} names but {self.outputs_arg} is {num_outputs}")
+            raise ConfigError(f"{self.names_arg} has {len(output_names)} names but {self.outputs_arg} is {num_outputs}")
         student_spec = self.spec_class.coerce(student, role="student")
         teacher_spec = self.spec_class.coerce(teacher, role="teacher") if teacher is not None else None
         if teacher_spec is not None and teacher_spec.in_channels != student_spec.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher takes {teacher_spec.in_channels} input channels but the student takes "
                 f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
             )
@@ -219,14 +220,14 @@ class DistillationTask(pl.LightningModule):
         if data_count is not None and data_count != count:
             note = f" {classes_note}" if classes_note else ""
             what = self.outputs_arg.removeprefix("num_")
-            raise ValueError(
+            raise ConfigError(
                 f"the data has {data_count} {what}{note} but the model is built for {count}; "
                 f"set model.init_args.{self.outputs_arg}: {data_count}"
             )
         data_channels = getattr(datamodule, "in_channels", None)
         student_channels = self.student_spec.in_channels
         if data_channels is not None and data_channels != student_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"the data has {data_channels} channels but the student takes {student_channels}; "
                 "set the same number of input channels on the data and the models"
             )

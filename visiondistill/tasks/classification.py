@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 from visiondistill.tasks.base import DistillationTask
 
@@ -58,7 +59,7 @@ class ClassificationTask(DistillationTask):
         **kwargs: Any,
     ) -> None:
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
         super().__init__(
             student, teacher, weight_decay=weight_decay, num_outputs=num_classes, output_names=class_names, **kwargs
         )

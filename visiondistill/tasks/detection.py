@@ -11,6 +11,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from typing_extensions import override
 
 from visiondistill.core.adapters.detection import DetectionSaliencyAdapter
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.detectors import DetectorOutput, DetectorSpec, create_detector
 from visiondistill.tasks.base import DistillationTask
 
@@ -80,7 +81,7 @@ class DetectionTask(DistillationTask):
         **kwargs: Any,
     ) -> None:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1 (object classes, no background), got {num_classes}")
         super().__init__(student, teacher, num_outputs=num_classes, output_names=class_names, **kwargs)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -100,7 +101,7 @@ class DetectionTask(DistillationTask):
         for target in targets:
             labels = target["labels"]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
+                raise ConfigError(
                     f"a target has labels {sorted(set(labels.tolist()))} but the model has {self.num_classes} "
                     f"classes (labels 0..{self.num_classes - 1}); set model.init_args.num_classes"
                 )

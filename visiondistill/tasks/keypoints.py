@@ -10,6 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from visiondistill.core.adapters.keypoints import KeypointSaliencyAdapter
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.keypoints import check_flip_pairs, flip_permutation
 from visiondistill.models.keypoint_models import KeypointModelSpec, create_keypoint_model
 from visiondistill.tasks.base import DistillationTask
@@ -94,19 +95,19 @@ class KeypointTask(DistillationTask):
         **kwargs: Any,
     ) -> None:
         if num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+            raise ConfigError(f"num_keypoints must be >= 1, got {num_keypoints}")
         sigmas = [0.05] * num_keypoints if oks_sigmas is None else [float(s) for s in oks_sigmas]
         if len(sigmas) != num_keypoints or min(sigmas) <= 0:
-            raise ValueError(f"oks_sigmas needs {num_keypoints} positive values (one per keypoint), got {sigmas}")
+            raise ConfigError(f"oks_sigmas needs {num_keypoints} positive values (one per keypoint), got {sigmas}")
         if decoding not in ("quarter", "dark"):
-            raise ValueError(f"decoding must be 'quarter' or 'dark', got {decoding!r}")
+            raise ConfigError(f"decoding must be 'quarter' or 'dark', got {decoding!r}")
         if not task_weight >= 0:
-            raise ValueError(f"task_weight must be >= 0, got {task_weight}")
+            raise ConfigError(f"task_weight must be >= 0, got {task_weight}")
         super().__init__(student, teacher, num_outputs=num_keypoints, output_names=keypoint_names, **kwargs)
         # after the base class has checked keypoint_names against num_keypoints: the messages name keypoints
         pairs = check_flip_pairs(flip_pairs, num_keypoints, keypoint_names) if flip_pairs is not None else None
         if self.teacher is not None and self.teacher.stride != self.student.stride:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher heatmaps have stride {self.teacher.stride} but the student's have {self.student.stride}; "
                 "give both the same number of deconv layers over backbones of the same reduction"
             )
@@ -133,7 +134,7 @@ class KeypointTask(DistillationTask):
             return
         stride = getattr(datamodule, "heatmap_stride", None)
         if stride is not None and stride != self.stride:
-            raise ValueError(
+            raise ConfigError(
                 f"the data's target heatmaps have stride {stride} but the student's have {self.stride}; "
                 f"set data.init_args.heatmap_stride: {self.stride}"
             )
@@ -151,7 +152,7 @@ class KeypointTask(DistillationTask):
         """
         target = batch["target"]
         if heatmaps.shape != target.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"the model's heatmaps are {tuple(heatmaps.shape)} but the targets are {tuple(target.shape)}; the "
                 f"data's heatmap_stride must equal the model's stride ({self.stride}) and its keypoints the model's"
             )

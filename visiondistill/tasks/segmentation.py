@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardInde
 from typing_extensions import override
 
 from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
+from visiondistill.core.errors import ConfigError
 from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
 from visiondistill.tasks.base import DistillationTask
 
@@ -69,15 +70,15 @@ class SegmentationTask(DistillationTask):
         **kwargs: Any,
     ) -> None:
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 2 (background included), got {num_classes}")
         if loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
+            raise ConfigError(f"loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
         if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) < 0):
-            raise ValueError(
+            raise ConfigError(
                 f"class_weights needs {num_classes} non-negative values (one per class), got {list(class_weights)}"
             )
         if ignore_index is not None and 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
+            raise ConfigError(f"ignore_index {ignore_index} is a class index (num_classes={num_classes}); use e.g. 255")
         super().__init__(student, teacher, num_outputs=num_classes, output_names=class_names, **kwargs)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -100,14 +101,14 @@ class SegmentationTask(DistillationTask):
         datamodule = self.check_datamodule(classes_note="(background included)")
         data_ignore = getattr(datamodule, "ignore_index", None)
         if data_ignore is not None and data_ignore != self.ignore_index:
-            raise ValueError(
+            raise ConfigError(
                 f"the data marks unlabelled pixels with {data_ignore} but the model ignores {self.ignore_index}; "
                 f"set model.init_args.ignore_index: {data_ignore}"
             )
 
     def _loss(self, logits: Tensor, masks: Tensor) -> Tensor:
         if logits.shape[-2:] != masks.shape[-2:]:
-            raise ValueError(
+            raise ConfigError(
                 f"logits of size {tuple(logits.shape[-2:])} but masks of size {tuple(masks.shape[-2:])}; the "
                 "network must keep the input size (image sizes divisible by 32 for most smp encoders)"
             )

@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 from pytorch_lightning.utilities import rank_zero_info
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
@@ -124,16 +125,16 @@ class COCOKeypoints(SplitFolderDataModule):
     ) -> None:
         super().__init__()
         if input_size <= 0 or batch_size <= 0 or num_workers < 0 or heatmap_stride <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need input_size > 0, heatmap_stride > 0, batch_size > 0 and num_workers >= 0, got "
                 f"input_size={input_size!r}, heatmap_stride={heatmap_stride!r}, batch_size={batch_size!r}, "
                 f"num_workers={num_workers!r}"
             )
         if input_size % heatmap_stride:
-            raise ValueError(f"input_size {input_size} is not a multiple of heatmap_stride {heatmap_stride}")
+            raise ConfigError(f"input_size {input_size} is not a multiple of heatmap_stride {heatmap_stride}")
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if keypoint_names is not None and num_keypoints is not None and len(keypoint_names) != num_keypoints:
-            raise ValueError(f"keypoint_names has {len(keypoint_names)} names but num_keypoints is {num_keypoints}")
+            raise ConfigError(f"keypoint_names has {len(keypoint_names)} names but num_keypoints is {num_keypoints}")
         count = num_keypoints if num_keypoints is not None else len(keypoint_names) if keypoint_names else None
         if count is not None:
             check_flip_pairs(flip_pairs, count, keypoint_names)
@@ -298,7 +299,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
         categories = list(categories) if categories is not None else list(SHAPE_TIPS)
         bad = [c for c in categories if c not in SHAPE_TIPS]
         if not categories or bad:
-            raise ValueError(
+            raise ConfigError(
                 f"categories must be shape classes with tips, any of {list(SHAPE_TIPS)}; got {bad or categories}"
                 + (" (a circle has no corners or tips)" if "circle" in bad else "")
             )

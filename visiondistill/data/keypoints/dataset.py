@@ -20,6 +20,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import MissingDataError
 from visiondistill.data.images import check_window, read_image
 from visiondistill.data.keypoints.coco import CocoKeypointsFile, KeypointInstance
@@ -85,13 +86,13 @@ class KeypointCrops(Dataset):
         intensity_window: Sequence[float] | None = None,
     ) -> None:
         if input_size <= 0 or heatmap_stride <= 0 or input_size % heatmap_stride:
-            raise ValueError(
+            raise ConfigError(
                 f"need input_size > 0 divisible by heatmap_stride > 0, got {input_size!r} and {heatmap_stride!r}"
             )
         if not sigma > 0 or not padding >= 1:
-            raise ValueError(f"need sigma > 0 and padding >= 1, got sigma={sigma!r}, padding={padding!r}")
+            raise ConfigError(f"need sigma > 0 and padding >= 1, got sigma={sigma!r}, padding={padding!r}")
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
+            raise ConfigError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}")
         self.instances = annotations.instances
         self.num_keypoints = annotations.num_keypoints
         self.keypoint_names = annotations.keypoint_names

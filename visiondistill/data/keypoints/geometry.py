@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from visiondistill.core.errors import ConfigError
+
 __all__ = [
     "apply_affine",
     "check_flip_pairs",
@@ -48,16 +50,16 @@ def check_flip_pairs(
     names = f" ({', '.join(keypoint_names)})" if keypoint_names else ""
     for pair in flip_pairs or ():
         if len(pair) != 2 or any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in pair):
-            raise ValueError(f"flip pair {list(pair)!r} must be two keypoint indices")
+            raise ConfigError(f"flip pair {list(pair)!r} must be two keypoint indices")
         a, b = int(pair[0]), int(pair[1])
         bad = [i for i in (a, b) if not 0 <= i < num_keypoints]
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"flip pair {[a, b]} names keypoint(s) {bad} that do not exist: there are {num_keypoints} keypoints, "
                 f"indices 0..{num_keypoints - 1}{names}"
             )
         if a == b or a in seen or b in seen:
-            raise ValueError(f"flip pair {[a, b]}: a keypoint may appear in at most one pair, and not with itself")
+            raise ConfigError(f"flip pair {[a, b]}: a keypoint may appear in at most one pair, and not with itself")
         seen.update((a, b))
         pairs.append((a, b))
     return pairs
