@@ -1,9 +1,10 @@
-"""Forward-hook feature recorders, addressed by module path or by timm feature-stage index.
+"""Forward-hook feature recorders, addressed by module path or by feature-stage index.
 
 A layer is named either by its module path inside the model (``"layer3"``, ``"stages.2"``,
 ``"encoder.layer4"``) or by an integer index into the model's feature stages (``-1`` is the last
 stage). Stage indices are resolved through timm's ``feature_info`` (or smp's encoder, which carries
-the same information), so connectors can be sized without hard-coding channel counts.
+the same information); a model that declares none (torchvision, your own ``nn.Module``) has its stages
+found by one dry forward (see `probe_stages`), so connectors can be sized without hard-coding channel counts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -43,23 +45,151 @@ class FeatureStage:
 
 
 def feature_stages(model: nn.Module) -> list[FeatureStage]:
-    """Lists the feature stages a model declares (timm ``feature_info`` or an smp encoder).
+    """Lists the feature stages of a model: declared (timm ``feature_info``, an smp encoder) or found by probing.
 
     Args:
-        model: A timm model (classifier or ``features_only``), an smp model, or any module with a
-            ``feature_info`` attribute.
+        model: A timm model (classifier or ``features_only``), an smp model, any module with a
+            ``feature_info`` attribute, or any other image model (torchvision, your own ``nn.Module``), whose
+            stages `probe_stages` finds with one dry forward.
 
     Returns:
-        The stages in order, shallow to deep; empty when the model declares none.
+        The stages in order, shallow to deep; empty when the model declares none and the probe finds none.
     """
+    declared = _declared_stages(model)
+    if declared is not None:
+        return declared
+    return probe_stages(model)[0]
+
+
+def _declared_stages(model: nn.Module) -> list[FeatureStage] | None:
     info = getattr(model, "feature_info", None)
     if info is not None:
         dicts = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         return [FeatureStage(i, d["module"], d.get("num_chs"), d.get("reduction")) for i, d in enumerate(dicts)]
     encoder = getattr(model, "encoder", None)
-    if encoder is not None and encoder is not model:
-        return [FeatureStage(s.index, f"encoder.{s.module}", s.channels, s.reduction) for s in feature_stages(encoder)]
-    return []
+    if isinstance(encoder, nn.Module) and encoder is not model:
+        inner = _declared_stages(encoder)
+        if inner is not None:
+            return [FeatureStage(s.index, f"encoder.{s.module}", s.channels, s.reduction) for s in inner]
+    return None
+
+
+#: Probe results per model (stages, or the reason there are none): the dry forward runs once per model.
+_PROBED: WeakKeyDictionary[nn.Module, tuple[list[FeatureStage], str]] = WeakKeyDictionary()
+
+#: Input sizes tried by the probe, in order: 64 px is cheap and leaves a /32 network a 2×2 last stage (global
+#: pooling's 1×1 is not mistaken for a stage); 224 for networks that need ImageNet's size; 32 for small-image nets.
+PROBE_SIZES = (64, 224, 32)
+
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@torch.no_grad()
+def probe_stages(model: nn.Module) -> tuple[list[FeatureStage], str]:
+    """Finds the feature stages of a model that declares none, with one dry forward (cached per model).
+
+    The rule: run the model in eval mode (train flags restored) on a zero image (``64×64``, else ``224`` or ``32``
+    when that fails; input channels from the first ``Conv2d``) with a forward hook on every submodule, and keep the
+    square ``N×C×H×W`` outputs on the main path: larger than ``1×1`` (this drops global pooling), not from adaptive
+    pooling, and not exceeded in area by any later square output (this drops squeeze-excitation and other side
+    branches). Each distinct spatial size is one stage, shallow to deep. Its module is, among the modules with an
+    output at that size, the shallowest (fewest dots in its path) that produced the last such output; a module
+    called at several sizes (a shared activation) is skipped, since its recorded output would be ambiguous. For
+    torchvision's resnet18 this gives ``relu`` (/2), ``layer1`` … ``layer4`` (/32), as timm's ``feature_info`` does
+    for timm's resnet18; for mobilenet_v3_small ``features.0``, ``features.1``, ``features.3``, ``features.8`` and
+    ``features`` (/32). Models whose resolution grows again (decoders) or channels-last outputs get no useful
+    stages this way: name their layers by module path.
+
+    Args:
+        model: The model.
+
+    Returns:
+        The stages (empty when none were found) and, when empty, the reason (for error messages).
+    """
+    if model in _PROBED:
+        return _PROBED[model]
+    result = _probe(model)
+    _PROBED[model] = result
+    return result
+
+
+def _probe(model: nn.Module) -> tuple[list[FeatureStage], str]:
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        return [], "it has no Conv2d layer, so no spatial feature maps to find"
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    events: list[tuple[str, tuple[int, int], int, int]] = []  # (path, (H, W), channels, id of the output)
+    keep: list[Tensor] = []  # holds every output, so no id is reused during the forward
+
+    def hook_for(path: str):
+        def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
+            # Adaptive pooling is a head: on a small probe image it can even enlarge the map (vgg's 7×7 pool).
+            if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _ADAPTIVE_POOLS):
+                keep.append(output)
+                events.append((path, (int(output.shape[-2]), int(output.shape[-1])), int(output.shape[1]), id(output)))
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(path)) for path, module in model.named_modules() if path]
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    failure = ""
+    try:
+        for size in PROBE_SIZES:
+            events.clear()
+            keep.clear()
+            try:
+                model(torch.zeros(1, first_conv.in_channels, size, size, device=device, dtype=dtype))
+            except Exception as error:  # noqa: BLE001 - any model may refuse a size; the next one is tried
+                failure = f"a dry forward on a {first_conv.in_channels}×{size}×{size} input failed ({error})"
+                continue
+            stages = _stages_from_events(events, size)
+            return stages, "" if stages else "a dry forward produced no spatial feature maps larger than 1×1"
+        return [], failure
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+        keep.clear()
+
+
+def _stages_from_events(events: list[tuple[str, tuple[int, int], int, int]], size: int) -> list[FeatureStage]:
+    sizes_of: dict[str, set[tuple[int, int]]] = {}
+    last_call: dict[str, int] = {}
+    for position, (path, hw, _channels, _id) in enumerate(events):
+        sizes_of.setdefault(path, set()).add(hw)
+        last_call[path] = position
+    # Main path: square maps larger than 1×1 that nothing produced later exceeds (side branches such as
+    # squeeze-excitation shrink and come back; channels-last N×H×W×C outputs are not square).
+    later_max = 0
+    main = [False] * len(events)
+    for position in range(len(events) - 1, -1, -1):
+        height, width = events[position][1]
+        if height == width:
+            main[position] = height * width >= later_max and height > 1
+            later_max = max(later_max, height * width)
+    levels: list[tuple[int, int]] = []
+    for position, (_path, hw, _channels, _id) in enumerate(events):
+        if main[position] and hw not in levels:
+            levels.append(hw)
+    stages = []
+    for hw in levels:
+        # The last output at this size from the shallowest module that gives one: a whole block or stage rather than
+        # a layer inside the next block that downsamples (its expansion convolution still runs at this size).
+        candidates = [
+            (position, path, channels)
+            for position, (path, event_hw, channels, _id) in enumerate(events)
+            if main[position] and event_hw == hw and len(sizes_of[path]) == 1 and last_call[path] == position
+        ]
+        if not candidates:
+            continue
+        depth = min(path.count(".") for _position, path, _channels in candidates)
+        _position, path, channels = [c for c in candidates if c[1].count(".") == depth][-1]
+        stages.append(FeatureStage(len(stages), path, channels, max(size // hw[0], 1)))
+    return stages
 
 
 def resolve_layer(model: nn.Module, layer: LayerSpec, *, role: str = "model") -> tuple[str, nn.Module]:
@@ -81,10 +211,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, *, role: str = "model") ->
     if isinstance(layer, int):
         stages = feature_stages(model)
         if not stages:
+            reason = probe_stages(model)[1] or "none were found"
             raise LayerNotFoundError(
-                f"{role} layer {layer}: {type(model).__name__} declares no feature stages (no `feature_info`), "
-                f"so stage indices cannot be used; name the layer by module path instead, e.g. "
-                f"{_suggest_paths(model, '')}"
+                f"{role} layer {layer}: {type(model).__name__} declares no feature stages (no `feature_info`) and "
+                f"probing found none: {reason}; so stage indices cannot be used; name the layer by module path "
+                f"instead, e.g. {_suggest_paths(model, '')}"
             )
         if not -len(stages) <= layer < len(stages):
             listing = ", ".join(f"{s.index} ({s.module}, {s.channels} ch, /{s.reduction})" for s in stages)

@@ -1,6 +1,16 @@
-"""Model factories: timm classifiers (and, per task, segmenters, detectors, keypoint heads)."""
+"""Model factories, checkpoint weights and teacher-to-student class maps.
 
-from visiondistill.models.checkpoints import CheckpointError, extract_state_dict, load_weights, read_checkpoint
+Classifiers come from timm, torchvision, the hub or a class path; segmenters, detectors and keypoint heads per task.
+"""
+
+from visiondistill.models.checkpoints import (
+    CheckpointError,
+    classifier_prefix,
+    extract_state_dict,
+    load_weights,
+    read_checkpoint,
+)
+from visiondistill.models.class_map import ClassMap, map_logits
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 from visiondistill.models.detectors import Detector, DetectorOutput, DetectorSpec, create_detector
 from visiondistill.models.keypoint_models import (
@@ -12,6 +22,7 @@ from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
 
 __all__ = [
     "CheckpointError",
+    "ClassMap",
     "ClassifierSpec",
     "Detector",
     "DetectorOutput",
@@ -19,11 +30,13 @@ __all__ = [
     "KeypointModelSpec",
     "SegmenterSpec",
     "SimpleBaseline",
+    "classifier_prefix",
     "create_classifier",
     "create_detector",
     "create_keypoint_model",
     "create_segmenter",
     "extract_state_dict",
     "load_weights",
+    "map_logits",
     "read_checkpoint",
 ]
