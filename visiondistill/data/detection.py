@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
-from visiondistill.data.errors import DataError, MissingDataError
+from visiondistill.data.errors import DataError, MissingDataError, check_image_files
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.images import check_window, read_image
 from visiondistill.data.shapes import SHAPE_CLASSES
@@ -238,6 +238,7 @@ class CocoDetectionDataset(Dataset):
                 raise DataError(f"'{self.annotation_file}': image entry {entry!r} needs 'id' and 'file_name'")
             index_of[entry["id"]] = len(self.images)
             self.images.append(entry)
+        check_image_files(self.image_dir, (entry["file_name"] for entry in self.images), self.annotation_file)
         boxes: list[list[list[float]]] = [[] for _ in self.images]
         labels: list[list[int]] = [[] for _ in self.images]
         self.stats = {"images": len(self.images), "annotations": 0, "empty_images": 0}

@@ -7,11 +7,12 @@ from DataLoader worker processes as ``type(error)(message)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from visiondistill.core.errors import VisionDistillError
 
-__all__ = ["CorruptImageError", "DataError", "MissingDataError"]
+__all__ = ["CorruptImageError", "DataError", "MissingDataError", "check_image_files"]
 
 
 class DataError(VisionDistillError):
@@ -66,3 +67,27 @@ class CorruptImageError(DataError):
             "`visiondistill synth --overwrite`)."
         )
         return cls(message, path=path)
+
+
+def check_image_files(image_dir: str | Path, file_names: Iterable[str], listed_in: str | Path, shown: int = 5) -> None:
+    """Checks, at setup, that every image an annotation file names exists (a missing one would fail mid-epoch).
+
+    Args:
+        image_dir: The folder the file names are relative to.
+        file_names: The file names (duplicates are checked once).
+        listed_in: The annotation file that lists them (named in the message).
+        shown: How many missing files the message names.
+
+    Raises:
+        MissingDataError: Naming the first ``shown`` missing files, how many are missing, and the fix.
+    """
+    image_dir = Path(image_dir)
+    names = list(dict.fromkeys(str(name) for name in file_names))
+    missing = [name for name in names if not (image_dir / name).is_file()]
+    if missing:
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise MissingDataError(
+            f"{len(missing)} of the {len(names)} images listed in '{listed_in}' are missing from '{image_dir}': "
+            f"{', '.join(missing[:shown])}{more}; copy them there or remove their entries from the JSON",
+            path=image_dir / missing[0],
+        )

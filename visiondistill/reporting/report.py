@@ -252,6 +252,16 @@ def _curve_blocks(runs: Sequence[Run], out: Path) -> list[Block]:
     return [Heading("Curves"), *blocks] if blocks else []
 
 
+def _unread_curve_blocks(runs: Sequence[Run]) -> list[Block]:
+    """What the report could not plot, in the report and on stderr (a curve left out must not go unnoticed)."""
+    lines = [f"{run.name}: {item}" for run in runs for item in run.unreadable]
+    for line in lines:
+        print(f"visiondistill report: could not read the curves of {line}", file=sys.stderr)
+    if not lines:
+        return []
+    return [Heading("Curves not read"), Paragraph("The curves above leave out: " + "; ".join(lines) + ".")]
+
+
 def _saliency_blocks(runs: Sequence[Run], out: Path) -> list[Block]:
     blocks: list[Block] = []
     for run in runs:
@@ -304,6 +314,7 @@ def write_report(
     context = SectionContext(runs, modules, datamodule, probe_batch(datamodule, num_images), measured, out, log)
     test_size = len(datamodule.test_dataloader().dataset)
     blocks = build_report(runs, measured, out, sections=task_sections(context), test_size=test_size)
+    blocks += _unread_curve_blocks(runs)
     if model_cards:
         teacher = next((run for run in runs if run.role == "teacher"), None)
         cards = []

@@ -7,6 +7,7 @@ run), ``checkpoints/best.ckpt`` (or ``last.ckpt``), TensorBoard event files, and
 
 from __future__ import annotations
 
+import csv
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Run:
         role: ``"teacher"``, ``"scratch"`` or ``"distilled"`` (see `assign_roles`).
         scalars: Logged scalars by tag: ``[(epoch, value), …]`` (see `read_scalars`).
         train_seconds: Wall time from the first to the last logged scalar (about the training time), or ``None``.
+        unreadable: The logged curves (files, columns, loggers) that could not be read, each with the reason.
     """
 
     path: Path
@@ -51,6 +53,7 @@ class Run:
     role: Role = "scratch"
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     train_seconds: float | None = None
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def teacher_checkpoint(self) -> Path | None:
@@ -147,21 +150,103 @@ def read_run(run_dir: str | Path) -> Run:
         raise RunError(f"{checkpoint}: not written by a visiondistill task module (no 'student' hyper-parameter)")
     run = Run(path=path, name=path.name, config=config, checkpoint=checkpoint, hparams=hparams)
     run.role = "distilled" if run.teacher_checkpoint is not None else "scratch"
-    run.scalars, run.train_seconds = read_events(path)
+    run.scalars, run.train_seconds, run.unreadable = read_curves(path, config)
     return run
 
 
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar logged to the run's TensorBoard event files, as ``tag → [(epoch, value), …]``.
+#: Loggers whose curves `read_curves` reads (class names).
+READABLE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+
+Scalars = dict[str, list[tuple[int, float]]]
+
+
+def read_scalars(run_dir: Path) -> Scalars:
+    """Every scalar logged to the run's TensorBoard event files or ``metrics.csv``, as ``tag → [(epoch, value), …]``.
 
     Epochs come from Lightning's ``epoch`` scalar (logged at the same global steps); a value logged at a step
     without one takes the epoch of the latest step before it. Epochs count from 1, as people count them.
     """
-    return read_events(run_dir)[0]
+    return read_curves(run_dir)[0]
 
 
-def read_events(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
-    """`read_scalars`, and the wall time from the first to the last logged scalar (``None`` without events)."""
+def read_curves(run_dir: Path, config: dict[str, Any] | None = None) -> tuple[Scalars, float | None, list[str]]:
+    """The run's curves from TensorBoard event files and Lightning's ``CSVLogger`` ``metrics.csv``.
+
+    Args:
+        run_dir: The run folder.
+        config: Its ``config.yaml``, to name a logger whose files are not read (``WandbLogger``, …).
+
+    Returns:
+        The scalars (see `read_scalars`; a tag in both files is taken from the event files), the wall time from the
+        first to the last event (``None`` from a CSV log, which records no time), and what could not be read, each
+        naming the file, column or logger and the reason.
+    """
+    scalars: Scalars = {}
+    unreadable: list[str] = []
+    seconds = None
+    try:
+        scalars, seconds = read_events(run_dir)
+    except Exception as error:  # noqa: BLE001 - a broken event file must not cost the rest of the report
+        unreadable.append(f"TensorBoard events in {run_dir}: {type(error).__name__}: {error}")
+    csv_path = run_dir / "metrics.csv"
+    if csv_path.is_file():
+        from_csv, problems = read_metrics_csv(csv_path)
+        unreadable += problems
+        scalars = {**from_csv, **scalars}
+    loggers = ((config or {}).get("trainer") or {}).get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        name = str(logger.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(logger, dict) else ""
+        if name and name not in READABLE_LOGGERS:
+            unreadable.append(f"curves logged with {name}: only {' and '.join(READABLE_LOGGERS)} logs are read")
+    if not scalars and not unreadable:
+        unreadable.append(f"no curves: {run_dir} holds no TensorBoard event files and no metrics.csv")
+    return scalars, seconds, unreadable
+
+
+def read_metrics_csv(path: Path) -> tuple[Scalars, list[str]]:
+    """The scalars of a ``CSVLogger`` ``metrics.csv`` (``epoch``, ``step`` and one column per logged key).
+
+    A value logged twice at one step (a resumed run) keeps the later row. Epochs count from 1, as in `read_scalars`.
+
+    Returns:
+        The scalars, and the columns (or the file) that could not be read.
+    """
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return {}, [f"{path}: cannot be read as CSV ({error})"]
+    if rows and ("step" not in rows[0] or "epoch" not in rows[0]):
+        return {}, [f"{path}: no 'epoch' and 'step' columns; is it a Lightning CSVLogger metrics.csv?"]
+    by_tag: dict[str, dict[int, tuple[int, float]]] = {}
+    bad: dict[str, int] = {}
+    epoch = 0
+    for row in rows:
+        try:
+            step = int(float(row["step"]))
+            epoch = int(float(row["epoch"])) if row.get("epoch") not in (None, "") else epoch
+        except ValueError:
+            bad["step/epoch"] = bad.get("step/epoch", 0) + 1
+            continue
+        for tag, text in row.items():
+            if tag in ("epoch", "step") or text in (None, ""):
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                bad[tag] = bad.get(tag, 0) + 1
+                continue
+            by_tag.setdefault(str(tag), {})[step] = (epoch + 1, value)
+    scalars = {tag: [values[step] for step in sorted(values)] for tag, values in by_tag.items()}
+    problems = [f"{path}: column {tag!r}: {count} value(s) are not numbers" for tag, count in sorted(bad.items())]
+    return scalars, problems
+
+
+def read_events(run_dir: Path) -> tuple[Scalars, float | None]:
+    """The scalars of the TensorBoard event files, and the wall time from the first to the last logged scalar.
+
+    Both are empty (``{}``, ``None``) for a folder without event files.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not any(run_dir.glob("events.out.tfevents.*")):

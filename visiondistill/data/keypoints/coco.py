@@ -53,6 +53,7 @@ class CocoKeypointsFile:
     keypoint_names: list[str]
     outside_image: int = 0  # labelled keypoints outside their image, marked invisible
     skipped: int = 0  # crowd, unlabelled, boxless or (with a converter) unconvertible annotations
+    path: Path | None = None  # the JSON file read (named in messages about its images)
 
 
 KeypointConverter = Callable[[np.ndarray, str], "np.ndarray | None"]
@@ -113,7 +114,7 @@ def read_coco_keypoints(
         [f"kp_{i}" for i in range(num_keypoints)],
     )
     images = {int(i["id"]): i for i in content.get("images", [])}
-    result = CocoKeypointsFile([], num_keypoints, names)
+    result = CocoKeypointsFile([], num_keypoints, names, path=path)
     for ann in content.get("annotations", []):
         if int(ann.get("category_id", -1)) not in wanted:
             continue

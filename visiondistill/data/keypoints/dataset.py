@@ -21,7 +21,7 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
 from visiondistill.core.errors import ConfigError
-from visiondistill.data.errors import MissingDataError
+from visiondistill.data.errors import MissingDataError, check_image_files
 from visiondistill.data.images import check_window, read_image
 from visiondistill.data.keypoints.coco import CocoKeypointsFile, KeypointInstance
 from visiondistill.data.keypoints.geometry import (
@@ -99,6 +99,7 @@ class KeypointCrops(Dataset):
         self.outside_image = annotations.outside_image
         self.skipped = annotations.skipped
         self.image_dir = Path(image_dir)
+        check_image_files(self.image_dir, (i.file_name for i in self.instances), annotations.path or "the annotations")
         self.input_size, self.stride, self.sigma, self.padding = input_size, heatmap_stride, sigma, padding
         self.train = train
         self.flip_pairs = check_flip_pairs(flip_pairs, self.num_keypoints, self.keypoint_names)
