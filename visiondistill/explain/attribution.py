@@ -47,6 +47,8 @@ import torch
 from torch import Tensor, nn
 
 from visiondistill.core.errors import ConfigError
+from visiondistill.core.recorder import LayerSpec, resolve_layer
+from visiondistill.core.saliency import SaliencyAdapter
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -57,6 +59,7 @@ __all__ = [
     "explanation_maps",
     "grid_feature_mask",
     "is_attribution_method",
+    "network_maps",
     "scale_maps",
     "target_scores",
 ]
@@ -327,3 +330,37 @@ def explanation_maps(
         raise ConfigError(f"the CAM method {method!r} needs target layers")
     with torch.enable_grad():
         return compute_cams(cam_class, model, layers, images, targets, reshape_transform)
+
+
+def network_maps(
+    adapter: SaliencyAdapter,
+    network: nn.Module,
+    method: str,
+    images: Tensor,
+    targets: Sequence[Callable[[Tensor], Tensor]],
+    layers: Sequence[LayerSpec] = (-1,),
+    **options: Any,
+) -> Tensor:
+    """Maps of a trained network (not yet wrapped) for a method by name, as the callbacks and the report make them.
+
+    The network is wrapped by ``adapter.cam_model`` and put in eval mode; a CAM method explains ``layers`` (module
+    paths or stage indices, resolved on ``network``; several are averaged), an attribution method the input.
+
+    Args:
+        adapter: The task's saliency adapter.
+        network: The network.
+        method: A grad-cam or attribution method name.
+        images: Input batch on the network's device.
+        targets: One target callable per image.
+        layers: CAM layers.
+        **options: Settings of `compute_attributions`.
+
+    Returns:
+        ``(N, H, W)`` float32 maps in [0, 1] on the CPU.
+    """
+    wrapped = adapter.cam_model(network).eval()
+    if is_attribution_method(method):
+        return explanation_maps(method, wrapped, images, targets, **options)
+    resolved = [resolve_layer(network, layer) for layer in layers]
+    transform = adapter.reshape_transform(network, [path for path, _ in resolved])
+    return explanation_maps(method, wrapped, images, targets, [module for _, module in resolved], transform)
