@@ -136,22 +136,35 @@ def _accepted_names(detail: str, parser: Any) -> list[str]:
     if classes:
         module, _, name = classes[-1].rpartition(".")
         try:
-            signature = inspect.signature(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError, TypeError, ValueError):
+            mro = getattr(importlib.import_module(module), name).__mro__
+        except (ImportError, AttributeError):
             return []
-        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        return [p.name for p in signature.parameters.values() if p.kind not in kinds]
+        names: list[str] = []
+        for cls in mro:  # a subclass's **kwargs go on to its bases (ClassificationTask → DistillationTask: lr, …)
+            try:
+                parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+            except (TypeError, ValueError):
+                break
+            kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            names += [p.name for p in parameters if p.kind not in kinds and p.name not in names]
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+                break
+        return names
+    subcommand = re.search(r"Subcommand '(\w+)'", detail)
+    subcommands = getattr(getattr(parser, "_subcommands_action", None), "choices", None) or {}
+    if subcommand and subcommand.group(1) in subcommands:
+        parser = subcommands[subcommand.group(1)]
     return sorted({str(action.dest) for action in getattr(parser, "_actions", []) if action.dest != "help"})
 
 
 def _suggestion(detail: str, parser: Any) -> str:
     """`` (did you mean 'temperature'?)`` for an unknown key close to an accepted one, else ``""``."""
-    unknown = re.search(r"unrecognized arguments: --?([\w.]+)|Option '([\w.]+)' is not accepted", detail)
+    unknown = re.search(r"unrecognized arguments: --?([\w.]+)|[Oo]ption '([\w.]+)'", detail)
     if unknown is None:
         return ""
     key = unknown.group(1) or unknown.group(2)
     names = _accepted_names(detail, parser)
-    if names and "." not in names[0]:  # init arguments: compare the first component only (`studnet.name`)
+    if not any("." in name for name in names):  # init arguments: compare the first component (`studnet.name`)
         key = key.split(".")[0]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
