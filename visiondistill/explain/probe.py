@@ -244,7 +244,9 @@ class ProbeCallback(Callback):
     as `ModelCheckpoint` counts) and at every ``validate``, never during the sanity check. Only global rank zero
     probes, logs (``rank_zero_only=True``) and writes files; the run folder is read on every rank first, because
     `pl.Trainer.log_dir` is a collective call. Inside, gradients are enabled outside inference mode (so it also
-    works under ``trainer.validate``), and `untouched_training_state` guards the whole LightningModule.
+    works under ``trainer.validate``), and `untouched_training_state` guards the whole LightningModule. The probe
+    batch is checkpointed (its ``state_key`` is built from the settings), so a resumed ``fit`` keeps probing the same
+    images.
 
     Args:
         every_n_epochs: Probe every this many training epochs (>= 1).
@@ -280,6 +282,7 @@ class ProbeCallback(Callback):
         self.log_images = bool(log_images)
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self._probe: ProbeBatch | None = None
+        self._restored: ProbeBatch | None = None  # the probe batch of the checkpoint a fit resumes from
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: ProbeBatch, out_dir: Path) -> None:
         """Explains the probe batch, logs metrics and writes files under ``out_dir``; subclasses implement it."""
@@ -287,12 +290,13 @@ class ProbeCallback(Callback):
 
     @property
     def probe_batch(self) -> ProbeBatch | None:
-        """The probe batch, once drawn (it is drawn at the first run of each stage)."""
+        """The probe batch, once drawn (at the first run of each stage; a resumed fit takes its checkpoint's)."""
         return self._probe
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._probe = None  # another stage may validate on other data; the draw is seeded, so this costs nothing
+        self._restored = None  # a checkpoint's probe batch is restored after setup (`load_state_dict`)
 
     def should_probe(self, trainer: pl.Trainer) -> bool:
         """Whether to run at the end of this validation epoch."""
@@ -315,9 +319,41 @@ class ProbeCallback(Callback):
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(untouched_training_state(_guarded_modules(pl_module)))
+            if self._probe is None and self._restored is not None and trainer.state.fn == "fit":
+                self._probe = self._restored  # a resumed fit probes the images of its earlier epochs
             if self._probe is None:
                 self._probe = draw_probe_batch(trainer, self.num_samples, self.seed)
             self.probe(trainer, pl_module, self._probe, out_dir)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Built from the configuration: two probe callbacks of one class with other settings keep their own batch.
+        identity = {
+            key: value
+            for key, value in vars(self).items()
+            if not key.startswith("_") and isinstance(value, str | int | float | bool | list)
+        }
+        return self._generate_state_key(**identity)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # The batch itself, not only its seed: a resumed fit then probes exactly the images of its earlier epochs,
+        # even when the validation data has changed since.
+        probe = self._probe if self._probe is not None else self._restored
+        if probe is None:
+            return {}
+        return {"probe": {"batch": probe.batch, "indices": probe.indices, "mean": probe.mean, "std": probe.std}}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("probe")
+        if saved is None:  # checkpoints written before the batch was saved: the seeded draw gives the same images
+            return
+        batch = saved["batch"]
+        self._restored = ProbeBatch(
+            batch=batch, images=batch_inputs(batch), indices=saved["indices"], mean=saved["mean"], std=saved["std"]
+        )
 
     def log_metric(self, pl_module: pl.LightningModule, name: str, value: Tensor | float) -> None:
         """Logs one epoch-level scalar from rank zero (no collective call)."""
