@@ -83,9 +83,9 @@ def test_gradcam_map_keeps_images_and_positions_apart():
 
 
 def test_gradcam_map_errors():
-    with pytest.raises(ValueError, match="gradients"):
+    with pytest.raises(ValueError, match=r"^activations and gradients must have the same shape, got \(1, 2, 3, 3\)"):
         gradcam_map(torch.ones(1, 2, 3, 3), torch.ones(1, 2, 3, 4))
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^activations must be 4-D \(N, C, H, W\), got shape \(2, 3, 3\)"):
         gradcam_map(torch.ones(2, 3, 3), torch.ones(2, 3, 3))
 
 
@@ -112,6 +112,9 @@ def test_boxes_to_masks_takes_the_union_per_image_and_keeps_images_apart():
 
 def test_boxes_to_masks_of_no_images_and_bad_boxes():
     assert boxes_to_masks([], 2, 3).shape == (0, 2, 3)
+    # An image without boxes may come as (0, 4) or as a plain empty tensor (an empty JSON list): no pixel, no error.
+    empty = boxes_to_masks([torch.tensor([]), torch.zeros(0, 4), torch.tensor([[0, 0, 1, 1]])], 2, 3)
+    assert empty.tolist() == [[[False] * 3] * 2] * 2 + [[[True, False, False], [False, False, False]]]
     with pytest.raises(ValueError, match=r"image 1 .*\(M, 4\)"):
         boxes_to_masks([torch.tensor([[0, 0, 1, 1]]), torch.tensor([1.0, 2.0, 3.0])], 4, 4)
     with pytest.raises(ValueError, match=r"\(M, 4\)"):

@@ -454,6 +454,20 @@ MESSAGE_CASES = [
         "student_heatmaps and target_heatmaps must have the same shape",
     ),
     (lambda: heatmap_kd_loss(_z(2, 3, 4, 4), _z(2, 3, 4, 4), alpha=-0.1), "alpha must be in [0, 1], got -0.1"),
+    (lambda: binary_kd_loss(_z(2, 5, 3), _z(2, 5, 4)), "student_logits and teacher_logits must have the same shape"),
+    (lambda: binary_kd_loss(_z(2, 3), _z(2, 3), temperature=0), "temperature must be a positive number, got 0"),
+    (
+        lambda: fgd_feature_loss(_z(1, 3, 2, 2), _z(1, 4, 2, 2), _z(1, 2, 2), _z(1, 2, 2)),
+        "student_feature and teacher_feature must have the same shape",
+    ),
+    (
+        lambda: fgd_feature_loss(_z(3, 2, 2), _z(3, 2, 2), _z(3, 2, 2), _z(3, 2, 2)),
+        "student_feature must be 4-D (N, C, H, W), got shape (3, 2, 2)",
+    ),
+    (
+        lambda: fgd_feature_loss(_z(1, 3, 2, 2), _z(1, 3, 2, 2), _z(1, 2, 2), _z(1, 2, 2), temperature=0),
+        "temperature must be a positive number, got 0",
+    ),
 ]
 
 

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from visiondistill.data.keypoints import gaussian_heatmaps
-from visiondistill.tasks.keypoint_metrics import PCK, KeypointAP, decode_heatmaps, keypoint_ap, pck
+from visiondistill.tasks.keypoint_metrics import PCK, KeypointAP, decode_heatmaps, keypoint_ap, keypoint_oks, pck
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -269,3 +269,221 @@ def test_quarter_decoding_of_a_batch_at_every_border_and_with_equal_neighbours()
     assert coords[0].tolist() == [[4 - 0.25 + 0.5, 3 - 0.25 + 0.5], [1.25 + 0.5, 1.25 + 0.5], [2.5, 2.5]]
     assert coords[1].tolist() == [[2.5, 4.5], [0.5, 2.5], [5.5, 2.5]]
     assert scores.tolist() == [[1.0] * 3] * 2
+
+
+# ------------------------------------------------------------------- OKS and AP against COCOeval, edge cases
+def coco_evaluation(gts, dts, image_ids, sigmas):
+    """COCOeval (keypoints) run on ``gts``/``dts`` over the listed images; returns the evaluated object."""
+    k = len(sigmas)
+    dataset = {
+        "images": [{"id": int(i), "width": 100, "height": 100} for i in image_ids],
+        "categories": [{"id": 1, "name": "shape", "keypoints": [f"k{i}" for i in range(k)], "skeleton": []}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": g["image_id"],
+                "category_id": 1,
+                "bbox": list(g["bbox"]),
+                "area": g["area"],
+                "iscrowd": 0,
+                "keypoints": np.asarray(g["keypoints"], dtype=np.float64).ravel().tolist(),
+                "num_keypoints": int((np.asarray(g["keypoints"])[:, 2] > 0).sum()),
+            }
+            for i, g in enumerate(gts)
+        ],
+    }
+    results = [
+        {
+            "image_id": d["image_id"],
+            "category_id": 1,
+            "keypoints": np.concatenate([d["keypoints"], np.ones((k, 1))], axis=1).ravel().tolist(),
+            "score": d["score"],
+        }
+        for d in dts
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+        evaluation = COCOeval(coco, coco.loadRes(results) if results else COCO(), iouType="keypoints")
+        evaluation.params.kpt_oks_sigmas = np.array(sigmas, dtype=np.float64)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation
+
+
+def ours_ap(gts, dts, sigmas):
+    return keypoint_ap(
+        [g["image_id"] for g in gts],
+        np.array([g["keypoints"] for g in gts], dtype=np.float64).reshape(len(gts), len(sigmas), 3),
+        np.array([g["area"] for g in gts], dtype=np.float64),
+        np.array([g["bbox"] for g in gts], dtype=np.float64).reshape(-1, 4),
+        np.array([d["keypoints"] for d in dts], dtype=np.float64).reshape(len(dts), len(sigmas), 2),
+        np.array([d["score"] for d in dts], dtype=np.float64),
+        sigmas,
+        prediction_image_ids=[d["image_id"] for d in dts],
+    )
+
+
+def unlabelled_case():
+    """Two ground truths without a labelled keypoint (COCOeval's enlarged-box OKS) next to labelled ones.
+
+    Predictions sit inside the 3x box, left of / above it, right of / below it, and on the labelled instances.
+    """
+    sigmas = [0.05, 0.08, 0.1]
+    labelled = np.array([[20.0, 22.0, 2.0], [30.0, 25.0, 1.0], [0.0, 0.0, 0.0]])
+    gts = [
+        {"image_id": 1, "bbox": [15.0, 18.0, 20.0, 12.0], "area": 150.0, "keypoints": labelled},
+        {"image_id": 1, "bbox": [50.0, 40.0, 10.0, 8.0], "area": 60.0, "keypoints": np.zeros((3, 3))},
+        {"image_id": 2, "bbox": [10.0, 12.0, 6.0, 9.0], "area": 40.0, "keypoints": np.zeros((3, 3))},
+        {"image_id": 2, "bbox": [40.0, 40.0, 12.0, 12.0], "area": 100.0, "keypoints": labelled + [25, 20, 0]},
+    ]
+    dts = [
+        # Image 1: on the labelled person (good), in the unlabelled one's 3x box, left/above and right/below it.
+        {"image_id": 1, "keypoints": labelled[:, :2] + [[0.8, -0.5], [1.5, 0.5], [9.0, 9.0]], "score": 0.9},
+        {"image_id": 1, "keypoints": np.array([[45.0, 35.0], [60.0, 50.0], [55.0, 45.0]]), "score": 0.8},
+        {"image_id": 1, "keypoints": np.array([[37.0, 30.0], [38.0, 28.0], [39.5, 31.0]]), "score": 0.7},
+        {"image_id": 1, "keypoints": np.array([[71.0, 57.0], [72.0, 58.5], [70.5, 59.0]]), "score": 0.6},
+        # Image 2: near the unlabelled box (x0 = 4, x1 = 22, y0 = 3, y1 = 30) on each side, and a mediocre hit.
+        {"image_id": 2, "keypoints": np.array([[3.0, 2.0], [23.5, 31.0], [12.0, 15.0]]), "score": 0.95},
+        {"image_id": 2, "keypoints": labelled[:, :2] + [[25, 20]] + [[2.0, -1.0], [-1.5, 2.5], [0, 0]], "score": 0.5},
+        {"image_id": 2, "keypoints": np.array([[2.0, 33.0], [24.0, 1.0], [3.5, 2.5]]), "score": 0.4},
+    ]
+    return gts, dts, sigmas
+
+
+def test_keypoint_oks_equals_cocoeval_ious_including_ground_truths_without_labelled_keypoints():
+    gts, dts, sigmas = unlabelled_case()
+    evaluation = coco_evaluation(gts, dts, [1, 2], sigmas)
+    for image in (1, 2):
+        gt = [g for g in gts if g["image_id"] == image]
+        dt = sorted((d for d in dts if d["image_id"] == image), key=lambda d: -d["score"])
+        oks = keypoint_oks(
+            np.array([d["keypoints"] for d in dt]),
+            np.array([g["keypoints"] for g in gt]),
+            np.array([g["area"] for g in gt]),
+            np.array([g["bbox"] for g in gt]),
+            np.array(sigmas),
+        )
+        expected = evaluation.ious[(image, 1)]
+        np.testing.assert_allclose(oks, expected, rtol=1e-12, atol=1e-15)
+        unlabelled = [j for j, g in enumerate(gt) if not (g["keypoints"][:, 2] > 0).any()]
+        # Not a degenerate fixture: the box branch gives values strictly between 0 and 1 as well as exact ones.
+        assert ((oks[:, unlabelled] > 0.01) & (oks[:, unlabelled] < 0.99)).any()
+        assert (oks[:, unlabelled] == 1.0).any() or image == 2
+
+
+def test_keypoint_ap_equals_cocoeval_with_unlabelled_ground_truths_matched_first():
+    gts, dts, sigmas = unlabelled_case()
+    expected = float(coco_evaluation(gts, dts, [1, 2], sigmas).stats[0])
+    assert 0.05 < expected < 0.95
+    assert ours_ap(gts, dts, sigmas) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "prediction_on_an_image_without_ground_truth",
+        "ground_truth_without_prediction",
+        "no_prediction_at_all",
+        "only_an_unlabelled_ground_truth_matched",
+        "more_than_twenty_predictions",
+    ],
+)
+def test_keypoint_ap_empty_sets_and_detection_cap_equal_cocoeval(case):
+    gts, dts, sigmas = unlabelled_case()
+    images = [1, 2]
+    if case == "prediction_on_an_image_without_ground_truth":
+        images = [1, 2, 3]
+        dts = [*dts, {"image_id": 3, "keypoints": np.full((3, 2), 20.0), "score": 0.99}]
+    elif case == "ground_truth_without_prediction":
+        dts = [d for d in dts if d["image_id"] == 1]
+    elif case == "no_prediction_at_all":
+        dts = []
+    elif case == "only_an_unlabelled_ground_truth_matched":
+        dts = [dts[1]]
+    else:
+        rng = np.random.default_rng(5)
+        truth = gts[0]["keypoints"][:, :2]
+        dts = [
+            {"image_id": 1, "keypoints": truth + rng.normal(0, 1.0 + i, (3, 2)), "score": float(s)}
+            for i, s in enumerate(rng.uniform(0.1, 1.0, 25))
+        ]
+    expected = float(coco_evaluation(gts, dts, images, sigmas).stats[0])
+    assert ours_ap(gts, dts, sigmas) == pytest.approx(expected, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- PCK edges and DDP-style merging
+def test_pck_counts_a_keypoint_exactly_at_the_threshold_and_defaults_to_a_tenth():
+    truth = torch.tensor([[[0.0, 0.0, 2.0], [10.0, 10.0, 1.0]]])
+    predicted = torch.tensor([[[6.0, 8.0], [10.0, 21.0]]])  # distances 10 (exactly 0.25 · 40) and 11
+    assert float(pck(predicted, truth, torch.tensor([40.0]), threshold=0.25)) == 0.5
+    # Default threshold 0.1: a box of 100 accepts the distance of 10 and not 11.
+    assert float(pck(predicted, truth, torch.tensor([100.0]))) == 0.5
+    assert float(pck(predicted, truth, torch.tensor([109.0]))) == 0.5
+    assert float(pck(predicted, truth, torch.tensor([110.0]))) == 1.0
+    # One labelled keypoint, correct: 1 / 1 (the zero-labelled clamp must not divide by more than the count).
+    one = torch.tensor([[[0.0, 0.0, 2.0], [5.0, 5.0, 0.0]]])
+    assert float(pck(predicted, one, torch.tensor([100.0]))) == 1.0
+    metric = PCK()
+    metric.update(predicted, one, torch.tensor([100.0]))
+    assert float(metric.compute()) == 1.0
+    metric = PCK()
+    metric.update(predicted, truth, torch.tensor([109.0]))
+    assert float(metric.compute()) == 0.5  # default 0.1 as for pck
+    with pytest.raises(ValueError, match=r"^PCK threshold must be in \(0, 1\], got 1.5"):
+        PCK(1.5)
+    assert PCK(1.0).threshold == 1.0  # the closed upper end
+
+
+def test_pck_states_merge_like_ddp():
+    rng = np.random.default_rng(11)
+    gt = np.concatenate([rng.uniform(0, 64, (9, 3, 2)), rng.integers(0, 3, (9, 3, 1))], axis=2)
+    pred = gt[..., :2] + rng.normal(0, 4, (9, 3, 2))
+    size = rng.uniform(20, 60, 9)
+    rank0, rank1 = PCK(0.1), PCK(0.1)
+    rank0.update(torch.tensor(pred[:3]), torch.tensor(gt[:3]), torch.tensor(size[:3]))
+    rank1.update(torch.tensor(pred[3:]), torch.tensor(gt[3:]), torch.tensor(size[3:]))
+    rank0.merge_state(rank1)
+    merged = rank0.compute()
+    assert merged.shape == ()
+    assert float(merged) == pytest.approx(numpy_pck(pred, gt, size, 0.1), abs=1e-6)
+
+
+def test_keypoint_ap_sigmas_are_checked_and_states_gather_by_concatenation():
+    with pytest.raises(ValueError, match=r"^KeypointAP needs one positive sigma per keypoint, got \[\]"):
+        KeypointAP([])
+    for sigmas in ([0.05, 0.0], [0.0], [0.05, -0.1]):
+        with pytest.raises(ValueError, match="KeypointAP needs one positive sigma per keypoint"):
+            KeypointAP(sigmas)
+    gts, dts = make_case(3)
+    dts = dts[: len(gts)]
+    tensors = [
+        torch.tensor([g["image_id"] for g in gts]),
+        torch.tensor(np.stack([g["keypoints"] for g in gts])),
+        torch.tensor([g["area"] for g in gts]),
+        torch.tensor(np.array([g["bbox"] for g in gts])),
+        torch.tensor(np.stack([d["keypoints"] for d in dts])),
+        torch.tensor([d["score"] for d in dts]),
+    ]
+    names = ("image_ids", "keypoints", "areas", "boxes", "predicted", "scores")
+    rank0, rank1 = KeypointAP(SIGMAS, sync_on_compute=False), KeypointAP(SIGMAS)
+    rank0.update(*[t[:4] for t in tensors])
+    rank0.update(*[t[4:6] for t in tensors])
+    rank1.update(*[t[6:] for t in tensors])
+    # What DDP does: each state is all-gathered (rank 0's first), then reduced with its dist_reduce_fx.
+    incoming = [torch.cat(getattr(rank1, name)) for name in names]
+
+    def all_gather(tensor, group=None):
+        other = incoming.pop(0)
+        assert other.shape[1:] == tensor.shape[1:], "one gather per state, in the order the states were added"
+        return [tensor, other]
+
+    with rank0.sync_context(dist_sync_fn=all_gather, distributed_available=lambda: True):
+        for name, expected in zip(names, tensors, strict=True):
+            state = getattr(rank0, name)
+            assert isinstance(state, torch.Tensor), name  # "cat": one tensor holding every rank's rows
+            torch.testing.assert_close(state, expected.to(state.dtype))
+        assert float(rank0.compute()) == pytest.approx(cocoeval_ap(gts, dts), abs=1e-4)
+    assert not incoming
