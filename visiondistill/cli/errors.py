@@ -170,8 +170,21 @@ def _suggestion(detail: str, parser: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _broken_config(argv: Sequence[str]) -> str | None:
+    """The first ``--config`` file that is not valid YAML (jsonargparse's message does not name it), else ``None``."""
+    import yaml
+
+    for path in _flag_values(argv, "--config"):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                yaml.safe_load(handle)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return path
+    return None
+
+
 @contextmanager
-def _parse_errors_raise() -> Iterator[None]:
+def _parse_errors_raise(argv: Sequence[str] = ()) -> Iterator[None]:
     """Turns jsonargparse's "print the whole usage and exit 2" into a `CommandLineError` with a short message.
 
     Only the outermost parser prints and exits (``exit_on_error``); inner parsers (a class's init arguments) raise
@@ -186,6 +199,9 @@ def _parse_errors_raise() -> Iterator[None]:
             return original(self, message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         detail = _parse_detail(message, ex)
+        broken = _broken_config(argv) if detail.startswith("Problems parsing config") else None
+        if broken is not None:
+            detail = f"{broken}: {detail}; fix the YAML syntax there"
         raise CommandLineError(detail + _suggestion(detail, parser)) from ex
 
     ArgumentParser.error = error  # type: ignore[method-assign]
@@ -275,7 +291,7 @@ def run_guarded(command: Callable[[list[str]], int | None], argv: Sequence[str])
         return command(argv) or 0
     try:
         check_accelerator(argv)
-        with _parse_errors_raise():
+        with _parse_errors_raise(argv):
             return command(argv) or 0
     except Exception as error:  # noqa: BLE001 - sorted into user errors (printed) and bugs (re-raised)
         user_error = find_user_error(error) or _lightning_accelerator_error(error)
