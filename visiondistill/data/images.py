@@ -272,11 +272,16 @@ def _read_pil(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def _read_png16_colour(path: Path) -> np.ndarray:
+    level = cv2.utils.logging.getLogLevel()
+    # errors only: a damaged file becomes our message, not also OpenCV's warning on stderr
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
         array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except (OSError, cv2.error) as error:
         raise CorruptImageError.for_file(path, error) from error
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if array is None or array.dtype != np.uint16 or array.ndim != 3:
         raise CorruptImageError.for_file(path, "the 16-bit colour PNG could not be decoded")
     return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)

@@ -53,7 +53,7 @@ from visiondistill.data.keypoints.geometry import apply_affine, crop_matrix, inv
 from visiondistill.data.transforms import augmentation_pipeline, resolve_normalization
 from visiondistill.explain.cam import cam_method, compute_cams
 from visiondistill.explain.render import overlay, save_png
-from visiondistill.models.checkpoints import read_checkpoint
+from visiondistill.models.checkpoints import CheckpointError, read_checkpoint
 from visiondistill.reporting.loader import load_task_module
 
 __all__ = ["PredictError", "PredictResult", "main", "predict_folder"]
@@ -398,6 +398,12 @@ def predict_folder(
     if top_k < 1:
         raise PredictError(f"--top-k must be >= 1, got {top_k}")
     checkpoint = Path(checkpoint).expanduser()
+    for path in (checkpoint, teacher):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise CheckpointError(
+                f"checkpoint '{path}' does not exist; pass a .ckpt written by `visiondistill fit` (e.g. "
+                "runs/<task>/<run>/checkpoints/best.ckpt)"
+            )
     files = find_images(images)
     for path in files:  # every file is checked before anything is written
         check_image(path)
