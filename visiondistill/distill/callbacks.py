@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.class_map import ClassMap, map_logits
 from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import (
     batch_targets,
@@ -36,8 +37,18 @@ def _check_logits(student: Tensor, teacher: Tensor, who: str) -> None:
     if student.shape != teacher.shape:
         raise ShapeMismatchError(
             f"{who}: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ; "
-            "teacher and student must predict the same number of classes"
+            "teacher and student must predict the same number of classes, or give class_map (teacher class -> "
+            "student class) for a teacher trained on other classes"
         )
+
+
+def _mapped_teacher(
+    student: Tensor, teacher: Tensor, class_map: ClassMap | None, temperature: float, who: str
+) -> Tensor:
+    """The teacher's logits on the student's classes: unchanged without a class map, else `map_logits` at ``T``."""
+    if class_map is None:
+        return teacher
+    return map_logits(teacher, class_map, num_student=student.shape[1], temperature=temperature, who=f"{who}.class_map")
 
 
 class LogitDistillation(DistillationCallback):
@@ -47,9 +58,15 @@ class LogitDistillation(DistillationCallback):
         temperature: Softmax temperature ``T`` (> 0).
         weight: Multiplier of the term.
         name: Log name (default ``kd``).
+        class_map: For a teacher trained on more or other classes: teacher class -> student class, as a list (one
+            student index or ``None`` per teacher class) or a mapping (unlisted teacher classes dropped); see
+            `visiondistill.core.class_map`. The soft target of each student class is then the sum of the teacher's
+            probabilities ``softmax(t/T)`` over its teacher classes, renormalised over the kept ones. Every
+            student class must receive a teacher class. ``None``: the same classes.
 
     Raises:
         ValueError: When ``temperature`` is not positive.
+        ConfigError: On a malformed ``class_map`` (here), or one that does not fit the logits (first step).
 
     Example::
 
@@ -60,15 +77,23 @@ class LogitDistillation(DistillationCallback):
 
     default_name = "kd"
 
-    def __init__(self, temperature: float = 4.0, weight: float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        weight: float = 1.0,
+        name: str | None = None,
+        class_map: list[int | None] | dict[int, int] | None = None,
+    ) -> None:
         super().__init__(weight=weight, name=name)
         if not temperature > 0:
             raise ConfigError(f"LogitDistillation: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.class_map = ClassMap.parse(class_map, "LogitDistillation.class_map") if class_map is not None else None
 
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
         student, teacher = output_logits(student_out), output_logits(teacher_out)
+        teacher = _mapped_teacher(student, teacher, self.class_map, self.temperature, self.name)
         _check_logits(student, teacher, self.name)
         return losses.kd_loss(student, teacher, temperature=self.temperature)
 
@@ -85,6 +110,8 @@ class DecoupledDistillation(DistillationCallback):
         warmup_epochs: Epochs of linear warm-up (0 disables it).
         weight: Multiplier of the term.
         name: Log name (default ``dkd``).
+        class_map: Teacher class -> student class, as in `LogitDistillation` (mapped at ``temperature``); the
+            targets are the student's classes.
 
     Raises:
         ValueError: On a non-positive temperature, negative alpha/beta or negative warm-up.
@@ -105,8 +132,10 @@ class DecoupledDistillation(DistillationCallback):
         warmup_epochs: int = 20,
         weight: float = 1.0,
         name: str | None = None,
+        class_map: list[int | None] | dict[int, int] | None = None,
     ) -> None:
         super().__init__(weight=weight, name=name)
+        self.class_map = ClassMap.parse(class_map, "DecoupledDistillation.class_map") if class_map is not None else None
         if not temperature > 0:
             raise ConfigError(f"DecoupledDistillation: temperature must be > 0, got {temperature}")
         if alpha < 0 or beta < 0:
@@ -124,6 +153,7 @@ class DecoupledDistillation(DistillationCallback):
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
         student, teacher = output_logits(student_out), output_logits(teacher_out)
+        teacher = _mapped_teacher(student, teacher, self.class_map, self.temperature, self.name)
         _check_logits(student, teacher, self.name)
         return losses.dkd_loss(
             student, teacher, batch_targets(batch), alpha=self.alpha, beta=self.beta, temperature=self.temperature

@@ -3,6 +3,7 @@
 Classifiers come from timm, torchvision, the hub or a class path; segmenters, detectors and keypoint heads per task.
 """
 
+from visiondistill.core.class_map import ClassMap, map_logits
 from visiondistill.models.checkpoints import (
     CheckpointError,
     classifier_prefix,
@@ -10,7 +11,6 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
-from visiondistill.models.class_map import ClassMap, map_logits
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 from visiondistill.models.detectors import Detector, DetectorOutput, DetectorSpec, create_detector
 from visiondistill.models.keypoint_models import (

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from visiondistill.core.class_map import ClassMap, map_logits
 from visiondistill.core.config import spec_from
 from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import (
@@ -18,8 +19,7 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
-from visiondistill.models.class_map import ClassMap, map_logits
-from visiondistill.models.sources import build_from_class_path, build_network, split_source
+from visiondistill.models.sources import build_from_model_class, build_network, split_source
 
 
 @dataclass
@@ -44,16 +44,16 @@ class ClassifierSpec:
             ``drop_path_rate`` …; ``torchvision.models.get_model``: ``dropout`` …).
         source: ``timm``, ``torchvision`` or ``hf-hub``: an alternative to the name prefixes; ``None`` reads the
             prefix (no prefix: timm).
-        class_path: Any ``nn.Module`` by import path (``my_package.models.MyNet``) instead of ``name``; it gets
-            ``init_args``, plus ``num_classes`` and ``in_channels`` (or ``in_chans``) when its constructor takes
-            them and ``init_args`` does not set them.
-        init_args: Keyword arguments of ``class_path``.
+        model_class: Any ``nn.Module`` by import path (``my_package.models.MyNet``) instead of ``name``; it gets
+            ``model_args``, plus ``num_classes`` and ``in_channels`` (or ``in_chans``) when its constructor takes
+            them and ``model_args`` does not set them.
+        model_args: Keyword arguments of ``model_class``.
         head: ``keep`` (default): ``checkpoint`` must fit exactly. ``reinit``: load everything but the classifier
             (timm's ``get_classifier()``, else the last ``nn.Linear``), which keeps its fresh initialisation for
             the task's classes; the skipped keys are listed in a warning. For a 1000-class ImageNet ``.pth`` as the
             starting point of a 6-class model.
         class_map: Teacher only: maps the teacher's classes onto the task's, for a teacher trained on more or other
-            classes (see `visiondistill.models.class_map`): a list with one student class index (or ``null``,
+            classes (see `visiondistill.core.class_map`): a list with one student class index (or ``null``,
             dropped) per teacher class, or a mapping ``{teacher class: student class}``. The teacher's logits are
             then aggregated per task class (``logsumexp``: its probabilities summed), so every callback and
             explanation sees logits over the task's classes.
@@ -66,8 +66,8 @@ class ClassifierSpec:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
-    class_path: str | None = None
-    init_args: dict[str, Any] = field(default_factory=dict)
+    model_class: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     head: str = "keep"
     class_map: list[int | None] | dict[int, int] | None = None
 
@@ -77,9 +77,15 @@ class ClassifierSpec:
 
         Raises:
             TypeError: On unknown keys, naming them and the valid ones.
+            ConfigError: On ``class_path``/``init_args`` keys (``model_class``/``model_args`` are meant).
         """
         if isinstance(value, str):
             return cls(name=value)
+        if isinstance(value, Mapping) and {"class_path", "init_args"} & set(value):
+            raise ConfigError(
+                f"{role} spec: write model_class and model_args for a network by import path (class_path and "
+                "init_args are Lightning's keys for the task, data and callbacks)"
+            )
         return spec_from(cls, value, role, expected="a mapping or a model name")
 
 
@@ -96,7 +102,7 @@ def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model
         The model; with ``class_map``, its output is mapped onto the task's classes by a forward hook.
 
     Raises:
-        ConfigError: When the class counts disagree, the name, source, class path, ``head`` or ``class_map`` is
+        ConfigError: When the class counts disagree, the name, source, model class, ``head`` or ``class_map`` is
             invalid, or a hub id is not in the local cache.
         CheckpointError: When the checkpoint or pretrained weights are missing, unreadable or do not fit.
 
@@ -110,18 +116,18 @@ def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model
     if spec.head not in ("keep", "reinit"):
         raise ConfigError(f"{role}.head must be 'keep' or 'reinit', got {spec.head!r}")
     checkpoint = read_checkpoint(spec.checkpoint) if spec.checkpoint else None
-    stored = _stored_spec(checkpoint, spec, role) if spec.name is None and spec.class_path is None else {}
-    name, class_path = spec.name or stored.get("name"), spec.class_path or stored.get("class_path")
-    if name is not None and class_path is not None:
-        raise ConfigError(f"{role}: set either name ({name!r}) or class_path ({class_path!r}), not both")
-    if class_path is not None:
+    stored = _stored_spec(checkpoint, spec, role) if spec.name is None and spec.model_class is None else {}
+    name, model_class = spec.name or stored.get("name"), spec.model_class or stored.get("model_class")
+    if name is not None and model_class is not None:
+        raise ConfigError(f"{role}: set either name ({name!r}) or model_class ({model_class!r}), not both")
+    if model_class is not None:
         if spec.pretrained:
-            raise ConfigError(f"{role}: pretrained applies to named models; give {role}.checkpoint for {class_path!r}")
-        init_args = spec.init_args or dict(stored.get("init_args") or {})
-        model = build_from_class_path(class_path, init_args, network_classes, spec.in_channels, role)
+            raise ConfigError(f"{role}: pretrained applies to named models; give {role}.checkpoint for {model_class!r}")
+        model_args = spec.model_args or dict(stored.get("model_args") or {})
+        model = build_from_model_class(model_class, model_args, network_classes, spec.in_channels, role)
     else:
-        if spec.init_args:
-            raise ConfigError(f"{role}.init_args go with class_path; the arguments of a named model go in kwargs")
+        if spec.model_args:
+            raise ConfigError(f"{role}.model_args go with model_class; the arguments of a named model go in kwargs")
         source, bare = split_source(name, spec.source or stored.get("source"), role)
         model, state, origin = build_network(
             source,
@@ -187,12 +193,12 @@ def _pretrained_head(model: nn.Module, state: Mapping[str, Tensor]) -> str:
 
 
 def _stored_spec(checkpoint: Mapping[str, Any] | None, spec: ClassifierSpec, role: str) -> dict[str, Any]:
-    """The model fields (name or class path, source, init_args) recorded in one of our run's checkpoints."""
+    """The model fields (name or model class, source, model_args) recorded in one of our run's checkpoints."""
     hparams = (checkpoint or {}).get("hyper_parameters") or {}
     stored = hparams.get("student")
     if not isinstance(stored, Mapping):
-        stored = {key: getattr(stored, key, None) for key in ("name", "source", "class_path", "init_args")}
-    if not (stored.get("name") or stored.get("class_path")):
+        stored = {key: getattr(stored, key, None) for key in ("name", "source", "model_class", "model_args")}
+    if not (stored.get("name") or stored.get("model_class")):
         where = f" and checkpoint {Path(spec.checkpoint).name!r} does not record one" if spec.checkpoint else ""
         raise CheckpointError(f"{role}: no model name given{where}; set {role}.name (a timm model name)")
-    return {key: stored.get(key) for key in ("name", "source", "class_path", "init_args")}
+    return {key: stored.get(key) for key in ("name", "source", "model_class", "model_args")}

@@ -1,18 +1,17 @@
-"""Where a network comes from: timm names, torchvision names, Hugging Face hub ids and class paths.
+"""Where a network comes from: timm names, torchvision names, Hugging Face hub ids and any ``nn.Module`` by import path.
 
 Nothing here touches the network. Pretrained weights of timm models and hub ids are read from the local Hugging Face
 cache (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), those of torchvision models from torch's hub
 cache (``$TORCH_HOME/hub/checkpoints``); when a file is absent the error names the id, the file and the folder to
 put it in.
 
-=============  =====================================================  ==========================================
-source         name                                                   pretrained: true reads
-=============  =====================================================  ==========================================
-``timm``       ``resnet18``, ``test_resnet`` (the default source)     the timm weights' hub id in the HF cache
-``torchvision``  ``torchvision/resnet18`` or ``source: torchvision``  ``$TORCH_HOME/hub/checkpoints/<file>``
-``hf-hub``     ``hf-hub:timm/resnet18.a1_in1k``                       the repo's ``config.json`` and weights
-class path     ``class_path: my_pkg.MyNet`` + ``init_args``           (use ``checkpoint:``)
-=============  =====================================================  ==========================================
+- timm (the default): ``name: resnet18``; ``pretrained: true`` reads the weights' hub id from the HF cache.
+- torchvision: ``name: torchvision/resnet18`` (or ``source: torchvision``); ``pretrained: true`` reads
+  ``$TORCH_HOME/hub/checkpoints/<file of the DEFAULT weights>``.
+- Hugging Face hub (timm models): ``name: hf-hub:timm/resnet18.a1_in1k``; the repo's ``config.json`` (and, with
+  ``pretrained: true``, ``model.safetensors``) must be in the HF cache.
+- any module: ``model_class: my_pkg.MyNet`` with ``model_args``; weights from ``checkpoint:``. (Not ``class_path``/
+  ``init_args``: LightningCLI reserves those keys for the objects it builds.)
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from torch import nn
 from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import CheckpointError
 
-__all__ = ["SOURCES", "build_from_class_path", "build_network", "split_source"]
+__all__ = ["SOURCES", "build_from_model_class", "build_network", "split_source"]
 
 #: The values of a spec's ``source``.
 SOURCES = ("timm", "torchvision", "hf-hub")
@@ -54,7 +53,7 @@ def split_source(name: str, source: str | None, role: str = "model") -> tuple[st
         ConfigError: On an unknown source, or a prefix that contradicts ``source``.
     """
     if source is not None and source not in SOURCES:
-        raise ConfigError(f"{role}.source {source!r} is unknown; valid sources: {', '.join(SOURCES)} (or class_path)")
+        raise ConfigError(f"{role}.source {source!r} is unknown; valid sources: {', '.join(SOURCES)} (or model_class)")
     for prefix, prefixed_source in _PREFIXES.items():
         if name.startswith(prefix):
             if source not in (None, prefixed_source):
@@ -102,38 +101,41 @@ def build_network(
     return _timm(name, num_classes, in_channels, pretrained, kwargs, role), None, None
 
 
-def build_from_class_path(
-    class_path: str, init_args: dict[str, Any], num_classes: int, in_channels: int, role: str = "model"
+def build_from_model_class(
+    model_class: str, model_args: dict[str, Any], num_classes: int, in_channels: int, role: str = "model"
 ) -> nn.Module:
     """Builds any ``nn.Module`` by its import path, passing ``num_classes``/``in_channels`` where it takes them.
 
-    ``num_classes`` (and ``in_channels``, or timm's ``in_chans``) are passed only when the constructor has a
-    parameter of that name and ``init_args`` does not already set it.
+    ``num_classes`` is passed when ``model_args`` does not set it and the constructor has a parameter of that name or
+    takes ``**kwargs`` (torchvision's builder functions); ``in_channels`` (or timm's ``in_chans``) when it has a
+    parameter of that name. When ``num_classes`` could not be passed, the last ``nn.Linear`` must already have the
+    task's number of outputs.
 
     Raises:
-        ConfigError: When the module or class cannot be imported, is not an ``nn.Module``, or refuses ``init_args``.
+        ConfigError: When the module or class cannot be imported, is not an ``nn.Module``, or refuses ``model_args``.
     """
-    module_name, _, class_name = class_path.rpartition(".")
+    module_name, _, class_name = model_class.rpartition(".")
     try:
         target = getattr(importlib.import_module(module_name), class_name) if module_name else None
     except ImportError as error:
         raise ConfigError(
-            f"{role}.class_path {class_path!r}: cannot import module {module_name!r} ({error}); give the full "
+            f"{role}.model_class {model_class!r}: cannot import module {module_name!r} ({error}); give the full "
             "import path of an nn.Module subclass, e.g. my_package.models.MyNet, importable from the working folder"
         ) from None
     except AttributeError:
         target = None
     if target is None:
         raise ConfigError(
-            f"{role}.class_path {class_path!r}: module {module_name or '(none)'!r} has no {class_name!r}; give the "
+            f"{role}.model_class {model_class!r}: module {module_name or '(none)'!r} has no {class_name!r}; give the "
             "full import path of an nn.Module subclass, e.g. my_package.models.MyNet"
         )
-    args = dict(init_args)
+    args = dict(model_args)
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):
         parameters = {}
-    if "num_classes" in parameters:
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "num_classes" in parameters or takes_kwargs:  # torchvision's builders pass **kwargs on to the model
         args.setdefault("num_classes", num_classes)
     for channels_name in ("in_channels", "in_chans"):
         if channels_name in parameters:
@@ -141,9 +143,17 @@ def build_from_class_path(
     try:
         model = target(**args)
     except TypeError as error:
-        raise ConfigError(f"{role}.class_path {class_path!r} refused init_args {sorted(args)}: {error}") from None
+        raise ConfigError(f"{role}.model_class {model_class!r} refused model_args {sorted(args)}: {error}") from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{role}.class_path {class_path!r} built a {type(model).__name__}, not an nn.Module")
+        raise ConfigError(f"{role}.model_class {model_class!r} built a {type(model).__name__}, not an nn.Module")
+    if "num_classes" not in args:
+        linear = [(path, m) for path, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if linear and linear[-1][1].out_features != num_classes:
+            raise ConfigError(
+                f"{role}.model_class {model_class!r}: its last linear layer {linear[-1][0]!r} has "
+                f"{linear[-1][1].out_features} outputs but the task has {num_classes} classes, and its constructor "
+                f"takes no num_classes; set the right argument in {role}.model_args"
+            )
     return model
 
 
@@ -152,7 +162,7 @@ def _timm(name: str, num_classes: int, in_channels: int, pretrained: bool, kwarg
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ConfigError(
             f"{role}: unknown timm model {name!r}; similar names: {close or 'none'}. Other sources: "
-            "'torchvision/<name>', 'hf-hub:<repo id>' or class_path"
+            "'torchvision/<name>', 'hf-hub:<repo id>' or model_class"
         )
     overlay = {}
     if pretrained:
@@ -243,7 +253,7 @@ def _torchvision(
     if in_channels != 3:
         raise ConfigError(
             f"{role}: torchvision model {name!r} takes 3 input channels, not {in_channels}; use a timm model "
-            "(in_channels adapts its first convolution) or your own class_path"
+            "(in_channels adapts its first convolution) or your own model_class"
         )
     model = tv.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if not pretrained:

@@ -60,8 +60,10 @@ class ClassMap:
         if isinstance(value, ClassMap):
             return value
         if isinstance(value, Mapping):
-            items = [(_index(t, who, "teacher class"), _index(s, who, f"student class of teacher class {t}"))
-                     for t, s in value.items()]
+            items = [
+                (_index(t, who, "teacher class"), _index(s, who, f"student class of teacher class {t}"))
+                for t, s in value.items()
+            ]
             count = None
         elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
             items = [(t, _index(s, who, f"entry {t}")) for t, s in enumerate(value) if s is not None]
