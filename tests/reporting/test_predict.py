@@ -82,8 +82,12 @@ def test_classification_writes_top_k_classes_and_probabilities(tmp_path, image_f
 def test_segmentation_writes_masks_at_the_image_size_and_overlays(tmp_path, image_folder, capsys):
     torch.manual_seed(0)
     task = SegmentationTask(student=segmentation.TINY_STUDENT, num_classes=3)
-    checkpoint = save_checkpoint(task, tmp_path / "seg.ckpt", {"image_size": 32})
-    run([str(checkpoint), str(image_folder), "--out", str(tmp_path / "out")], capsys)
+    # a datamodule that records no hyper-parameters: the size comes from the run's config.yaml
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  class_path: X\n  init_args:\n    image_size: 32\n")
+    checkpoint = save_checkpoint(task, tmp_path / "run" / "checkpoints" / "best.ckpt")
+    printed = run([str(checkpoint), str(image_folder), "--out", str(tmp_path / "out")], capsys)
+    assert "32×32 px (size from " in printed and "config.yaml" in printed
     for name, (height, width) in (("photo", SIZES[0]), ("more__scan", SIZES[1])):
         mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))
         assert mask.shape == (height, width) and mask.max() < 3

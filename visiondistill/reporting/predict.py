@@ -74,13 +74,14 @@ class PredictResult:
     images: int
     files: list[Path] = field(default_factory=list)
     image_size: int = DEFAULT_IMAGE_SIZE
+    size_source: str = ""
 
     def summary(self) -> str:
         """One line: what was written where."""
         shown = sorted({p.relative_to(self.out).parts[0] + ("/" if p.parent != self.out else "") for p in self.files})
         return (
-            f"predicted {self.images} image(s) with the {self.task} student at {self.image_size}×{self.image_size} px: "
-            f"wrote {', '.join(shown)} in {self.out}"
+            f"predicted {self.images} image(s) with the {self.task} student at {self.image_size}×{self.image_size} px "
+            f"(size from {self.size_source or 'the run'}): wrote {', '.join(shown)} in {self.out}"
         )
 
 
@@ -124,18 +125,45 @@ def _task_name(module: Any) -> str:
     return task
 
 
-def _settings(checkpoint: Mapping[str, Any], task: str, image_size: int | None, window: Sequence[float] | None):
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    data = data if isinstance(data, Mapping) else {}
-    if image_size is None:
+def _run_data_settings(path: Path, checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The run's datamodule arguments: the checkpoint's own, else its run's ``config.yaml``, else none."""
+    recorded = checkpoint.get("datamodule_hyper_parameters")
+    if isinstance(recorded, Mapping) and recorded:
+        return recorded, "the checkpoint"
+    for folder in (path.parent, path.parent.parent):  # runs/<run>/checkpoints/best.ckpt → runs/<run>/config.yaml
+        config = folder / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            try:
+                data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+            except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+                continue
+            arguments = data.get("init_args", data) if isinstance(data, Mapping) else None
+            if isinstance(arguments, Mapping):
+                return arguments, str(config)
+    return {}, ""
+
+
+def _settings(
+    path: Path, checkpoint: Mapping[str, Any], task: str, image_size: int | None, window: Sequence[float] | None
+) -> tuple[int, tuple[float, float] | None, str]:
+    """Input side, intensity window and where the side came from (for the summary)."""
+    data, source = _run_data_settings(path, checkpoint)
+    if image_size is not None:
+        source = "--image-size"
+    else:
         recorded = data.get("input_size" if task == "keypoints" else "image_size")
-        image_size = int(recorded) if isinstance(recorded, int) else DEFAULT_IMAGE_SIZE
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            image_size = recorded
+        else:
+            image_size, source = DEFAULT_IMAGE_SIZE, "the default: the run records none, pass --image-size"
     if image_size < 8:
         raise PredictError(f"--image-size must be >= 8, got {image_size}")
     if task == "segmentation" and image_size % 32:
         raise PredictError(f"segmenters need an image size divisible by 32 (encoder depth 5), got {image_size}")
     window = check_window(window if window is not None else data.get("intensity_window"), "--intensity-window")
-    return image_size, window
+    return image_size, window, source
 
 
 def _prepare(path: Path, task: str, size: int, channels: int, window: tuple[float, float] | None) -> _Prepared:
@@ -409,7 +437,7 @@ def predict_folder(
         check_image(path)
     module = load_task_module(checkpoint)
     task = _task_name(module)
-    size, window = _settings(read_checkpoint(checkpoint), task, image_size, intensity_window)
+    size, window, size_source = _settings(checkpoint, read_checkpoint(checkpoint), task, image_size, intensity_window)
     channels = _channels(module)
     modules = {"student": module}
     if teacher is not None:
@@ -428,7 +456,7 @@ def predict_folder(
     written.append(_images_json(module, task, prepared, out))
     if explain:
         written += _explain(modules, prepared, out)
-    return PredictResult(task, out, len(prepared), written, size)
+    return PredictResult(task, out, len(prepared), written, size, size_source)
 
 
 def _channels(module: Any) -> int:
