@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.reporting.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from visiondistill.reporting.measure import Measurements, measure_runs, probe_batch
+from visiondistill.reporting.measure import Measurements, load_run_module, measure_runs, probe_batch
 from visiondistill.reporting.model_card import write_model_card
 from visiondistill.reporting.plots import plot_curves
 from visiondistill.reporting.runs import Run, RunError, assign_roles, build_datamodule, read_run
 from visiondistill.reporting.sections import SectionContext, task_sections
+from visiondistill.reporting.sections.explanations import ExplanationSettings, explanation_sections
 
 #: Metrics whose values are fractions shown as percentages (anything else is shown as a plain number).
 _LOSS_WORDS = ("loss", "distance", "kld")
@@ -281,6 +283,8 @@ def write_report(
     data_dir: str | None = None,
     model_cards: bool = True,
     log: Any = print,
+    explanations: ExplanationSettings | bool = True,
+    ceiling: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Measures the runs and writes ``report.md`` and ``report.html`` (and model cards) into ``out``.
 
@@ -291,6 +295,10 @@ def write_report(
         data_dir: Data folder replacing the one in the configs.
         model_cards: Also write ``MODEL_CARD.md`` for each distilled run.
         log: Where progress lines go.
+        explanations: The explanation sections' settings (`ExplanationSettings`; ``True``: the defaults, ``False``:
+            no explanation sections).
+        ceiling: A second teacher run (another seed): the agreement ceiling of the explanation sections; default the
+            teacher on mirrored inputs (classification).
 
     Returns:
         The Markdown and HTML paths.
@@ -313,7 +321,15 @@ def write_report(
     )
     context = SectionContext(runs, modules, datamodule, probe_batch(datamodule, num_images), measured, out, log)
     test_size = len(datamodule.test_dataloader().dataset)
-    blocks = build_report(runs, measured, out, sections=task_sections(context), test_size=test_size)
+    sections = task_sections(context)
+    if explanations is not False:
+        settings = explanations if isinstance(explanations, ExplanationSettings) else ExplanationSettings()
+        second = None
+        if ceiling is not None:
+            ceiling_run = read_run(ceiling)
+            second = (ceiling_run.name, load_run_module(ceiling_run).student)
+        sections += explanation_sections(context, settings, second)
+    blocks = build_report(runs, measured, out, sections=sections, test_size=test_size)
     blocks += _unread_curve_blocks(runs)
     if model_cards:
         teacher = next((run for run in runs if run.role == "teacher"), None)
@@ -340,11 +356,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=32, help="test images of the agreement measurement")
     parser.add_argument("--data-dir", default=None, help="data folder replacing the one in the run configs")
     parser.add_argument("--no-model-card", action="store_true", help="do not write MODEL_CARD.md files")
+    parser.add_argument(
+        "--explain-methods",
+        default="gradcam,integrated_gradients",
+        help="comma-separated explanation methods of the explanation sections: grad-cam names and "
+        "integrated_gradients, occlusion, kernel_shap, lime (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--explain-images", type=int, default=16, help="test images of faithfulness, sanity and robustness"
+    )
+    parser.add_argument("--no-explanations", action="store_true", help="leave out the explanation sections")
+    parser.add_argument("--ceiling", default=None, help="a second teacher run (another seed): the agreement ceiling")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
     try:
-        write_report(args.runs, out, args.num_images, args.data_dir, model_cards=not args.no_model_card)
-    except RunError as error:
+        methods = tuple(m.strip() for m in args.explain_methods.split(",") if m.strip())
+        settings = ExplanationSettings(methods=methods, images=args.explain_images)  # fails before any measuring
+        write_report(
+            args.runs,
+            out,
+            args.num_images,
+            args.data_dir,
+            model_cards=not args.no_model_card,
+            explanations=False if args.no_explanations else settings,
+            ceiling=args.ceiling,
+        )
+    except (RunError, ConfigError) as error:
         print(f"visiondistill report: {error}", file=sys.stderr)
         return 2
     return 0

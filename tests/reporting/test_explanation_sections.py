@@ -1,0 +1,123 @@
+"""The report's explanation sections: baselines with confidence intervals, faithfulness, sanity, robustness."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+
+from visiondistill.core.errors import ConfigError
+from visiondistill.reporting.document import Heading, Paragraph, Table, to_markdown
+from visiondistill.reporting.sections.context import SectionContext
+from visiondistill.reporting.sections.explanations import ExplanationSettings, bootstrap_ci, explanation_sections
+
+
+def _run(name: str, role: str, terms: tuple[str, ...] = ()) -> SimpleNamespace:
+    """A run whose GradCAMCallback explains stage -3 (4×4 at 32 px; the last stage of test_resnet is 1×1)."""
+    cam = {"class_path": "visiondistill.explain.GradCAMCallback", "init_args": {"layers": -3}}
+    callbacks = [cam] + [{"class_path": f"visiondistill.distill.{term}"} for term in terms]
+
+    def find(class_name: str | None = None) -> list[dict]:
+        return [c for c in callbacks if class_name is None or c["class_path"].endswith(f".{class_name}")]
+
+    return SimpleNamespace(name=name, role=role, callbacks=find)
+
+
+def _network(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("test_resnet", num_classes=4).eval()
+
+
+def _context(tmp_path: Path, runs: list, log: list) -> SectionContext:
+    modules = {
+        run.name: SimpleNamespace(student=_network(i), saliency_adapter="classification") for i, run in enumerate(runs)
+    }
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batch = (images, torch.zeros(6, dtype=torch.long))
+    return SectionContext(runs, modules, None, batch, {}, tmp_path, log.append)
+
+
+SETTINGS = ExplanationSettings(methods=("gradcam",), images=2, bootstrap=100, sensitivity_samples=2)
+
+
+def _tables_after(blocks: list, heading: str) -> Table:
+    index = next(i for i, b in enumerate(blocks) if isinstance(b, Heading) and b.text.startswith(heading))
+    return next(b for b in blocks[index:] if isinstance(b, Table))
+
+
+def test_agreement_on_a_scale_with_floor_ceiling_and_seed_rows(tmp_path) -> None:
+    runs = [
+        _run("teacher", "teacher"),
+        _run("scratch_a", "scratch"),
+        _run("scratch_b", "scratch"),
+        _run("kd", "distilled", ("LogitDistillation",)),
+    ]
+    context = _context(tmp_path, runs, [])
+    twin = ("teacher_twin", copy.deepcopy(context.network(runs[0])))
+    settings = ExplanationSettings(
+        methods=("gradcam",), bootstrap=100, faithfulness=False, sanity=False, robustness=False
+    )
+    rows = {row["model"]: row for row in _tables_after(explanation_sections(context, settings, twin), "Agreement").rows}
+    # An identical second teacher agrees exactly: the ceiling's interval collapses onto 1.
+    assert rows["ceiling (teacher_twin)"]["pearson"] == "1.000 [1.000, 1.000]"
+    assert rows["floor (random scratch_a)"]["role"] == "floor"
+    assert rows["scratch_a"]["pearson"] != rows["scratch_b"]["pearson"]
+    seeds = rows["scratch: no distillation (2 runs)"]
+    assert seeds["role"] == "mean ± std over runs" and "±" in seeds["pearson"]
+    assert "kd" in rows and not any("distilled:" in name for name in rows)  # one KD run: no seed row
+
+
+def test_faithfulness_sanity_and_robustness_per_model(tmp_path) -> None:
+    log: list[str] = []
+    context = _context(tmp_path, [_run("teacher", "teacher"), _run("kd", "distilled")], log)
+    blocks = explanation_sections(context, SETTINGS)
+    headings = [b.text for b in blocks if isinstance(b, Heading)]
+    for title in ("Agreement with the teacher on a scale", "Faithfulness", "Sanity check", "Robustness"):
+        assert any(h.startswith(title) and h.endswith("`gradcam`") for h in headings), title
+    faithfulness = _tables_after(blocks, "Faithfulness").rows
+    assert [row["model"] for row in faithfulness] == ["teacher", "kd", "floor (random kd)"]  # not the mirrored one
+    assert all(re.fullmatch(r"-?[0-9.]+ \[-?[0-9.]+, -?[0-9.]+\]", row["deletion_auc"]) for row in faithfulness)
+    sanity = _tables_after(blocks, "Sanity check").rows
+    assert [row["model"] for row in sanity] == ["teacher", "kd"]
+    assert all(row["check"] in ("passed", "FLAGGED: maps survive randomisation") for row in sanity)
+    assert all(row["blocks"] > 1 for row in sanity)
+    robustness = _tables_after(blocks, "Robustness").rows
+    assert [row["model"] for row in robustness] == ["teacher", "kd"] and "pgd_spearman" in robustness[0]
+    assert "ε = 0.03" in to_markdown(blocks)
+    assert any(line.startswith("   explanations with gradcam:") for line in log)
+
+
+def test_mirrored_teacher_is_the_default_ceiling_and_no_teacher_means_no_agreement(tmp_path) -> None:
+    # A Captum method this time, agreement only.
+    settings = ExplanationSettings(
+        methods=("integrated_gradients",), bootstrap=50, faithfulness=False, sanity=False, robustness=False
+    )
+    context = _context(tmp_path, [_run("teacher", "teacher"), _run("kd", "distilled")], [])
+    rows = _tables_after(explanation_sections(context, settings), "Agreement").rows
+    assert [row["model"] for row in rows] == ["kd", "floor (random kd)", "ceiling (teacher, mirrored)"]
+    alone = explanation_sections(_context(tmp_path, [_run("scratch", "scratch")], []), settings)
+    assert not any(isinstance(b, Heading) and "Agreement" in b.text for b in alone)
+    assert any(isinstance(b, Paragraph) for b in alone)
+
+
+def test_bootstrap_interval_matches_the_normal_approximation() -> None:
+    values = torch.randn(400, generator=torch.Generator().manual_seed(1))
+    mean, low, high = bootstrap_ci(values, resamples=4000, seed=2)
+    half = 1.96 * float(values.std()) / math.sqrt(len(values))
+    assert mean == pytest.approx(float(values.mean()))
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1) and low < mean < high
+    assert all(math.isnan(v) for v in bootstrap_ci(torch.tensor([float("nan")])))
+    assert bootstrap_ci(torch.tensor([2.0, float("nan"), 2.0])) == (2.0, 2.0, 2.0)
+
+
+def test_settings_name_unknown_methods() -> None:
+    with pytest.raises(ConfigError, match="'magic'.*integrated_gradients"):
+        ExplanationSettings(methods=("magic",))
+    with pytest.raises(ConfigError, match="at least one"):
+        ExplanationSettings(methods=())
