@@ -18,7 +18,15 @@ from visiondistill.tasks import ClassificationTask, DetectionTask, DistillationT
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 TASKS = (ClassificationTask, SegmentationTask, DetectionTask, KeypointTask)
-OPTIMISER_DEFAULTS = {"optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 1.0, "scheduler": "cosine"}
+#: The arguments every task takes from `DistillationTask` (optimiser and speed settings), with their defaults.
+OPTIMISER_DEFAULTS = {
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "warmup_epochs": 1.0,
+    "scheduler": "cosine",
+    "channels_last": False,
+    "compile": False,
+}
 
 #: The smallest student of each task.
 TINY = {

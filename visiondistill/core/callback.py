@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -21,6 +23,9 @@ from visiondistill.core.protocol import (
     get_teacher,
     module_device,
 )
+
+#: The LightningModule attribute that holds the (epoch, batch) at which the teacher was last frozen.
+_FROZEN_AT = "_visiondistill_teacher_frozen_at"
 
 
 class DistillationCallback(Callback):
@@ -142,7 +147,13 @@ class DistillationCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        freeze_teacher(getattr(pl_module, "teacher", None))
+        # Once per step, whichever distillation callback comes first: walking a large teacher's modules and
+        # parameters costs about a millisecond, which several callbacks would otherwise pay each.
+        teacher = getattr(pl_module, "teacher", None)
+        step = (trainer.current_epoch, batch_idx)
+        if teacher is not None and getattr(pl_module, _FROZEN_AT, None) != step:
+            freeze_teacher(teacher)
+            setattr(pl_module, _FROZEN_AT, step)
 
     @override
     def on_train_batch_end(
@@ -223,12 +234,51 @@ def distillation_callbacks(trainer: pl.Trainer) -> list[DistillationCallback]:
     return [cb for cb in trainer.callbacks if isinstance(cb, DistillationCallback)]
 
 
+def full_precision(value: Any) -> Any:
+    """``value`` with every floating-point tensor in it as float32, at any depth; anything else as it is.
+
+    Tensors, and dicts, lists, tuples (named ones included) and dataclasses of them, are converted. Under mixed
+    precision (``bf16-mixed``, ``16-mixed``) the networks' outputs and recorded features are half-precision
+    tensors; softmax, logarithms and KL divergences of them lose the small probabilities that distillation
+    transfers. A float32 tensor is returned itself, so in full precision this costs nothing.
+
+    Example::
+
+        >>> out = full_precision({"logits": torch.ones(1, dtype=torch.bfloat16), "labels": torch.ones(1).long()})
+        >>> out["logits"].dtype, out["labels"].dtype
+        (torch.float32, torch.int64)
+    """
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)((key, full_precision(item)) for key, item in value.items())
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(full_precision(item) for item in value))
+    if isinstance(value, list | tuple):
+        return type(value)(full_precision(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: full_precision(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **fields)
+    return value
+
+
+def autocast_off(device: torch.device) -> AbstractContextManager:
+    """A context in which autocast is off on ``device``'s type (float32 tensors stay float32, matmuls included)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def distillation_loss(pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
     """Sums the weighted terms of every distillation callback on the trainer.
 
     Call it from ``training_step`` after running the student and (under ``torch.no_grad()``) the
-    teacher on the same batch. Each weighted term is logged as ``train/distill/<name>``. With no
-    distillation callback on the trainer it returns a zero that keeps the graph intact.
+    teacher on the same batch: the teacher runs once per step, and every callback reads the same ``teacher_out``.
+    Each weighted term is logged as ``train/distill/<name>`` (a tensor: no host-device synchronisation per step;
+    the epoch means are reduced across processes once, at the epoch's end). With no distillation callback on the
+    trainer it returns a zero that keeps the graph intact.
+
+    Under mixed precision the terms are computed in float32: each callback gets `full_precision` outputs and runs
+    with autocast off (callbacks cast their recorded features themselves; `_FeatureDistillation.recorded_pairs`
+    does it for the feature callbacks).
 
     Args:
         pl_module: The LightningModule (it must be attached to a trainer).
@@ -237,21 +287,25 @@ def distillation_loss(pl_module: pl.LightningModule, batch: Any, student_out: An
         teacher_out: The teacher's output on the batch (``None`` when there is no teacher).
 
     Returns:
-        A scalar tensor.
+        A scalar float32 tensor.
     """
     trainer = pl_module.trainer
-    total = torch.zeros((), device=pl_module.device)
+    device = pl_module.device
+    total = torch.zeros((), device=device)
     try:  # given explicitly: Lightning cannot infer it from batches such as (images, [target dicts])
         batch_size = batch_inputs(batch).shape[0]
     except ProtocolError:
         batch_size = None
-    for callback in distillation_callbacks(trainer):
-        weight = callback.effective_weight(trainer)
-        if weight == 0:
-            continue
-        term = weight * callback.compute_loss(pl_module, batch, student_out, teacher_out)
-        pl_module.log(
-            f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True, batch_size=batch_size
-        )
-        total = total + term
+    callbacks = [(cb, cb.effective_weight(trainer)) for cb in distillation_callbacks(trainer)]
+    callbacks = [(cb, weight) for cb, weight in callbacks if weight != 0]
+    if not callbacks:
+        return total
+    student_out, teacher_out = full_precision(student_out), full_precision(teacher_out)
+    with autocast_off(device):
+        for callback, weight in callbacks:
+            term = weight * callback.compute_loss(pl_module, batch, student_out, teacher_out)
+            pl_module.log(
+                f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True, batch_size=batch_size
+            )
+            total = total + term
     return total

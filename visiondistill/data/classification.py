@@ -16,6 +16,7 @@ from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.images import IMAGE_EXTENSIONS, check_image, check_window, read_image
+from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import classification_transforms
@@ -183,7 +184,7 @@ class ImageFolderClassification(SplitFolderDataModule):
         data_dir: Folder holding the ``train`` and ``val`` (and optionally ``test``) splits.
         image_size: Images are resized to ``image_size x image_size``.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes (persistent when > 0).
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`: the machine's cores).
         in_channels: 3 loads RGB, 1 grayscale.
         augment: Augment training images (see :func:`~visiondistill.data.transforms.classification_transforms`).
         verify_images: In ``setup``, check every file is a readable image, so a corrupt file fails at once and by
@@ -211,7 +212,7 @@ class ImageFolderClassification(SplitFolderDataModule):
         data_dir: str,
         image_size: int = 64,
         batch_size: int = 64,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         verify_images: bool = True,
@@ -221,10 +222,10 @@ class ImageFolderClassification(SplitFolderDataModule):
         intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+        num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
-                f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
-                f"batch_size={batch_size!r}, num_workers={num_workers!r}"
+                f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
             )
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         self.save_hyperparameters(ignore=["in_chans"])  # the resolved in_channels is what re-creates this module
@@ -288,7 +289,7 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         data_dir: Root of the generated data set.
         image_size: Image size to generate and load.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         in_channels: 3 generates RGB images, 1 grayscale.
         augment: Augment training images.
         generate: Generate the data when missing; when false a missing data set is an error.
@@ -317,7 +318,7 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         data_dir: str = "data/shapes",
         image_size: int = 64,
         batch_size: int = 64,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         generate: bool = True,

@@ -49,6 +49,7 @@ from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError, check_image_files
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.images import check_window, read_image
+from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import resolve_normalization
@@ -351,7 +352,7 @@ class CocoDetection(SplitFolderDataModule):
         annotations_pattern: Annotation file of a split, relative to ``data_dir``.
         image_size: Images are resized to ``image_size × image_size`` (boxes with them).
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         in_channels: 3 loads RGB, 1 grayscale.
         augment: Augment training images (see `detection_transforms`).
         invalid_boxes: ``"clip"`` (count and clip/drop) or ``"error"``.
@@ -377,7 +378,7 @@ class CocoDetection(SplitFolderDataModule):
         annotations_pattern: str = "annotations/instances_{split}.json",
         image_size: int = 64,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         invalid_boxes: InvalidBoxes = "clip",
@@ -387,10 +388,10 @@ class CocoDetection(SplitFolderDataModule):
         intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+        num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
-                f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
-                f"batch_size={batch_size!r}, num_workers={num_workers!r}"
+                f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
             )
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if invalid_boxes not in ("clip", "error"):
@@ -459,8 +460,7 @@ class CocoDetection(SplitFolderDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **self.loader_settings(),
             collate_fn=detection_collate,  # targets stay a list: their box counts differ
             worker_init_fn=seed_augmentation_worker,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
@@ -477,7 +477,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         data_dir: Root of the generated data set.
         image_size: Image size to generate and load.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         in_channels: 3 generates RGB images, 1 grayscale.
         augment: Augment training images.
         generate: Generate the data when missing; when false a missing data set is an error.
@@ -501,7 +501,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         data_dir: str = "data/shapes_detection",
         image_size: int = 64,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         generate: bool = True,

@@ -29,6 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import DataError, MissingDataError
+from visiondistill.data.loading import NumWorkers
 from visiondistill.data.segmentation import MaskFolderSegmentation
 
 __all__ = ["LESION_CLASSES", "LesionGenerator", "SyntheticLesions", "write_lesion_dataset"]
@@ -210,7 +211,7 @@ class SyntheticLesions(MaskFolderSegmentation):
         data_dir: Root of the generated data set.
         image_size: Image size to generate and load.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         num_lesion_classes: 2 or 3.
         max_lesions: Most lesions per image.
         augment: Augment training images.
@@ -235,7 +236,7 @@ class SyntheticLesions(MaskFolderSegmentation):
         data_dir: str = "data/lesions",
         image_size: int = 64,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         num_lesion_classes: int = 3,
         max_lesions: int = 3,
         augment: bool = True,

@@ -27,6 +27,7 @@ from visiondistill.data.channels import resolve_in_channels
 from visiondistill.data.errors import DataError, MissingDataError
 from visiondistill.data.generated import GeneratedShapes
 from visiondistill.data.images import IMAGE_EXTENSIONS, check_image, check_window, read_image, read_mask
+from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import augmentation_pipeline, resolve_normalization
@@ -237,7 +238,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         class_names: Class names in index order (``class_names[0]`` is usually the background).
         image_size: Images and masks are resized to ``image_size x image_size``.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes (persistent when > 0).
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`: the machine's cores).
         in_channels: 3 loads RGB, 1 grayscale.
         ignore_index: Mask value of unlabelled pixels (255 by default); ``None`` allows none.
         augment: Augment training images (see `segmentation_transforms`).
@@ -267,7 +268,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         class_names: list[str] | None = None,
         image_size: int = 64,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         ignore_index: int | None = 255,
         augment: bool = True,
@@ -277,10 +278,10 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if image_size <= 0 or batch_size <= 0 or num_workers < 0:
+        num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
-                f"need image_size > 0, batch_size > 0 and num_workers >= 0, got image_size={image_size!r}, "
-                f"batch_size={batch_size!r}, num_workers={num_workers!r}"
+                f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
             )
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
         if num_classes is None and class_names is None:
@@ -339,7 +340,7 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         data_dir: Root of the generated data set.
         image_size: Image size to generate and load.
         batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         in_channels: 3 generates RGB images, 1 grayscale.
         augment: Augment training images.
         generate: Generate the data when missing; when false a missing data set is an error.
@@ -367,7 +368,7 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         data_dir: str = "data/shapes",
         image_size: int = 64,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         generate: bool = True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -11,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.data.errors import MissingDataError
+from visiondistill.data.loading import NumWorkers, loader_kwargs, local_world_size
 
 
 class SplitFolderDataModule(pl.LightningDataModule):
@@ -24,7 +26,7 @@ class SplitFolderDataModule(pl.LightningDataModule):
     data_dir: Path
     in_channels: int
     batch_size: int
-    num_workers: int
+    num_workers: NumWorkers
     seed: int
     train_dataset: Dataset | None = None
     val_dataset: Dataset | None = None
@@ -82,6 +84,22 @@ class SplitFolderDataModule(pl.LightningDataModule):
                 rank_zero_info(f"No '{self.split_dir('test')}' folder: testing and predicting on the val split.")
             self.test_dataset = self._dataset(split, train=False)
 
+    def loader_settings(self) -> dict[str, Any]:
+        """The DataLoader's worker, pinning and prefetching arguments (`visiondistill.data.loading.loader_kwargs`).
+
+        ``num_workers: auto`` is resolved here, when the trainer (and so the number of processes per machine) is
+        known; batches are pinned when the trainer trains on a CUDA device (without a trainer: when CUDA is available).
+        """
+        trainer = self._trainer_or_none()
+        pin_memory = trainer.strategy.root_device.type == "cuda" if trainer is not None else None
+        return loader_kwargs(self.num_workers, world_size=local_world_size(trainer), pin_memory=pin_memory)
+
+    def _trainer_or_none(self) -> Any | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # some Lightning versions raise for a datamodule that is not attached
+            return None
+
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
@@ -89,9 +107,7 @@ class SplitFolderDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=False,
+            **self.loader_settings(),
             drop_last=False,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )

@@ -201,10 +201,14 @@ class _FeatureDistillation(DistillationCallback):
         """Validates one pair of probe features (and creates any connector); subclasses override."""
 
     def recorded_pairs(self) -> list[tuple[Tensor, Tensor]]:
-        """The (student, teacher) feature maps recorded in the current training step."""
+        """The (student, teacher) feature maps recorded in the current training step, as float32.
+
+        Under mixed precision the recorded maps are bf16/fp16; the terms (and connectors) run in float32 (a no-op in
+        full precision), as `visiondistill.core.callback.distillation_loss` runs them with autocast off.
+        """
         assert self._student_recorder is not None and self._teacher_recorder is not None, "setup() has not run"
         return [
-            (self._student_recorder[s], self._teacher_recorder[t])
+            (self._student_recorder[s].float(), self._teacher_recorder[t].float())
             for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
         ]
 

@@ -146,8 +146,9 @@ class SaliencyAlignment(DistillationCallback):
                 f"({error}); choose a layer the output is computed from"
             ) from error
         transform = self._adapter.reshape_transform(student, [self._student_path])
-        student_cam = gradcam_map(transform(activations), transform(gradients))
-        return losses.saliency_alignment_loss(student_cam, teacher_cam, distance=self.distance)
+        # float32 under mixed precision too (the recorded activation, and so its gradient, are bf16/fp16 there)
+        student_cam = gradcam_map(transform(activations).float(), transform(gradients).float())
+        return losses.saliency_alignment_loss(student_cam, teacher_cam.float(), distance=self.distance)
 
     def categories(self, batch: Any, teacher_out: Any, images: Tensor, teacher: nn.Module | None = None) -> Tensor:
         """The category explained per image: the teacher's prediction, read from ``teacher_out`` (no forward).

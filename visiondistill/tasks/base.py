@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from visiondistill.core.callback import distillation_loss
+from visiondistill.core.callback import distillation_loss, full_precision
 from visiondistill.core.errors import ConfigError
-from visiondistill.core.protocol import batch_inputs, freeze_teacher
+from visiondistill.core.protocol import ProtocolError, batch_inputs, freeze_teacher
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
@@ -56,6 +56,10 @@ class DistillationTask(pl.LightningModule):
         weight_decay: Weight decay.
         warmup_epochs: Linear warm-up length, in epochs (fractions allowed).
         scheduler: ``"cosine"`` decay to zero after warm-up, or ``"constant"``.
+        channels_last: Keep student, teacher and input batches in the ``channels_last`` memory format (NHWC): faster
+            convolutions on GPUs with tensor cores, above all under ``bf16-mixed``/``16-mixed``; see docs/speed.md.
+        compile: Compile student and teacher with ``torch.compile`` (`nn.Module.compile`, in place: parameter names,
+            checkpoints and layer paths stay the same). The first steps are slow while it compiles; off by default.
         num_outputs: The subclass's output count (its ``outputs_arg``: classes, keypoints …).
         output_names: The subclass's output names (its ``names_arg``), or ``None`` to read them from the datamodule.
         **recorded: Private keys that come back from a checkpoint's hyper-parameters (``_class_path``): the
@@ -84,6 +88,8 @@ class DistillationTask(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 1.0,
         scheduler: SchedulerName = "cosine",
+        channels_last: bool = False,
+        compile: bool = False,
         *,
         num_outputs: int,
         output_names: Sequence[str] | None = None,
@@ -114,6 +120,12 @@ class DistillationTask(pl.LightningModule):
         self.distill_adapters = nn.ModuleDict()
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.scheduler_name = warmup_epochs, scheduler
+        self.channels_last, self.compile_networks = bool(channels_last), bool(compile)
+        for network in (self.student, self.teacher):
+            if network is not None and self.channels_last:
+                network.to(memory_format=torch.channels_last)
+            if network is not None and self.compile_networks:
+                network.compile()  # in place (not torch.compile(network)): state-dict keys and layer paths unchanged
         self._record_hyperparameters(student_spec, teacher_spec, output_names)
 
     # -- the protocol ---------------------------------------------------------------------------
@@ -140,16 +152,24 @@ class DistillationTask(pl.LightningModule):
             return self.teacher(inputs)
 
     @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        return _channels_last_inputs(batch) if self.channels_last else batch
+
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         inputs = batch_inputs(batch)
         student_out = self.student(inputs)
-        teacher_out = self.teacher_forward(inputs)
-        task_loss = self.task_loss(student_out, batch)
+        teacher_out = self.teacher_forward(inputs)  # once per step: every distillation callback reads this output
+        # The supervised loss in float32 (a no-op in full precision): softmax/log of bf16 logits lose the small terms.
+        task_loss = self.task_loss(full_precision(student_out), batch)
         distill = distillation_loss(self, batch, student_out, teacher_out)
         loss = task_loss + distill
         batch_size = inputs.shape[0]
+        # Tensors, no prog_bar: Lightning turns progress-bar values into Python numbers at every step (a host-device
+        # sync on a GPU); logged values are read only every `log_every_n_steps`, and epoch means at the epoch's end.
         self.log("train/task_loss", task_loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
         self.on_train_outputs(student_out, batch)
         return loss
 
@@ -292,3 +312,22 @@ class DistillationTask(pl.LightningModule):
         if not len(self.distill_adapters):
             for key in [k for k in state if k.startswith("distill_adapters.")]:
                 del state[key]
+
+
+def _channels_last_inputs(batch: Any) -> Any:
+    """``batch`` with its 4-D input images in the ``channels_last`` memory format (same values, NHWC strides)."""
+    try:
+        inputs = batch_inputs(batch)
+    except ProtocolError:
+        return batch
+    if inputs.dim() != 4:
+        return batch
+    converted = inputs.contiguous(memory_format=torch.channels_last)
+    if isinstance(batch, Tensor):
+        return converted
+    if isinstance(batch, list | tuple) and batch and batch[0] is inputs:
+        items = [converted, *batch[1:]]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    if isinstance(batch, Mapping):
+        return {key: converted if value is inputs else value for key, value in batch.items()}
+    return batch

@@ -24,6 +24,7 @@ from visiondistill.data.images import check_window
 from visiondistill.data.keypoints.coco import KeypointConverter, read_coco_keypoints
 from visiondistill.data.keypoints.dataset import KeypointCrops
 from visiondistill.data.keypoints.geometry import check_flip_pairs
+from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import resolve_normalization
@@ -84,7 +85,7 @@ class COCOKeypoints(SplitFolderDataModule):
         padding: Crop side over the box's longer side.
         rotation: Largest training rotation, in degrees.
         batch_size: Instances per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         in_channels: 3 for RGB, 1 for grayscale.
         augment: Augment the training crops.
         seed: Seed of the training shuffle order.
@@ -116,7 +117,7 @@ class COCOKeypoints(SplitFolderDataModule):
         padding: float = 1.25,
         rotation: float = 30.0,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         in_channels: int = 3,
         augment: bool = True,
         seed: int = 0,
@@ -124,11 +125,11 @@ class COCOKeypoints(SplitFolderDataModule):
         intensity_window: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if input_size <= 0 or batch_size <= 0 or num_workers < 0 or heatmap_stride <= 0:
+        num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        if input_size <= 0 or batch_size <= 0 or heatmap_stride <= 0:
             raise ConfigError(
-                f"need input_size > 0, heatmap_stride > 0, batch_size > 0 and num_workers >= 0, got "
-                f"input_size={input_size!r}, heatmap_stride={heatmap_stride!r}, batch_size={batch_size!r}, "
-                f"num_workers={num_workers!r}"
+                f"need input_size > 0, heatmap_stride > 0 and batch_size > 0, got "
+                f"input_size={input_size!r}, heatmap_stride={heatmap_stride!r}, batch_size={batch_size!r}"
             )
         if input_size % heatmap_stride:
             raise ConfigError(f"input_size {input_size} is not a multiple of heatmap_stride {heatmap_stride}")
@@ -252,7 +253,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
         sigma: Target Gaussian standard deviation, in heatmap pixels.
         padding: Crop side over the box's longer side.
         batch_size: Instances per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``auto`` (`visiondistill.data.loading`).
         image_size: Size of the generated images.
         in_channels: 3 generates RGB images, 1 grayscale.
         augment: Augment the training crops.
@@ -284,7 +285,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
         sigma: float = 1.0,
         padding: float = 1.25,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: NumWorkers = "auto",
         image_size: int = 64,
         in_channels: int = 3,
         augment: bool = True,
