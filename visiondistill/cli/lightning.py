@@ -131,8 +131,11 @@ class VisionDistillCLI(LightningCLI):
             return
         for logger in self.trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and logger._experiment is None and plan.purge_step is not None:
-                # TensorBoard hides the events at and after this step that the stopped run logged after last.ckpt.
-                logger._kwargs.setdefault("purge_step", plan.purge_step)
+                # TensorBoard hides the events at and after this step that the stopped run logged after last.ckpt
+                # (its writer is made at the first log, so setting the argument now is in time).
+                if logger._kwargs.get("purge_step") is None:
+                    logger._kwargs["purge_step"] = plan.purge_step
+                logger._default_hp_metric = False  # the first run logged its placeholder hp_metric at step 0
         rank_zero_info(f"Resuming {plan.folder} from {plan.ckpt_path} (config of this command: {plan.config_name})")
 
     def before_validate(self) -> None:
