@@ -69,6 +69,19 @@ def quick_classification_demo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished two-epoch `visiondistill fit` of `support.runs.distilled_config`, run once per session (read-only:
+    a test that writes into it copies it first). Returns its run folder ``<root>/runs/kd``."""
+    from visiondistill.cli import main
+
+    from .support.runs import distilled_config
+
+    root = tmp_path_factory.mktemp("trained_run")
+    assert main(["fit", "--config", str(distilled_config(root, max_epochs=2))]) == 0
+    return root / "runs" / "kd"
+
+
 # -- task data and models shared by the tests of several packages (constants and helpers: tests/support/) --------
 
 
