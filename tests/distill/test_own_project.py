@@ -1,5 +1,5 @@
-"""The README's "In your own Lightning project" example, as written there, on a torchvision and a timm pair; and the
-explanation callbacks' default layers (stage indices) on torchvision models."""
+"""The README's "In your own Lightning project" example, read from README.md and run as written, on a torchvision and a
+timm pair; and the explanation callbacks' default layers (stage indices) on torchvision models."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader
 
-from visiondistill.distill import AttentionTransfer, FeatureHint, LogitDistillation, distillation_loss
+from visiondistill.distill import AttentionTransfer, FeatureHint, LogitDistillation
 from visiondistill.explain import FeatureMapCallback, GradCAMCallback
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask
@@ -23,20 +22,19 @@ from ..conftest import quadrant_images
 CLASSES = 4
 
 
-class MyDistiller(pl.LightningModule):  # copied from README.md, "In your own Lightning project"
-    def __init__(self, student, teacher):
-        super().__init__()
-        self.student, self.teacher = student, teacher  # the callbacks freeze the teacher
+def _readme_example() -> tuple[type, str]:
+    """The README's example, run as written: its LightningModule class and the source of its callback list."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("### In your own Lightning project") :]
+    code = section[section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)]
+    body, _, trainer_line = code.strip().rpartition("\n")
+    assert trainer_line.startswith("trainer = pl.Trainer(callbacks="), trainer_line
+    namespace: dict = {}
+    exec(compile(body, "README.md", "exec"), namespace)  # noqa: S102 - our own README's example
+    return namespace["MyDistiller"], trainer_line[len("trainer = pl.Trainer(callbacks=") : -1]
 
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        logits = self.student(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        return F.cross_entropy(logits, targets) + distillation_loss(self, batch, logits, teacher_logits)
 
-    def configure_optimizers(self):  # self.parameters() includes the connectors
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+MyDistiller, README_CALLBACKS = _readme_example()
 
 
 def _torchvision_pair():
@@ -47,7 +45,9 @@ def _torchvision_pair():
 
 
 def _timm_pair():
-    return timm.create_model("test_resnet", num_classes=CLASSES), timm.create_model("test_efficientnet", num_classes=4)
+    return timm.create_model("test_resnet", num_classes=CLASSES), timm.create_model(
+        "test_efficientnet", num_classes=CLASSES
+    )
 
 
 @pytest.mark.parametrize("pair", [_torchvision_pair, _timm_pair], ids=["torchvision", "timm"])
@@ -56,7 +56,9 @@ def test_readme_own_project_example_trains(pair, trainer_kwargs):
     student, teacher = pair()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     module = MyDistiller(student, teacher)
-    callbacks = [LogitDistillation(), AttentionTransfer([-1], [-1]), FeatureHint(-2, -2)]
+    callbacks = eval(README_CALLBACKS, {"LogitDistillation": LogitDistillation, "AttentionTransfer": AttentionTransfer})
+    assert [type(c) for c in callbacks] == [LogitDistillation, AttentionTransfer]
+    callbacks.append(FeatureHint(-2, -2))  # a connector sized on a probed stage, too
     trainer = pl.Trainer(callbacks=callbacks, **{**trainer_kwargs, "max_steps": 2})
     trainer.fit(module, DataLoader(quadrant_images(n=8, size=64), batch_size=4))
     metrics = trainer.callback_metrics
