@@ -168,3 +168,16 @@ def test_teacher_reads_source_and_model_class_from_our_checkpoint(tmp_path: Path
     teacher = create_classifier(ClassifierSpec(checkpoint=str(path)), num_classes=3, role="teacher")
     assert type(teacher).__module__ == "torchvision.models.resnet"
     assert _close(teacher.state_dict(), student.state_dict(), list(student.state_dict()))
+
+
+def test_keypoint_backbone_pretrained_weights_come_from_the_cache_only(tmp_path: Path, monkeypatch):
+    from visiondistill.models import KeypointModelSpec, create_keypoint_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = KeypointModelSpec(backbone="test_resnet", deconv_channels=[8], pretrained=True)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        create_keypoint_model(spec, num_keypoints=2)
+    source = timm.create_model("test_resnet", num_classes=1000)
+    _fake_hub_repo(tmp_path, timm.models.get_pretrained_cfg("test_resnet").hf_hub_id, source, "test_resnet", 1000)
+    model = create_keypoint_model(spec, num_keypoints=2)
+    torch.testing.assert_close(model.backbone.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])

@@ -29,6 +29,7 @@ from visiondistill.models.checkpoints import (
     load_weights,
     read_checkpoint,
 )
+from visiondistill.models.sources import timm_pretrained
 
 __all__ = ["KeypointModelSpec", "SimpleBaseline", "create_keypoint_model"]
 
@@ -110,7 +111,8 @@ class SimpleBaseline(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        create = dict(pretrained=pretrained, features_only=True, in_chans=in_channels, **kwargs)
+        # Pretrained weights come from the local cache only (timm would download missing ones).
+        create = dict(**timm_pretrained(backbone, pretrained), features_only=True, in_chans=in_channels, **kwargs)
         self.backbone = timm.create_model(backbone, **create)
         count = len(self.backbone.feature_info)
         if not -count <= stage < count:

@@ -30,7 +30,7 @@ from torch import nn
 from visiondistill.core.errors import ConfigError
 from visiondistill.models.checkpoints import CheckpointError
 
-__all__ = ["SOURCES", "build_from_model_class", "build_network", "split_source"]
+__all__ = ["SOURCES", "build_from_model_class", "build_network", "split_source", "timm_pretrained"]
 
 #: The values of a spec's ``source``.
 SOURCES = ("timm", "torchvision", "hf-hub")
@@ -164,21 +164,41 @@ def _timm(name: str, num_classes: int, in_channels: int, pretrained: bool, kwarg
             f"{role}: unknown timm model {name!r}; similar names: {close or 'none'}. Other sources: "
             "'torchvision/<name>', 'hf-hub:<repo id>' or model_class"
         )
-    overlay = {}
-    if pretrained:
-        config = timm.models.get_pretrained_cfg(name)
-        hub_id = getattr(config, "hf_hub_id", None)
-        if not hub_id:
-            raise CheckpointError(f"{role}: timm model {name!r} has no pretrained weights on the hub; use checkpoint:")
-        overlay = {"file": _hub_weights(hub_id, role, f"timm model {name!r}"), "source": ""}
     return timm.create_model(
         name,
-        pretrained=pretrained,
         num_classes=num_classes,
         in_chans=in_channels,
-        **({"pretrained_cfg_overlay": overlay} if overlay else {}),
+        **timm_pretrained(name, pretrained, role),
         **kwargs,
     )
+
+
+def timm_pretrained(name: str, pretrained: bool, role: str = "model") -> dict[str, Any]:
+    """The ``timm.create_model`` arguments that load a timm model's pretrained weights from the local cache only.
+
+    timm itself would download weights missing from the cache; here their file is looked up in the Hugging Face
+    cache first and handed to timm as ``pretrained_cfg_overlay={"file": …}``, so timm reads that file (and still
+    adapts the classifier and the input convolution as usual).
+
+    Args:
+        name: A timm model name (with or without a pretrained tag, ``resnet18.a1_in1k``).
+        pretrained: Whether pretrained weights are wanted.
+        role: ``"teacher"``/``"student"`` for messages.
+
+    Returns:
+        ``{"pretrained": False}``, or ``pretrained=True`` with the overlay naming the cached file.
+
+    Raises:
+        CheckpointError: When the weights are not in the local cache (naming the hub id and the folder).
+    """
+    if not pretrained:
+        return {"pretrained": False}
+    config = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(config, "hf_hub_id", None)
+    if not hub_id:
+        raise CheckpointError(f"{role}: timm model {name!r} has no pretrained weights on the hub; use checkpoint:")
+    overlay = {"file": _hub_weights(hub_id, role, f"timm model {name!r}"), "source": ""}
+    return {"pretrained": True, "pretrained_cfg_overlay": overlay}
 
 
 def _hf_hub(repo: str, num_classes: int, in_channels: int, pretrained: bool, kwargs: dict, role: str) -> nn.Module:
