@@ -607,3 +607,20 @@ def test_attention_transfer_loss_uses_p_on_both_sides(p):
     q_t = F.normalize(t.abs().pow(p).mean(1).flatten(1))
     expected = (q_s - q_t).pow(2).mean()
     assert float(attention_transfer_loss(s, t, p=p)) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_dkd_non_target_term_lowers_the_target_logit_by_exactly_1000_as_mdistiller():
+    # A target logit near 1000·T keeps some mass in mdistiller's "non-target" softmax; the offset must be 1000 exactly.
+    generator = torch.Generator().manual_seed(60)
+    s = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    t = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    target = torch.tensor([0, 2, 3])
+    s[0, 0], t[0, 0], s[1, 2], t[1, 2] = 1995.0, 1998.0, 1990.0, 2003.0  # T = 2: scaled logits near 1000
+    gt = torch.zeros_like(s).scatter_(1, target.view(-1, 1), 1.0)
+    temperature = 2.0
+    log_p_s = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
+    p_t = F.softmax(t / temperature - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(log_p_s, p_t, reduction="sum") * temperature**2 / 3
+    assert p_t[1, 2] > 0.01  # the target still counts here
+    got = dkd_loss(s, t, target, alpha=0.0, beta=1.0, temperature=temperature)
+    assert float(got) == pytest.approx(float(nckd), rel=1e-12)

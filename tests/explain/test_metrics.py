@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -516,3 +517,53 @@ def test_top_k_of_one_position_and_distributions_of_small_mass():
     large = saliency_agreement(teacher, student)
     for key in ("sim", "kld"):
         assert float(small[key]) == pytest.approx(float(large[key]), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------ states, as DDP sees them
+def test_metric_states_are_float64_sums_and_integer_counts():
+    # Sums over many images stay float64 (a float32 sum drifts after ~10^7 terms) and counts stay exact integers;
+    # DDP all-reduces these tensors, so their dtypes are the same on every rank whatever the inputs were.
+    saliency, pointing, attention = SaliencyAgreement(), PointingGame(), AttentionAgreement()
+    saliency.update(rand_maps(2, 4, 4, seed=70).float(), rand_maps(2, 4, 4, seed=71).float())
+    pointing.update(torch.rand(2, 4, 4), torch.rand(2, 4, 4) > 0.5)
+    attention.update(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4))
+    for key in SALIENCY_KEYS:
+        assert getattr(saliency, f"sum_{key}").dtype == torch.float64, key
+    assert attention.sum_distance.dtype == torch.float64 and attention.sum_cosine.dtype == torch.float64
+    for count in (saliency.count, pointing.hits, pointing.total, attention.count):
+        assert count.dtype == torch.int64
+    assert int(saliency.count) == 2 and int(pointing.total) == 2 and int(attention.count) == 2
+
+
+def test_linear_cka_metric_before_any_update_and_its_states_gather_by_concatenation():
+    with warnings.catch_warnings():  # torchmetrics warns about compute() before update(); that is the case tested
+        warnings.simplefilter("ignore", UserWarning)
+        empty = LinearCKA().compute()
+    assert empty.shape == () and float(empty) == 0.0
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randn(9, 7, dtype=torch.float64)
+    rank0, rank1 = LinearCKA(sync_on_compute=False), LinearCKA()
+    rank0.update(x[:2], y[:2])
+    rank0.update(x[2:4], y[2:4])
+    rank1.update(x[4:], y[4:])
+    # What DDP does: each state is all-gathered (rank 0's first), then reduced with its dist_reduce_fx ("cat").
+    incoming = [torch.cat(rank1.student), torch.cat(rank1.teacher)]
+
+    def all_gather(tensor, group=None):
+        other = incoming.pop(0)
+        assert other.shape[1:] == tensor.shape[1:], "one gather per state, student first"
+        return [tensor, other]
+
+    with rank0.sync_context(dist_sync_fn=all_gather, distributed_available=lambda: True):
+        assert isinstance(rank0.student, torch.Tensor) and isinstance(rank0.teacher, torch.Tensor)
+        torch.testing.assert_close(rank0.student, x)
+        torch.testing.assert_close(rank0.teacher, y)
+        assert float(rank0.compute()) == pytest.approx(np_linear_cka(x.numpy(), y.numpy()), abs=1e-6)
+    assert not incoming
+
+
+def test_pointing_game_resizes_integer_maps():
+    # Count maps (e.g. fixation counts) are integers; bilinear resizing happens in float64.
+    maps = torch.tensor([[[0, 0], [0, 5]], [[7, 0], [0, 0]]])  # peaks bottom-right and top-left
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, 3, 3] = True
+    assert pointing_game_hits(maps, masks).tolist() == [True, False]

@@ -241,7 +241,7 @@ def test_dark_decoding_equals_a_numpy_transcription_on_skewed_blobs(sigma: float
     heatmaps = _blobs(3, 4, 11, 14, seed=int(sigma * 10))
     coords, scores = decode_heatmaps(torch.from_numpy(heatmaps).float(), stride=4, method="dark", sigma=sigma)
     expected = numpy_dark(heatmaps.astype(np.float32), 4, sigma)
-    np.testing.assert_allclose(coords.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(coords.numpy(), expected, atol=1e-5)  # float32 output of ~50 px: ~4e-6 apart
     np.testing.assert_allclose(scores.numpy(), heatmaps.astype(np.float32).max(axis=(2, 3)))
     # Not a degenerate fixture: many peaks are refined (the rest sit within two pixels of a border).
     argmax_only = (coords.numpy() / 4 - 0.5) % 1
@@ -487,3 +487,45 @@ def test_keypoint_ap_sigmas_are_checked_and_states_gather_by_concatenation():
             torch.testing.assert_close(state, expected.to(state.dtype))
         assert float(rank0.compute()) == pytest.approx(cocoeval_ap(gts, dts), abs=1e-4)
     assert not incoming
+
+
+def _inner_blobs(scales: list[float], height: int, width: int, seed: int) -> np.ndarray:
+    """One image of skewed blobs, each at least 3 pixels from the border and multiplied by its scale."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    maps = np.zeros((1, len(scales), height, width))
+    for j, scale in enumerate(scales):
+        cy, cx = rng.uniform(3.5, height - 4.5), rng.uniform(3.5, width - 4.5)
+        sy, sx = rng.uniform(0.9, 1.8, size=2)
+        bump = np.exp(-((ys - cy) ** 2) / (2 * sy**2) - (xs - cx) ** 2 / (2 * sx**2))
+        bump += 0.4 * np.exp(-((ys - cy - 1.1) ** 2 + (xs - cx + 0.8) ** 2) / 2.0)
+        maps[0, j] = scale * bump
+    return maps
+
+
+def test_dark_decoding_of_faint_maps_next_to_strong_ones_equals_the_transcription():
+    # DarkPose rescales each smoothed map to its own original peak and floors it at 1e-10 before the log: a faint
+    # map (peak ~1e-9) is partly floored near its peak, one of 1e-12 entirely (no refinement), whatever the other
+    # maps of the batch hold.
+    scales = [1.0, 2e-9, 6e-10, 2e-10, 1e-12, 0.05]
+    heatmaps = _inner_blobs(scales, 12, 13, seed=8)
+    coords, _ = decode_heatmaps(torch.from_numpy(heatmaps).float(), stride=4, method="dark", sigma=1.0)
+    expected = numpy_dark(heatmaps.astype(np.float32), 4, 1.0)
+    np.testing.assert_allclose(coords.numpy(), expected, atol=1e-5)
+    cells = coords.numpy()[0] / 4 - 0.5
+    assert (cells[4] == np.round(cells[4])).all()  # the 1e-12 map: argmax only
+    assert (np.abs(cells[[0, 1, 2, 3, 5]] - np.round(cells[[0, 1, 2, 3, 5]])) > 1e-3).any(axis=1).all()
+
+
+def test_dark_newton_step_is_clamped_to_one_pixel_each_way():
+    # A one-pixel spike beside a broad bump: the smoothed map peaks on the bump, 2 px away, so the Newton step
+    # (1.34 px here) is cut to 1 px in each of the four directions.
+    ys, xs = np.mgrid[0:11, 0:11]
+    heatmaps = np.zeros((1, 4, 11, 11))
+    for j, (dy, dx) in enumerate([(0, 2), (0, -2), (2, 0), (-2, 0)]):
+        heatmaps[0, j] = 0.9 * np.exp(-((ys - 5 - dy) ** 2 + (xs - 5 - dx) ** 2) / (2 * 1.5**2))
+        heatmaps[0, j, 5, 5] = 1.0
+    coords, scores = decode_heatmaps(torch.from_numpy(heatmaps).float(), method="dark")
+    assert (coords[0] - 0.5).tolist() == [[6.0, 5.0], [4.0, 5.0], [5.0, 6.0], [5.0, 4.0]]
+    assert scores.tolist() == [[1.0] * 4]
+    np.testing.assert_allclose(coords.numpy(), numpy_dark(heatmaps.astype(np.float32), 1, 1.0), atol=1e-6)
