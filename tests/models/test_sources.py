@@ -160,13 +160,14 @@ def test_torchvision_pretrained_weights_come_from_torch_hub_cache(tmp_path: Path
 
 
 def test_teacher_reads_source_and_model_class_from_our_checkpoint(tmp_path: Path):
-    student = create_classifier(ClassifierSpec(name="torchvision/resnet18"), num_classes=3)
+    student = create_classifier(ClassifierSpec(name="torchvision/mobilenet_v3_small"), num_classes=3)
     path = tmp_path / "run.ckpt"
-    hparams = {"student": {"name": "torchvision/resnet18", "source": None, "model_class": None, "model_args": {}}}
+    recorded = {"name": "torchvision/mobilenet_v3_small", "source": None, "model_class": None, "model_args": {}}
+    hparams = {"student": recorded}
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
     torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
     teacher = create_classifier(ClassifierSpec(checkpoint=str(path)), num_classes=3, role="teacher")
-    assert type(teacher).__module__ == "torchvision.models.resnet"
+    assert type(teacher).__module__ == "torchvision.models.mobilenetv3"
     assert _close(teacher.state_dict(), student.state_dict(), list(student.state_dict()))
 
 
