@@ -67,9 +67,20 @@ class VisionDistillCLI(LightningCLI):
 
     # -- before anything is built: the run folder -------------------------------------------------------------------
 
-    def before_instantiate_classes(self) -> None:
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI's own step (before `before_instantiate_classes`) loads --ckpt_path to merge the checkpoint's
+        # hyper-parameters into the config; the run-folder rules resolve and check the path first, so a truncated file
+        # or another task's checkpoint is refused by name instead of failing inside that merge. A resumed fit runs the
+        # config it is given (a different student is refused in `before_fit`); evaluations take the checkpoint's.
+        subcommand = self.config.get("subcommand")
+        self._apply_run_folder_rules(subcommand)
+        if self._checkpoint is not None:
+            check_task_class(self._checkpoint[1], self._checkpoint[0], self.config[subcommand])
+        if subcommand != "fit":
+            super()._parse_ckpt_path()
+
+    def _apply_run_folder_rules(self, subcommand: str | None) -> None:
         """Applies the run-folder rules to the parsed config of ``fit``/``validate``/``test``/``predict``."""
-        subcommand = self.subcommand
         if subcommand not in ("fit", *EVAL_SUBCOMMANDS):
             return
         config = self.config[subcommand]
@@ -157,6 +168,27 @@ class VisionDistillCLI(LightningCLI):
     def _check_checkpoint(self) -> None:
         if self._checkpoint is not None:
             check_checkpoint_fits(self._checkpoint[1], self._checkpoint[0], self.model)
+
+
+def check_task_class(checkpoint: Mapping[str, Any], path: Path, config: Any) -> None:
+    """Refuses a visiondistill checkpoint written by another task module than the config's ``model.class_path``.
+
+    Raises:
+        CheckpointError: Naming the file, the task module that wrote it and the config's.
+    """
+    from visiondistill.reporting.loader import import_task_class, recorded_class_path
+
+    try:
+        configured = str(config["model"]["class_path"])
+    except (KeyError, TypeError):
+        return
+    configured_class = import_task_class(configured, "the config's model.class_path")
+    recorded_class = import_task_class(recorded_class_path(checkpoint, path), path)
+    if recorded_class is not configured_class:
+        raise CheckpointError(
+            f"{path} was written by {recorded_class.__name__}, but the config builds a {configured_class.__name__}; "
+            f"give a checkpoint of a {configured_class.__name__} run, or the config the checkpoint was trained with"
+        )
 
 
 def check_checkpoint_fits(checkpoint: Mapping[str, Any], path: Path, model: Any) -> None:
