@@ -115,6 +115,19 @@ def test_detection_writes_coco_results_inside_the_image(tmp_path, image_folder, 
         assert x + w <= entry["width"] + 1e-3 and y + h <= entry["height"] + 1e-3
         assert 0 < result["score"] <= 1
     assert (images[1]["width"], images[1]["height"]) == SIZES[1][::-1]
+    # the photo's boxes are the detector's own on the 64-px input, scaled by 80/64 across and 48/64 down
+    from visiondistill.data.images import read_image
+    from visiondistill.data.transforms import classification_transforms
+
+    task.eval()
+    image = classification_transforms(64, train=False)(image=read_image(image_folder / "photo.png", channels=3))
+    with torch.no_grad():
+        expected = task.student.postprocess(task.student(image["image"][None]))[0]
+    boxes = expected["boxes"] * torch.tensor([80 / 64, 48 / 64] * 2)
+    boxes = torch.minimum(boxes.clamp_min(0), torch.tensor([80.0, 48.0, 80.0, 48.0]))
+    got = [r["bbox"] for r in results if r["file_name"] == "photo.png"]
+    want = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in boxes.tolist()]
+    np.testing.assert_allclose(got, want, atol=0.01)
 
 
 def test_keypoints_write_coco_keypoint_results_in_image_pixels(tmp_path, image_folder, capsys):

@@ -33,7 +33,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,27 @@ class _Prepared:
     display: np.ndarray  # S×S×C float32 in [0, 1]: the model's input before normalisation
     tensor: Tensor  # 1×C×S×S, normalised
     to_image: np.ndarray  # 2×3 affine map from input pixels to image pixels
+    relative: str = ""  # the file below the image folder, as the JSON files name it
+    name: str = ""  # the output files' stem: ``relative`` without suffix, ``/`` as ``__``
+
+
+class _Images:
+    """The images of a folder, checked from their headers up front and decoded one at a time as they are used."""
+
+    def __init__(self, paths: list[Path], task: str, size: int, channels: int, window: tuple[float, float] | None):
+        self.paths, self.arguments = paths, (task, size, channels, window)
+        self.sizes = [check_image(path) for path in paths]  # (width, height); a bad file fails before any output
+        root = Path(*_common_parts(paths)) if len(paths) > 1 else paths[0].parent
+        self.relative = [path.relative_to(root).as_posix() for path in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[_Prepared]:
+        for path, relative in zip(self.paths, self.relative, strict=True):
+            item = _prepare(path, *self.arguments)
+            item.relative, item.name = relative, relative.rsplit(".", 1)[0].replace("/", "__")
+            yield item
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -190,7 +211,7 @@ def _prepare(path: Path, task: str, size: int, channels: int, window: tuple[floa
 # -- the tasks' writers: each gets the module, the prepared images and the output folder, returns the files written --
 
 
-def _classification(module: Any, images: list[_Prepared], out: Path, top_k: int) -> list[Path]:
+def _classification(module: Any, images: _Images, out: Path, top_k: int) -> list[Path]:
     names = list(module.class_names)
     k = min(top_k, len(names))
     path = out / "predictions.csv"
@@ -217,7 +238,7 @@ def _palette(count: int) -> np.ndarray:
     return colours
 
 
-def _segmentation(module: Any, images: list[_Prepared], out: Path, top_k: int) -> list[Path]:
+def _segmentation(module: Any, images: _Images, out: Path, top_k: int) -> list[Path]:
     written, palette = [], _palette(len(module.class_names))
     for item in images:
         height, width = item.original.shape[:2]
@@ -226,16 +247,14 @@ def _segmentation(module: Any, images: list[_Prepared], out: Path, top_k: int) -
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         mask = logits.argmax(dim=1)[0].numpy()
         mask = mask.astype(np.uint8 if len(module.class_names) <= 256 else np.uint16)
-        written.append(_save_array(mask, out / "masks" / f"{_name(item, images)}.png"))
+        written.append(_save_array(mask, out / "masks" / f"{item.name}.png"))
         base = np.repeat(item.original, 3, axis=2) if item.original.shape[2] == 1 else item.original
         blended = np.where(mask[..., None] > 0, 0.5 * base + 0.5 * palette[mask] / 255.0, base)
-        written.append(
-            save_png((blended * 255).round().astype(np.uint8), out / "overlays" / f"{_name(item, images)}.png")
-        )
+        written.append(save_png((blended * 255).round().astype(np.uint8), out / "overlays" / f"{item.name}.png"))
     return written
 
 
-def _detection(module: Any, images: list[_Prepared], out: Path, top_k: int) -> list[Path]:
+def _detection(module: Any, images: _Images, out: Path, top_k: int) -> list[Path]:
     results = []
     for image_id, item in enumerate(images, start=1):
         height, width = item.original.shape[:2]
@@ -248,7 +267,7 @@ def _detection(module: Any, images: list[_Prepared], out: Path, top_k: int) -> l
             results.append(
                 {
                     "image_id": image_id,
-                    "file_name": _relative(item, images),
+                    "file_name": item.relative,
                     "category_id": int(label) + 1,
                     "category_name": module.class_names[int(label)],
                     "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
@@ -258,7 +277,7 @@ def _detection(module: Any, images: list[_Prepared], out: Path, top_k: int) -> l
     return [_save_json(results, out / "detections.json")]
 
 
-def _keypoints(module: Any, images: list[_Prepared], out: Path, top_k: int) -> list[Path]:
+def _keypoints(module: Any, images: _Images, out: Path, top_k: int) -> list[Path]:
     results = []
     for image_id, item in enumerate(images, start=1):
         with torch.no_grad():
@@ -268,7 +287,7 @@ def _keypoints(module: Any, images: list[_Prepared], out: Path, top_k: int) -> l
         results.append(
             {
                 "image_id": image_id,
-                "file_name": _relative(item, images),
+                "file_name": item.relative,
                 "category_id": 1,
                 "keypoints": flat,
                 "keypoint_scores": [round(float(s), 5) for s in scores[0]],
@@ -292,11 +311,6 @@ _WRITERS: dict[str, Callable[[Any, list[_Prepared], Path, int], list[Path]]] = {
 }
 
 
-def _relative(item: _Prepared, images: list[_Prepared]) -> str:
-    root = Path(*_common_parts([i.path for i in images]))
-    return str(item.path.relative_to(root)) if len(images) > 1 else item.path.name
-
-
 def _common_parts(paths: list[Path]) -> tuple[str, ...]:
     parts = [p.parent.parts for p in paths]
     common = []
@@ -305,11 +319,6 @@ def _common_parts(paths: list[Path]) -> tuple[str, ...]:
             break
         common.append(level[0])
     return tuple(common)
-
-
-def _name(item: _Prepared, images: list[_Prepared]) -> str:
-    """The output file stem: the image's path below the folder, ``/`` as ``__`` (sub-folders may repeat names)."""
-    return str(Path(_relative(item, images)).with_suffix("")).replace("/", "__")
 
 
 def _save_array(mask: np.ndarray, path: Path) -> Path:
@@ -326,15 +335,10 @@ def _save_json(content: Any, path: Path) -> Path:
     return path
 
 
-def _images_json(module: Any, task: str, images: list[_Prepared], out: Path) -> Path:
+def _images_json(module: Any, task: str, images: _Images, out: Path) -> Path:
     entries = [
-        {
-            "id": i,
-            "file_name": _relative(item, images),
-            "width": item.original.shape[1],
-            "height": item.original.shape[0],
-        }
-        for i, item in enumerate(images, start=1)
+        {"id": i, "file_name": relative, "width": width, "height": height}
+        for i, (relative, (width, height)) in enumerate(zip(images.relative, images.sizes, strict=True), start=1)
     ]
     if task == "keypoints":
         categories = [{"id": 1, "name": "instance", "keypoints": list(module.keypoint_names)}]
@@ -346,7 +350,7 @@ def _images_json(module: Any, task: str, images: list[_Prepared], out: Path) -> 
 # -- explanations ----------------------------------------------------------------------------------------------------
 
 
-def _explain(modules: Mapping[str, Any], images: list[_Prepared], out: Path) -> list[Path]:
+def _explain(modules: Mapping[str, Any], images: _Images, out: Path) -> list[Path]:
     """Grad-CAM of each model's last feature stage, explaining the student's prediction; PNG + npz per image."""
     written, method = [], cam_method("gradcam")
     for item in images:
@@ -366,7 +370,7 @@ def _explain(modules: Mapping[str, Any], images: list[_Prepared], out: Path) -> 
                 )
             network.zero_grad(set_to_none=True)
             maps[f"{role}_map"] = cam[0].numpy()
-        name = _name(item, images)
+        name = item.name
         arrays = {
             **maps,
             "explained": np.asarray(explained.numpy()),
@@ -433,8 +437,6 @@ def predict_folder(
                 "runs/<task>/<run>/checkpoints/best.ckpt)"
             )
     files = find_images(images)
-    for path in files:  # every file is checked before anything is written
-        check_image(path)
     module = load_task_module(checkpoint)
     task = _task_name(module)
     size, window, size_source = _settings(checkpoint, read_checkpoint(checkpoint), task, image_size, intensity_window)
@@ -449,7 +451,7 @@ def predict_folder(
                 f"{task} model of {channels}; pass the teacher of this student"
             )
         modules["teacher"] = teacher_module
-    prepared = [_prepare(path, task, size, channels, window) for path in files]
+    prepared = _Images(files, task, size, channels, window)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     written = _WRITERS[task](module, prepared, out, top_k)
