@@ -121,3 +121,23 @@ def test_settings_name_unknown_methods() -> None:
         ExplanationSettings(methods=("magic",))
     with pytest.raises(ConfigError, match="at least one"):
         ExplanationSettings(methods=())
+
+
+def test_report_has_the_explanation_sections(quick_classification_demo, tmp_path) -> None:
+    from visiondistill.reporting import write_report
+
+    runs = quick_classification_demo / "runs" / "classification"
+    folders = [runs / "teacher", runs / "student_scratch", runs / "student_kd"]
+    settings = ExplanationSettings(methods=("gradcam", "occlusion"), images=2, bootstrap=50, sensitivity_samples=2)
+    markdown, page = write_report(
+        folders, tmp_path / "out", num_images=4, model_cards=False, explanations=settings, log=lambda *_: None
+    )
+    text, html = markdown.read_text(), page.read_text()
+    assert "## Explanations: agreement on a scale, faithfulness, sanity, robustness" in text
+    for method in settings.methods:
+        for title in ("Agreement with the teacher on a scale", "Faithfulness", "Sanity check", "Robustness"):
+            assert re.search(rf"^### {title}.* — `{method}`$", text, flags=re.MULTILINE), (title, method)
+    assert "ceiling (teacher, mirrored)" in text and "floor (random student_scratch)" in text
+    assert "Faithfulness" in html and "ceiling (teacher, mirrored)" in html
+    plain, _ = write_report(folders, tmp_path / "plain", num_images=4, model_cards=False, explanations=False)
+    assert "## Explanations" not in plain.read_text()

@@ -331,7 +331,8 @@ def _sanity_blocks(
             {
                 "model": model.name,
                 "blocks": len(curve),
-                f"spearman, top block ({curve[0][0]})": f"{curve[0][1]:.3f}",
+                "top block": f"`{curve[0][0]}`",
+                "spearman, top block": f"{curve[0][1]:.3f}",
                 "spearman, all blocks": f"{curve[-1][1]:.3f}",
                 "ssim, all blocks": f"{curve[-1][2]:.3f}",
                 "check": "FLAGGED: maps survive randomisation" if result.flagged else "passed",
