@@ -6,6 +6,11 @@ what the demo does can be repeated by hand step by step. A task's report goes to
 ``report.html``); the segmentation demo's medical example, trained on other data without a teacher, gets its own in
 ``runs/demo/segmentation/lesions/``.
 
+Run folders are written once (`visiondistill.cli.run_folders`), so a second ``make demo`` reuses what the first one
+trained: a run whose ``last.ckpt`` reached its last epoch is reused, a run that was stopped is resumed with
+``--ckpt_path last``, and only missing runs are trained. ``--skip-existing`` reuses every run that has a checkpoint,
+finished or not. To train everything again, give another ``--runs`` folder (or delete ``runs/<task>/``).
+
 Usage::
 
     python -m visiondistill.demo --task classification [--epochs N] [--skip-existing] [--quick]
@@ -21,6 +26,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 __all__ = ["TASKS", "DemoRun", "DemoSettings", "DemoTask", "main", "run_task"]
 
@@ -174,11 +181,44 @@ TASKS: dict[str, DemoTask] = {
 }
 
 
+def max_epochs(run: DemoRun, overrides: Sequence[str]) -> int | None:
+    """The epochs a run trains: the last ``--trainer.max_epochs`` override, else its config's ``trainer.max_epochs``."""
+    for override in reversed(overrides):
+        if override.startswith("--trainer.max_epochs="):
+            return int(override.split("=", 1)[1])
+    trainer = (yaml.safe_load(Path(run.config).read_text()) or {}).get("trainer") or {}
+    return trainer.get("max_epochs")
+
+
+def trained_epochs(run_dir: Path) -> int | None:
+    """The epochs the run in ``run_dir`` has completed, from its ``checkpoints/last.ckpt`` (``None`` without one)."""
+    from visiondistill.models.checkpoints import read_checkpoint
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    checkpoint = read_checkpoint(last)
+    # A checkpoint written at the end of epoch e (0-based) has completed e + 1 epochs; one written when the run was
+    # stopped inside epoch e has completed e.
+    loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    completed = ((loops.get("epoch_progress") or {}).get("current") or {}).get("processed")
+    return int(completed) if completed is not None else int(checkpoint.get("epoch", -1)) + 1
+
+
 def fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> float:
-    """Runs ``visiondistill fit`` for one run (unless reused); returns its wall time in seconds (0 when reused)."""
+    """Runs ``visiondistill fit`` for one run, resumes it, or reuses it; returns its wall time (0 when reused).
+
+    A run folder is written once: a finished run (``last.ckpt`` at its last epoch) is reused, a stopped one resumed
+    with ``--ckpt_path last``; with ``settings.skip_existing`` any run that has a checkpoint is reused.
+    """
     checkpoint = settings.checkpoint(task, run)
     if settings.skip_existing and checkpoint.is_file():
         print(f"\n== {run.label}: reusing {checkpoint}", flush=True)
+        return 0.0
+    run_dir = settings.run_dir(task, run)
+    done, wanted = trained_epochs(run_dir), max_epochs(run, settings.overrides)
+    if done is not None and wanted is not None and done >= wanted:
+        print(f"\n== {run.label}: reusing {run_dir} ({done} epochs trained)", flush=True)
         return 0.0
     command = [sys.executable, "-m", "visiondistill.cli", "fit", "--config", run.config]
     command += [
@@ -188,6 +228,8 @@ def fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> fl
     if run.distilled:
         command.append(f"--model.init_args.teacher.checkpoint={settings.checkpoint(task, teacher)}")
     command += settings.overrides
+    if done is not None:
+        command.append("--ckpt_path=last")  # stopped after `done` epochs: go on where it stopped
     shown = "visiondistill " + " ".join(shlex.quote(part) for part in command[3:])
     print(f"\n== {run.label}\n$ {shown}", flush=True)
     start = time.perf_counter()
@@ -226,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="root of the run folders")
     parser.add_argument("--data-dir", default="data/shapes", help="where the synthetic data sets are generated")
     parser.add_argument("--out", default="runs/demo", help="where the reports go")
-    parser.add_argument("--skip-existing", action="store_true", help="reuse runs that already have a checkpoint")
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="reuse every run that has a checkpoint, even an unfinished one"
+    )
     parser.add_argument("--quick", action="store_true", help="seconds-long runs on tiny data: checks the pipeline")
     args = parser.parse_args(argv)
     overrides = QUICK_OVERRIDES if args.quick else ()
