@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASK ?= all
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format benchmark mutation clean
+.PHONY: help install demo test test-all lint format benchmark benchmark-gpu mutation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 
 benchmark: $(STAMP) ## Measure the distillation overhead (ratios from one process)
 	$(PY) benchmarks/distill_overhead.py
+
+benchmark-gpu: $(STAMP) ## Recipes' epoch time, images/s, GPU utilisation vs plain PyTorch (BENCH_ARGS="--device cpu --smoke")
+	$(PY) benchmarks/gpu_recipes.py $(BENCH_ARGS)
 
 # The mutants `make mutation` scores (mutmut's names): the four pure modules whole, and tasks/detection.py's
 # module-level helpers (DetectionTask's methods are trained, not unit-tested). Which files are mutated and which
