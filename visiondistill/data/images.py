@@ -336,7 +336,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
         bits = int(getattr(page, "bitspersample", 0) or 0)
         photometric = getattr(page.photometric, "name", str(page.photometric))
         colormap = getattr(page, "colormap", None)
-    if photometric not in _TIFF_PHOTOMETRIC:
+        jpeg = getattr(page.compression, "name", "") == "JPEG"
+    # YCbCr is decoded to RGB only inside JPEG-compressed TIFFs; stored as is, it is refused with the rare spaces
+    if photometric not in _TIFF_PHOTOMETRIC or (photometric == "YCBCR" and not jpeg):
         raise UnsupportedImageError(
             f"TIFF file '{path}' stores {photometric} colours, which visiondistill does not read; save it as "
             "grayscale or RGB (8 or 16 bits), or as a float32 TIFF."

@@ -10,7 +10,11 @@ lesion types do on a scan:
 - ``calcification`` (only with three classes): very small, very bright, irregular, and the rarest.
 
 Written as the mask-folder format of `visiondistill.data.segmentation` under ``root/lesions/<split>/{images,masks}``
-with ``root/lesions/meta.json`` recording the parameters.
+with ``root/lesions/meta.json`` recording the parameters. The images are 8-bit PNGs, so the example needs no extra
+package; real scans go into the same folder format as 16-bit PNG/TIFF or DICOM (``pip install
+visiondistill[medical]``) and are read by `MaskFolderSegmentation` with ``in_channels: 1`` and one
+``intensity_window: [low, high]`` for the whole data set (e.g. a CT window in Hounsfield units; see
+`visiondistill.data.images` and ``docs/data.md``).
 """
 
 from __future__ import annotations
