@@ -119,7 +119,10 @@ def create_classifier(spec: ClassifierSpec, num_classes: int, role: str = "model
     stored = _stored_spec(checkpoint, spec, role) if spec.name is None and spec.model_class is None else {}
     name, model_class = spec.name or stored.get("name"), spec.model_class or stored.get("model_class")
     if name is not None and model_class is not None:
-        raise ConfigError(f"{role}: set either name ({name!r}) or model_class ({model_class!r}), not both")
+        raise ConfigError(
+            f"{role}: set either name ({name!r}) or model_class ({model_class!r}), not both (a command-line "
+            f"override merges into the config's {role}: add name: null to it)"
+        )
     if model_class is not None:
         if spec.pretrained:
             raise ConfigError(f"{role}: pretrained applies to named models; give {role}.checkpoint for {model_class!r}")
