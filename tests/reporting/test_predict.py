@@ -200,3 +200,17 @@ def test_segmentation_explain_writes_maps(tmp_path, image_folder, capsys):
     run([str(checkpoint), str(image_folder), "--out", str(tmp_path / "out"), "--explain"], capsys)
     maps = np.load(tmp_path / "out" / "saliency" / "photo.npz")
     assert maps["student_map"].shape == (32, 32) and maps["image"].shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("task", ["keypoints", "detection"])
+def test_input_pixels_map_back_to_the_image(tmp_path, task):
+    """A bright spot found in the model's input maps back (``to_image``) to where it is in the original image."""
+    image = np.zeros((48, 80, 3), np.uint8)
+    image[8:13, 58:63] = 255  # centre (60.5, 10.5) in continuous pixel coordinates
+    Image.fromarray(image).save(tmp_path / "spot.png")
+    prepared = predict_module._prepare(tmp_path / "spot.png", task, 32, 3, None)
+    weights = prepared.display[..., 0]
+    ys, xs = np.mgrid[: weights.shape[0], : weights.shape[1]]
+    centre = np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum() + 0.5  # pixel centres
+    mapped = prepared.to_image[:, :2] @ centre + prepared.to_image[:, 2]
+    np.testing.assert_allclose(mapped, [60.5, 10.5], atol=0.6)
