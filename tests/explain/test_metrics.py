@@ -567,3 +567,75 @@ def test_pointing_game_resizes_integer_maps():
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[:, 3, 3] = True
     assert pointing_game_hits(maps, masks).tolist() == [True, False]
+
+
+# ---------------------------------------------------------------------------- rounding, scale and exact values
+def test_correlations_and_cosines_of_exact_copies_are_exactly_one():
+    # Unclamped, these float64 examples come out at 1 + 2^-52 (or −1 − 2^-52): the clamps keep them in [−1, 1].
+    x = rand_maps(1, 7, 7, seed=0)
+    assert float(saliency_agreement_per_image(x, 3 * x)["pearson"]) == 1.0
+    assert float(saliency_agreement_per_image(x, 5 - x)["pearson"]) == -1.0
+    assert float(saliency_agreement_per_image(x, x.clone())["cosine"]) == 1.0
+    a = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the result keeps the default dtype, so float64 shows the last bit
+    try:
+        assert float(linear_cka(a, a.clone())) == 1.0
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_saliency_scores_do_not_depend_on_the_maps_scale():
+    # Maps of small values (norms below 1) score as their scaled-up copies: no step depends on absolute size.
+    teacher, student = rand_maps(3, 6, 6, seed=72), rand_maps(3, 6, 6, seed=73)
+    small = saliency_agreement_per_image(1e-3 * teacher, 1e-3 * student)
+    large = saliency_agreement_per_image(teacher, student)
+    for key in SALIENCY_KEYS:
+        torch.testing.assert_close(small[key], large[key], rtol=1e-9, atol=1e-12, msg=key)
+    assert float(large["cosine"].min()) > 0.5  # a value, not the 0 of an all-zero map
+
+
+def test_top_k_iou_is_an_exact_float64_ratio():
+    teacher = torch.tensor([[9.0, 8.0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    student = torch.tensor([[9.0, 0, 8.0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    assert float(saliency_agreement_per_image(teacher, student, top_k=0.2)["topk_iou"]) == 1 / 3
+
+
+def test_integer_student_maps_are_scored_like_their_float_copies():
+    teacher = rand_maps(2, 6, 6, seed=74)
+    student = (rand_maps(2, 3, 3, seed=75) * 10).long()  # another size: resized in float64
+    scores = saliency_agreement_per_image(teacher, student)
+    expected = saliency_agreement_per_image(teacher, student.double())
+    for key in SALIENCY_KEYS:
+        torch.testing.assert_close(scores[key], expected[key], msg=key)
+
+
+def test_negative_maps_are_rejected_naming_the_side():
+    maps = rand_maps(1, 4, 4, seed=76)
+    with pytest.raises(ValueError, match=r"^teacher_maps must be non-negative, got a minimum of -1"):
+        saliency_agreement(maps - 1.0 - maps, maps)
+    with pytest.raises(ValueError, match=r"^student_maps must be non-negative, got a minimum of -2"):
+        saliency_agreement(maps, maps - 2.0 - maps)
+
+
+def test_linear_cka_of_zero_or_numerically_constant_features_is_zero():
+    y = torch.randn(50, 4, generator=torch.Generator().manual_seed(77), dtype=torch.float64)
+    zeros = torch.zeros(50, 3, dtype=torch.float64)
+    # Constant columns of large values: centring leaves ~1e-9 of rounding noise, far below 1e-10 of their norm.
+    constant = torch.full((50, 3), 1e6 / 3, dtype=torch.float64)
+    for debiased in (False, True):
+        for degenerate in (zeros, constant):
+            assert float(linear_cka(degenerate, y, debiased=debiased)) == 0.0
+            assert float(linear_cka(y, degenerate, debiased=debiased)) == 0.0
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_of_small_features_and_its_dtype(debiased):
+    generator = torch.Generator().manual_seed(78)
+    x = torch.randn(8, 5, generator=generator, dtype=torch.float64)
+    y = x[:, :3] + 0.5 * torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    expected = kornblith_cka(gram_linear(x.numpy()), gram_linear(y.numpy()), debiased=debiased)
+    for scale in (1.0, 1e-3):  # Gram norms far below 1 at 1e-3
+        value = linear_cka(scale * x, scale * y, debiased=debiased)
+        assert value.dtype == torch.float32  # the default dtype, even for float64 features
+        assert float(value) == pytest.approx(expected, abs=1e-6)

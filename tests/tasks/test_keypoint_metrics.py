@@ -529,3 +529,60 @@ def test_dark_newton_step_is_clamped_to_one_pixel_each_way():
     assert (coords[0] - 0.5).tolist() == [[6.0, 5.0], [4.0, 5.0], [5.0, 6.0], [5.0, 4.0]]
     assert scores.tolist() == [[1.0] * 4]
     np.testing.assert_allclose(coords.numpy(), numpy_dark(heatmaps.astype(np.float32), 1, 1.0), atol=1e-6)
+
+
+def crowded_case():
+    """Ties everywhere: detections as close to two ground truths (equal OKS), equal scores within and across images,
+    ignored ground truths among labelled ones, an image with one unmatched ground truth and one of area 0."""
+    sigmas = [0.05, 0.07, 0.05]
+    base = np.array([[0.0, 0.0], [4.0, 3.0], [-3.0, 5.0]])
+    gts, dts = [], []
+    for i in range(4):
+        centre = base + [20.0 + 18.0 * i, 30.0]
+        for shift in (-2.0, 2.0):  # a pair two pixels either side of the centre, listed left then right
+            points = np.concatenate([centre + [shift, 0.0], np.full((3, 1), 2.0)], axis=1)
+            gts.append({"image_id": 1, "bbox": [centre[0, 0] - 6, 20.0, 14.0, 18.0], "area": 80.0, "keypoints": points})
+        dts.append({"image_id": 1, "keypoints": centre.copy(), "score": 0.9})  # equal OKS to both of its pair
+        dts.append({"image_id": 1, "keypoints": centre + [-2.0, 0.4 * i], "score": 0.6})  # on the left one
+    for x in (10.0, 50.0, 90.0):  # ignored: no labelled keypoint, listed between the labelled ones by id
+        gts.insert(3, {"image_id": 1, "bbox": [x, 60.0, 8.0, 8.0], "area": 50.0, "keypoints": np.zeros((3, 3))})
+    dts.append({"image_id": 1, "keypoints": np.array([[12.0, 62.0], [13.0, 63.0], [11.0, 61.0]]), "score": 0.9})
+    # Image 2: one person, a good and a mediocre detection of equal score (input order decides who matches first).
+    person = np.concatenate([base + [40.0, 40.0], np.full((3, 1), 2.0)], axis=1)
+    gts.append({"image_id": 2, "bbox": [35.0, 35.0, 12.0, 14.0], "area": 90.0, "keypoints": person})
+    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[0.3, 0.2]], "score": 0.6})
+    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[2.5, -1.5]], "score": 0.6})
+    # Image 3: a person nobody detected. Image 4: area 0 (every error but the smallest counts as a miss).
+    gts.append({"image_id": 3, "bbox": [5.0, 5.0, 10.0, 10.0], "area": 60.0, "keypoints": person - [30, 30, 0]})
+    gts.append({"image_id": 4, "bbox": [40.0, 40.0, 0.0, 0.0], "area": 0.0, "keypoints": person})
+    dts.append({"image_id": 4, "keypoints": person[:, :2] + [[3e-9, 0.0], [0.0, 0.0], [0.0, 0.0]], "score": 0.5})
+    return gts, dts, sigmas
+
+
+def test_keypoint_ap_with_ties_equals_cocoeval():
+    gts, dts, sigmas = crowded_case()
+    evaluation = coco_evaluation(gts, dts, [1, 2, 3, 4], sigmas)
+    for image in (1, 2, 4):
+        gt = [g for g in gts if g["image_id"] == image]
+        dt = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort") if dts[i]["image_id"] == image]
+        oks = keypoint_oks(
+            np.array([d["keypoints"] for d in dt]),
+            np.array([g["keypoints"] for g in gt]),
+            np.array([g["area"] for g in gt]),
+            np.array([g["bbox"] for g in gt]),
+            np.array(sigmas),
+        )
+        np.testing.assert_allclose(oks, evaluation.ious[(image, 1)], rtol=1e-12, atol=1e-15)
+    zero_area = evaluation.ious[(4, 1)][0, 0]
+    assert 0.5 < zero_area < 0.9  # the 3e-9 px error counts at area 0, exactly as COCOeval's spacing(1) makes it
+    expected = float(evaluation.stats[0])
+    assert 0.05 < expected < 0.95
+    assert ours_ap(gts, dts, sigmas) == pytest.approx(expected, abs=1e-12)
+
+
+def test_keypoint_oks_rejects_ground_truth_arrays_of_different_lengths():
+    gts, dts, sigmas = unlabelled_case()
+    keypoints = np.array([g["keypoints"] for g in gts])
+    boxes = np.array([g["bbox"] for g in gts])
+    with pytest.raises(ValueError, match="zip"):
+        keypoint_oks(np.array([dts[0]["keypoints"]]), keypoints, np.ones(len(gts) - 1), boxes, np.array(sigmas))
