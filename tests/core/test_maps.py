@@ -55,11 +55,11 @@ def test_attention_map_of_an_all_zero_feature_is_zero():
 
 
 def test_attention_map_errors():
-    with pytest.raises(ValueError, match="p"):
+    with pytest.raises(ValueError, match="^p must be a positive number, got 0$"):
         attention_map(FEATURE, p=0)
-    with pytest.raises(ValueError, match="p"):
+    with pytest.raises(ValueError, match="^p must be a positive number, got -1$"):
         attention_map(FEATURE, p=-1)
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^feature must be 4-D \(N, C, H, W\), got shape \(2, 3, 4\)$"):
         attention_map(torch.ones(2, 3, 4))
 
 
