@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,6 +79,8 @@ class DemoSettings:
     skip_existing: bool = False
     #: Overrides every task's ``agreement_images`` when set (quick runs).
     num_images: int | None = None
+    #: Quick reports: the explanation sections with one CAM method on two images (they check the pipeline).
+    quick_explanations: bool = False
 
     def run_dir(self, task: str, run: DemoRun) -> Path:
         """The folder of one run."""
@@ -256,8 +259,17 @@ def run_task(task: str, settings: DemoSettings) -> list[Path]:
         out = settings.out / task / subfolder
         shown = " ".join(shlex.quote(str(folder)) for folder in folders)
         print(f"\n== report\n$ visiondistill report {shown} --out {out} --num-images {num_images}", flush=True)
-        reports.append(write_report(folders, out, num_images=num_images)[0])
+        reports.append(write_report(folders, out, num_images=num_images, explanations=_explanations(settings))[0])
     return reports
+
+
+def _explanations(settings: DemoSettings) -> Any:
+    """The report's explanation settings: the defaults, or for quick runs one CAM method on two images."""
+    if not settings.quick_explanations:
+        return True
+    from visiondistill.reporting.sections.explanations import ExplanationSettings
+
+    return ExplanationSettings(methods=("gradcam",), images=2, bootstrap=200, sensitivity_samples=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=overrides,
         skip_existing=args.skip_existing,
         num_images=QUICK_IMAGES if args.quick else None,
+        quick_explanations=args.quick,
     )
     for task in list(TASKS) if args.task == "all" else [args.task]:
         for report in run_task(task, settings):

@@ -141,3 +141,27 @@ def test_report_has_the_explanation_sections(quick_classification_demo, tmp_path
     assert "Faithfulness" in html and "ceiling (teacher, mirrored)" in html
     plain, _ = write_report(folders, tmp_path / "plain", num_images=4, model_cards=False, explanations=False)
     assert "## Explanations" not in plain.read_text()
+
+
+def test_a_segmentation_report_explains_the_class_region_and_asks_for_a_second_teacher(tmp_path) -> None:
+    from visiondistill.models.segmenters import create_segmenter
+
+    from ..support.segmentation import TINY_STUDENT, TINY_TEACHER, square_masks
+
+    torch.manual_seed(0)
+    runs = [_run("teacher", "teacher"), _run("student", "distilled")]
+    networks = {"teacher": create_segmenter(TINY_TEACHER, 3), "student": create_segmenter(TINY_STUDENT, 3)}
+    modules = {
+        name: SimpleNamespace(student=net.eval(), saliency_adapter="segmentation") for name, net in networks.items()
+    }
+    images, masks = square_masks(n=2).tensors
+    context = SectionContext(runs, modules, None, (images, masks), {}, tmp_path, lambda *_: None)
+    settings = ExplanationSettings(methods=("integrated_gradients",), images=2, bootstrap=50, sensitivity_samples=1)
+    settings.attribution_options = {"n_steps": 2}
+    blocks = explanation_sections(context, settings)
+    notes = " ".join(b.text for b in blocks if isinstance(b, Paragraph))
+    assert "No ceiling" in notes and "--ceiling" in notes
+    rows = _tables_after(blocks, "Agreement").rows
+    assert [row["model"] for row in rows] == ["student", "floor (random student)"]
+    faithfulness = _tables_after(blocks, "Faithfulness").rows
+    assert faithfulness[0]["road_combined"] != "–" and len(faithfulness) == 3
