@@ -19,7 +19,7 @@ of load on a shared machine hits both sides alike.
 
     python benchmarks/distill_overhead.py [--student test_resnet] [--teacher resnet18] [--image-size 64]
         [--batch-size 64] [--steps 40] [--rounds 3] [--precision 32-true|bf16-mixed|16-mixed] [--channels-last]
-        [--compile]
+        [--compile] [--threads N]
 """
 
 from __future__ import annotations
@@ -188,7 +188,10 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile student and teacher (both sides)")
     parser.add_argument("--skip-kd-at", action="store_true", help="skip (c), the KD + AT step and its ratio")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     generator = torch.Generator().manual_seed(0)
     n = args.batch_size * 8

@@ -177,3 +177,23 @@ def test_channels_last_puts_networks_and_inputs_in_that_layout(channels_last: bo
         conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
     assert seen and all(flag is channels_last for flag in seen), seen
+
+
+def test_grad_cam_asked_for_under_bf16_autocast_is_computed_in_float32():
+    import timm
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from visiondistill.explain.cam import cam_method, compute_cams, compute_layer_cams
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=4).eval()
+    images, targets = torch.randn(2, 3, 32, 32), [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
+    layers = [model.layer3, model.layer4] if hasattr(model, "layer4") else list(model.children())[-4:-2]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.enable_grad():
+        maps = compute_cams(cam_method("gradcam"), model, layers[-1:], images, targets)
+        per_layer = compute_layer_cams(cam_method("gradcam"), model, layers, images, targets)
+    with torch.enable_grad():
+        reference = compute_cams(cam_method("gradcam"), model, layers[-1:], images, targets)
+    assert maps.dtype == torch.float32 and maps.shape == (2, 32, 32)
+    torch.testing.assert_close(maps, reference)  # the very same float32 computation
+    assert len(per_layer) == 2 and all(torch.isfinite(m).all() for m in per_layer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -107,6 +107,14 @@ def _backward_from_target_layer(cam: BaseCAM, target_layers: Sequence[nn.Module]
         handle.remove()
 
 
+def _float32(inputs: Tensor) -> AbstractContextManager:
+    """A context with autocast off, so that a CAM asked for under ``bf16-mixed``/``16-mixed`` is computed in float32.
+
+    grad-cam turns activations and gradients into NumPy arrays, and NumPy has no bfloat16.
+    """
+    return torch.autocast(inputs.device.type, enabled=False)
+
+
 def compute_cams(
     method: type[BaseCAM],
     model: nn.Module,
@@ -138,8 +146,11 @@ def compute_cams(
     Raises:
         RuntimeError: When the method fails; grad-cam's context manager would otherwise swallow an IndexError.
     """
-    inputs = images.detach().clone().requires_grad_(True)
-    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+    inputs = images.detach().float().clone().requires_grad_(True)
+    with (
+        _float32(inputs),
+        method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam,
+    ):
         with _backward_from_target_layer(cam, target_layers):
             try:
                 maps = cam(input_tensor=inputs, targets=list(targets))
@@ -177,8 +188,11 @@ def compute_layer_cams(
         RuntimeError: When the method fails.
     """
     captured: list[Tensor] = []
-    inputs = images.detach().clone().requires_grad_(True)
-    with method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+    inputs = images.detach().float().clone().requires_grad_(True)
+    with (
+        _float32(inputs),
+        method(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam,
+    ):
         aggregate = cam.aggregate_multi_layers
 
         def keep_each_layer(cam_per_layer: list) -> Any:
