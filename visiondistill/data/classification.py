@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
@@ -20,6 +20,7 @@ from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import classification_transforms
+from visiondistill.data.views import ReplayableViews, ViewSampler, check_num_views
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
 
@@ -195,10 +196,20 @@ class ImageFolderClassification(SplitFolderDataModule):
         intensity_window: ``[low, high]`` in the files' units (raw counts, or Hounsfield units of a CT DICOM),
             mapped to [0, 1] instead of each file's type range; e.g. ``[0, 4095]`` for 12-bit data in 16-bit PNGs
             (see `visiondistill.data.images`).
+        unlabeled_dir: A folder of images without labels, read with the training transform; their batches are
+            interleaved with the labeled ones for the distillation terms (docs/unlabeled.md).
+        labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
+            rest are used as unlabeled images. 1 keeps every label.
+        labeled_seed: Seed of that draw (default: ``seed``).
+        num_views: Replayable augmentation views per training image (K, `visiondistill.data.views`): each epoch
+            shows every image in one of its K views, picked by ``seed`` and the epoch, and training batches carry
+            the ``[index, view]`` ids a teacher-output cache (`visiondistill.distill.TeacherOutputCache`) keys on.
+            ``None``: a fresh random augmentation every time (no cache possible).
 
     Raises:
         ValueError: For non-positive sizes, negative workers or ``in_channels`` other than 1 or 3.
-        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``.
+        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``, or a bad
+            ``num_views``.
 
     Example::
 
@@ -220,9 +231,14 @@ class ImageFolderClassification(SplitFolderDataModule):
         class_names: list[str] | None = None,
         in_chans: int | None = None,
         intensity_window: list[float] | None = None,
+        unlabeled_dir: str | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_seed: int | None = None,
+        num_views: int | None = None,
     ) -> None:
         super().__init__()
         num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        self.num_views = check_num_views(num_views, owner=type(self).__name__)
         if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
                 f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
@@ -239,6 +255,7 @@ class ImageFolderClassification(SplitFolderDataModule):
         self.seed = seed
         self._class_names = list(class_names) if class_names is not None else None
         self.intensity_window = check_window(intensity_window)
+        self.init_unlabeled(unlabeled_dir, labeled_fraction, labeled_seed)
         self.train_dataset: ImageFolderDataset | None = None
         self.val_dataset: ImageFolderDataset | None = None
         self.test_dataset: ImageFolderDataset | None = None
@@ -261,19 +278,35 @@ class ImageFolderClassification(SplitFolderDataModule):
         """Number of classes."""
         return len(self.class_names)
 
-    def _dataset(self, split: str, train: bool) -> ImageFolderDataset:
+    def _dataset(self, split: str, train: bool) -> ImageFolderDataset | ReplayableViews:
+        views = train and self.num_views is not None
+        transform = classification_transforms(
+            self.image_size, train=train and self.augment, in_channels=self.in_channels, replayable=views
+        )
         dataset = ImageFolderDataset(
             self._require_split(split),
-            transform=classification_transforms(
-                self.image_size, train=train and self.augment, in_channels=self.in_channels
-            ),
+            transform=None if views else transform,
             in_channels=self.in_channels,
             class_names=self.class_names,
             intensity_window=self.intensity_window,
         )
         if self.verify_images:
             dataset.verify()
-        return dataset
+        return ReplayableViews(dataset, transform, self.num_views, seed=self.seed) if views else dataset
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches; with ``num_views``, ``(images, labels, view ids)`` of epoch views."""
+        if not isinstance(self.train_dataset, ReplayableViews):
+            return super().train_dataloader()
+        if getattr(self, "unlabeled_dataset", None) is not None:
+            raise ConfigError(
+                f"{type(self).__name__}: num_views (replayable views for a teacher-output cache) does not cover "
+                "unlabeled images yet; drop num_views or unlabeled_dir"
+            )
+        sampler = ViewSampler(len(self.train_dataset), self.train_dataset.num_views, seed=self.seed)
+        return DataLoader(
+            self.train_dataset, batch_size=self.batch_size, sampler=sampler, **self.loader_settings(), drop_last=False
+        )
 
 
 class ShapesClassification(GeneratedShapes, ImageFolderClassification):
@@ -300,6 +333,13 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         seed: Data-set seed (also seeds the shuffle order).
         verify_images: Check every file is readable in ``setup``.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        unlabeled_dir: A folder of images without labels, read with the training transform; their batches are
+            interleaved with the labeled ones for the distillation terms (docs/unlabeled.md).
+        labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
+            rest are used as unlabeled images. 1 keeps every label.
+        labeled_seed: Seed of that draw (default: ``seed``).
+        num_views: Replayable augmentation views per training image, for a teacher-output cache (see
+            `ImageFolderClassification`); ``None``: fresh augmentation every time.
 
     Raises:
         ValueError: For invalid counts or sizes.
@@ -329,6 +369,10 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
         seed: int = 0,
         verify_images: bool = True,
         in_chans: int | None = None,
+        unlabeled_dir: str | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_seed: int | None = None,
+        num_views: int | None = None,
     ) -> None:
         # resolved here, before the base class saves this frame's arguments as hyperparameters
         in_channels = resolve_in_channels(in_channels, in_chans, owner=type(self).__name__)
@@ -342,5 +386,9 @@ class ShapesClassification(GeneratedShapes, ImageFolderClassification):
             verify_images=verify_images,
             seed=seed,
             class_names=list(SHAPE_CLASSES),
+            unlabeled_dir=unlabeled_dir,
+            labeled_fraction=labeled_fraction,
+            labeled_seed=labeled_seed,
+            num_views=num_views,
         )
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

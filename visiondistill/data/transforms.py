@@ -66,6 +66,7 @@ def classification_transforms(
     std: Sequence[float] | None = None,
     *,
     in_chans: int | None = None,
+    replayable: bool = False,
 ) -> A.Compose:
     """Build the image pipeline for classification.
 
@@ -80,6 +81,8 @@ def classification_transforms(
         mean: Per-channel mean in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
         std: Per-channel std in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
         in_chans: Deprecated spelling of ``in_channels``.
+        replayable: Return a plain ``Compose`` that is not reseeded from torch on each call: its draws follow
+            ``set_random_seed`` (`visiondistill.data.views` sets a view's seed before each call).
 
     Returns:
         A pipeline called as ``pipeline(image=array)["image"]`` that returns a ``float32`` tensor
@@ -96,7 +99,7 @@ def classification_transforms(
         torch.Size([1, 32, 32])
     """
     in_channels = resolve_in_channels(in_channels, in_chans, owner="classification_transforms")
-    return augmentation_pipeline(image_size, train, in_channels, mean, std)
+    return augmentation_pipeline(image_size, train, in_channels, mean, std, torch_seeded=not replayable)
 
 
 class TorchSeededCompose(A.Compose):
@@ -120,12 +123,13 @@ def augmentation_pipeline(
     in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    torch_seeded: bool = True,
 ) -> A.Compose:
     """The resize + augmentation + normalisation pipeline shared by the tasks' transforms.
 
     Geometric steps move a ``mask`` passed alongside the image with nearest-neighbour interpolation (class indices
     and ``ignore_index`` stay exact); photometric steps touch the image only. Arguments as in
-    `classification_transforms`.
+    `classification_transforms`; ``torch_seeded=False`` returns a plain ``Compose`` for seeded replay.
     """
     if int(image_size) <= 0:
         raise ConfigError(f"image_size must be positive, got {image_size!r}")
@@ -151,4 +155,4 @@ def augmentation_pipeline(
     # ToFloat: 8-bit arrays ÷ 255, float arrays (what `visiondistill.data.images.read_image` gives, any bit depth)
     # as they are; the augmentations before it handle both (albumentations treats float images as [0, 1]).
     steps += [A.ToFloat(), A.Normalize(mean=mean, std=std, max_pixel_value=1.0), ToTensorV2()]
-    return TorchSeededCompose(steps) if train else A.Compose(steps)
+    return TorchSeededCompose(steps) if train and torch_seeded else A.Compose(steps)
