@@ -14,7 +14,7 @@ See ``docs/architecture.md`` for the layers and the import rule.
 """
 
 from visiondistill.core.callback import DistillationCallback, distillation_callbacks, distillation_loss
-from visiondistill.core.errors import ConfigError, VisionDistillError
+from visiondistill.core.errors import ConfigError, ConfigTypeError, VisionDistillError
 from visiondistill.core.maps import attention_map, boxes_to_masks, gradcam_map
 from visiondistill.core.protocol import (
     ProtocolError,
@@ -50,6 +50,7 @@ __all__ = [
     "SALIENCY_ADAPTERS",
     "ClassificationSaliencyAdapter",
     "ConfigError",
+    "ConfigTypeError",
     "DistillationCallback",
     "FeatureRecorder",
     "FeatureStage",

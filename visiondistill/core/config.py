@@ -7,6 +7,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from visiondistill.core.errors import ConfigTypeError
+
 __all__ = ["RENAMED_KEYS", "spec_from"]
 
 #: Spec keys renamed since earlier releases: old spelling -> current field. Configs and checkpoints written before a
@@ -37,9 +39,9 @@ def spec_from(cls: type, value: object, role: str, expected: str) -> Any:
         fields = _renamed(dict(value), valid, role)
         unknown = sorted(set(fields) - valid)
         if unknown:
-            raise TypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
+            raise ConfigTypeError(f"{role} spec: unknown keys {unknown}; valid keys are {sorted(valid)}")
         return cls(**fields)
-    raise TypeError(f"{role} spec must be {expected}, got {type(value).__name__}")
+    raise ConfigTypeError(f"{role} spec must be {expected}, got {type(value).__name__}")
 
 
 def _renamed(fields: dict[str, Any], valid: set[str], role: str) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def _renamed(fields: dict[str, Any], valid: set[str], role: str) -> dict[str, An
             continue
         value = fields.pop(old)
         if new in fields and fields[new] != value:
-            raise TypeError(f"{role} spec: {old}={value!r} and {new}={fields[new]!r} disagree; set {new} only")
+            raise ConfigTypeError(f"{role} spec: {old}={value!r} and {new}={fields[new]!r} disagree; set {new} only")
         warnings.warn(
             f"{role} spec: {old!r} is deprecated, write '{new}: {value}' instead (configs and checkpoints written "
             f"with {old!r} still load)",

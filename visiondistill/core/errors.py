@@ -8,7 +8,7 @@ keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "VisionDistillError"]
+__all__ = ["ConfigError", "ConfigTypeError", "VisionDistillError"]
 
 
 class VisionDistillError(Exception):
@@ -27,3 +27,7 @@ class ConfigError(VisionDistillError, ValueError):
         ...
         visiondistill.core.errors.ConfigError: temperature must be a positive number, got -1
     """
+
+
+class ConfigTypeError(VisionDistillError, TypeError):
+    """A configuration entry of the wrong kind: an unknown key, a value of the wrong type, keys that contradict."""

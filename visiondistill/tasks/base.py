@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.callback import distillation_loss, full_precision
-from visiondistill.core.errors import ConfigError
-from visiondistill.core.protocol import ProtocolError, batch_inputs, freeze_teacher
+from visiondistill.core.errors import ConfigError, ConfigTypeError
+from visiondistill.core.protocol import ProtocolError, batch_inputs, freeze_teacher, split_training_batch, take_rows
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
@@ -97,7 +97,7 @@ class DistillationTask(pl.LightningModule):
     ) -> None:
         unknown = sorted(key for key in recorded if not key.startswith("_"))
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}")
+            raise ConfigTypeError(f"{type(self).__name__} got unexpected arguments {unknown}")
         if lr <= 0:
             raise ConfigError(f"lr must be > 0, got {lr}")
         if optimizer not in ("adamw", "sgd"):
