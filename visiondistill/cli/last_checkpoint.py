@@ -36,8 +36,9 @@ class LastCheckpoint(Checkpoint):
 
         >>> from pytorch_lightning.callbacks import ModelCheckpoint
         >>> callbacks = [ModelCheckpoint(monitor="val/acc", mode="max", filename="best"), LastCheckpoint()]
-        >>> pl.Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False).checkpoint_callbacks == callbacks
-        True
+        >>> trainer = pl.Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False)
+        >>> [type(callback).__name__ for callback in trainer.checkpoint_callbacks]  # run last, in this order
+        ['ModelCheckpoint', 'LastCheckpoint']
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str = "last.ckpt") -> None:
