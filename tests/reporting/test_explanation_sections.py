@@ -67,6 +67,7 @@ def test_agreement_on_a_scale_with_floor_ceiling_and_seed_rows(tmp_path) -> None
     # An identical second teacher agrees exactly: the ceiling's interval collapses onto 1.
     assert rows["ceiling (teacher_twin)"]["pearson"] == "1.000 [1.000, 1.000]"
     assert rows["floor (random scratch_a)"]["role"] == "floor"
+    assert rows["floor (random scratch_a)"]["pearson"] != rows["scratch_a"]["pearson"]  # re-initialised, not a copy
     assert rows["scratch_a"]["pearson"] != rows["scratch_b"]["pearson"]
     seeds = rows["scratch: no distillation (2 runs)"]
     assert seeds["role"] == "mean ± std over runs" and "±" in seeds["pearson"]
@@ -143,6 +144,7 @@ def test_report_has_the_explanation_sections(quick_classification_demo, tmp_path
     assert "## Explanations" not in plain.read_text()
 
 
+@pytest.mark.slow
 def test_a_segmentation_report_explains_the_class_region_and_asks_for_a_second_teacher(tmp_path) -> None:
     from visiondistill.models.segmenters import create_segmenter
 
