@@ -2,7 +2,9 @@
 
 A run folder is what ``visiondistill fit`` writes through its TensorBoard logger: ``config.yaml`` (the config as
 run), ``checkpoints/best.ckpt`` (or ``last.ckpt``), TensorBoard event files, and the explanation callbacks'
-``saliency/`` and ``attention/`` folders. Everything here is read from that folder alone.
+``saliency/`` and ``attention/`` folders. Everything here is read from that folder alone. A run folder is written once
+(docs/run_folders.md): ``config.yaml`` is the first command's (a resume's is ``config-resume-<N>.yaml``), and
+evaluations live in ``eval/<subcommand>-<checkpoint>/``, whose event files are not read as the run's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from visiondistill.models.checkpoints import read_checkpoint
 
 Role = Literal["teacher", "scratch", "distilled"]
 
-#: Checkpoint file names tried in order inside ``<run>/checkpoints/``.
+#: Checkpoint file names tried in order inside ``<run>/checkpoints/``: the run's best epoch (never ``best-v1.ckpt``:
+#: the folder belongs to one run), else the end of its last epoch.
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
 
