@@ -8,6 +8,8 @@ to its task loss. Everything else (freezing the teacher, learnable connectors) t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -89,6 +91,107 @@ def batch_targets(batch: object) -> Tensor:
     raise ProtocolError(
         f"cannot find class targets in a batch of type {type(batch).__name__}; expected (images, targets) "
         "or a dict with a 'target' key"
+    )
+
+
+#: Keys of a training batch that interleaves labeled and unlabeled images (docs/unlabeled.md).
+LABELED, UNLABELED = "labeled", "unlabeled"
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What a training step needs from a batch, with or without unlabeled images (`split_training_batch`).
+
+    Attributes:
+        inputs: Every image of the step (labeled first, then unlabeled): the networks run once on these.
+        labeled: The labeled batch, as the dataloader gave it: what the task loss reads.
+        distill: The batch the distillation terms read: the batch itself without unlabeled images; else a dict
+            ``{"image": inputs, "labeled": mask, "labeled_batch": labeled}`` (``mask`` is ``True`` on the labeled
+            rows), which holds no targets, so target-dependent terms fall back to their label-free form.
+        num_labeled: The labeled rows (the first ``num_labeled`` of ``inputs``), or ``None`` when all are labeled.
+    """
+
+    inputs: Tensor
+    labeled: Any
+    distill: Any
+    num_labeled: int | None = None
+
+
+def split_training_batch(batch: object) -> TrainingBatch:
+    """Reads a training batch: a plain batch, or ``{"labeled": batch, "unlabeled": images}``.
+
+    The second form is what a datamodule with unlabeled images yields (e.g. Lightning's ``CombinedLoader`` over a
+    dict of two loaders); the unlabeled part may be a tensor, a tuple whose first item is the images, or a dict
+    with an ``image`` key, as `batch_inputs` reads. Labeled and unlabeled images are concatenated, so student and
+    teacher run once per step on both; under BatchNorm the statistics are those of the whole step.
+
+    Raises:
+        ProtocolError: When the images cannot be found, or the two parts differ in image shape.
+
+    Example::
+
+        >>> step = split_training_batch({"labeled": (torch.zeros(2, 3, 8, 8), torch.zeros(2)),
+        ...                              "unlabeled": torch.ones(5, 3, 8, 8)})
+        >>> step.inputs.shape[0], step.num_labeled, step.distill["labeled"].tolist()
+        (7, 2, [True, True, False, False, False, False, False])
+    """
+    if not (isinstance(batch, Mapping) and LABELED in batch and UNLABELED in batch):
+        return TrainingBatch(inputs=batch_inputs(batch), labeled=batch, distill=batch)
+    labeled, unlabeled = batch[LABELED], batch[UNLABELED]
+    images = batch_inputs(labeled)
+    if unlabeled is None:
+        return TrainingBatch(inputs=images, labeled=labeled, distill=labeled)
+    extra = batch_inputs(unlabeled)
+    if extra.shape[1:] != images.shape[1:]:
+        raise ProtocolError(
+            f"labeled images of shape {tuple(images.shape[1:])} but unlabeled images of shape "
+            f"{tuple(extra.shape[1:])}; read both with the same transform (image size and channels)"
+        )
+    inputs = torch.cat([images, extra.to(device=images.device, dtype=images.dtype)])
+    mask = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+    mask[: images.shape[0]] = True
+    distill = {"image": inputs, LABELED: mask, "labeled_batch": labeled}
+    return TrainingBatch(inputs=inputs, labeled=labeled, distill=distill, num_labeled=images.shape[0])
+
+
+def labeled_mask(batch: object) -> Tensor | None:
+    """The boolean mask of labeled rows of a distillation batch (`split_training_batch`), or ``None`` (all labeled)."""
+    if isinstance(batch, Mapping) and isinstance(batch.get(LABELED), Tensor) and batch[LABELED].dtype == torch.bool:
+        return batch[LABELED]
+    return None
+
+
+def targets_or(batch: object, fallback: Tensor) -> Tensor:
+    """Class targets for every row: the batch's own, and ``fallback``'s on unlabeled rows.
+
+    For terms that need a class per image (decoupled KD): on a batch with unlabeled images, labeled rows keep
+    their targets and the others take ``fallback`` (e.g. the teacher's predictions).
+    """
+    mask = labeled_mask(batch)
+    if mask is None:
+        return batch_targets(batch)
+    targets = fallback.detach().clone()
+    targets[mask] = batch_targets(batch["labeled_batch"]).to(targets)
+    return targets
+
+
+def take_rows(value: Any, count: int | None) -> Any:
+    """The first ``count`` rows of every tensor in ``value`` (a tensor, dict, list or tuple); ``value`` for ``None``.
+
+    Raises:
+        ProtocolError: For an output of another type (such outputs cannot be split into labeled and unlabeled rows).
+    """
+    if count is None:
+        return value
+    if isinstance(value, Tensor):
+        return value[:count]
+    if isinstance(value, Mapping):
+        return {key: take_rows(item, count) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(take_rows(item, count) for item in value)
+    raise ProtocolError(
+        f"cannot take the labeled rows of a model output of type {type(value).__name__}; unlabeled images need "
+        "outputs that are tensors (or dicts, lists, tuples of them) with one row per image"
     )
 
 

@@ -225,6 +225,11 @@ class SyntheticLesions(MaskFolderSegmentation):
         num_test: Test images (0: test on val).
         seed: Data-set seed (also seeds the shuffle order).
         verify: Check every pair in ``setup``.
+        unlabeled_dir: A folder of images without labels, read with the training transform; their batches are
+            interleaved with the labeled ones for the distillation terms (docs/unlabeled.md).
+        labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
+            rest are used as unlabeled images. 1 keeps every label.
+        labeled_seed: Seed of that draw (default: ``seed``).
 
     Raises:
         ValueError: For invalid counts, sizes or class counts.
@@ -250,6 +255,9 @@ class SyntheticLesions(MaskFolderSegmentation):
         num_test: int = 200,
         seed: int = 0,
         verify: bool = True,
+        unlabeled_dir: str | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_seed: int | None = None,
     ) -> None:
         if num_train <= 0 or num_val <= 0 or num_test < 0:
             raise ConfigError(
@@ -268,6 +276,9 @@ class SyntheticLesions(MaskFolderSegmentation):
             augment=augment,
             verify=verify,
             seed=seed,
+            unlabeled_dir=unlabeled_dir,
+            labeled_fraction=labeled_fraction,
+            labeled_seed=labeled_seed,
         )
         self.generate = generate
         self.splits = {k: v for k, v in (("train", num_train), ("val", num_val), ("test", num_test)) if v}

@@ -248,6 +248,11 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         intensity_window: ``[low, high]`` in the image files' units (raw counts, or Hounsfield units of a CT
             DICOM), mapped to [0, 1] instead of each file's type range, e.g. ``[-160, 240]`` for a soft-tissue CT
             window (see `visiondistill.data.images`). Masks are never rescaled.
+        unlabeled_dir: A folder of images without labels, read with the training transform; their batches are
+            interleaved with the labeled ones for the distillation terms (docs/unlabeled.md).
+        labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
+            rest are used as unlabeled images. 1 keeps every label.
+        labeled_seed: Seed of that draw (default: ``seed``).
 
     Raises:
         ValueError: For non-positive sizes, negative workers, ``in_channels`` other than 1 or 3, no class count,
@@ -276,6 +281,9 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         seed: int = 0,
         in_chans: int | None = None,
         intensity_window: list[float] | None = None,
+        unlabeled_dir: str | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_seed: int | None = None,
     ) -> None:
         super().__init__()
         num_workers = check_num_workers(num_workers, owner=type(self).__name__)
@@ -302,6 +310,7 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         self.verify = verify
         self.seed = seed
         self.intensity_window = check_window(intensity_window)
+        self.init_unlabeled(unlabeled_dir, labeled_fraction, labeled_seed)
         self.mean, self.std = resolve_normalization(in_channels)
         self.train_dataset: MaskFolderDataset | None = None
         self.val_dataset: MaskFolderDataset | None = None
@@ -351,6 +360,11 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         seed: Data-set seed (also seeds the shuffle order).
         verify: Check every pair in ``setup``.
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        unlabeled_dir: A folder of images without labels, read with the training transform; their batches are
+            interleaved with the labeled ones for the distillation terms (docs/unlabeled.md).
+        labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
+            rest are used as unlabeled images. 1 keeps every label.
+        labeled_seed: Seed of that draw (default: ``seed``).
 
     Raises:
         ValueError: For invalid counts or sizes.
@@ -379,6 +393,9 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         seed: int = 0,
         verify: bool = True,
         in_chans: int | None = None,
+        unlabeled_dir: str | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_seed: int | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -392,5 +409,8 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
             verify=verify,
             seed=seed,
             in_chans=in_chans,
+            unlabeled_dir=unlabeled_dir,
+            labeled_fraction=labeled_fraction,
+            labeled_seed=labeled_seed,
         )
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -9,10 +9,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from visiondistill.data.errors import MissingDataError
 from visiondistill.data.loading import NumWorkers, loader_kwargs, local_world_size
+from visiondistill.data.unlabeled import attach_unlabeled, check_labeled_fraction
 
 
 class SplitFolderDataModule(pl.LightningDataModule):
@@ -31,6 +33,11 @@ class SplitFolderDataModule(pl.LightningDataModule):
     train_dataset: Dataset | None = None
     val_dataset: Dataset | None = None
     test_dataset: Dataset | None = None
+    #: Learning from unlabeled images (`visiondistill.data.unlabeled`): set by `init_unlabeled`.
+    unlabeled_dir: Path | None = None
+    labeled_fraction: float = 1.0
+    labeled_seed: int | None = None
+    unlabeled_dataset: Dataset | None = None
 
     @property
     def in_chans(self) -> int:
@@ -39,6 +46,24 @@ class SplitFolderDataModule(pl.LightningDataModule):
             f"{type(self).__name__}.in_chans is deprecated: read in_channels instead", FutureWarning, stacklevel=2
         )
         return self.in_channels
+
+    def init_unlabeled(
+        self, unlabeled_dir: str | None = None, labeled_fraction: float = 1.0, labeled_seed: int | None = None
+    ) -> None:
+        """Records the unlabeled-image settings (see `visiondistill.data.unlabeled` and docs/unlabeled.md).
+
+        Args:
+            unlabeled_dir: A folder of images without labels, read like the training images.
+            labeled_fraction: Share of the training split that keeps its labels (a stratified draw); the rest is
+                used as unlabeled images. 1 keeps every label.
+            labeled_seed: Seed of that draw (default: ``seed``).
+
+        Raises:
+            ConfigError: For a ``labeled_fraction`` outside (0, 1].
+        """
+        self.unlabeled_dir = Path(unlabeled_dir) if unlabeled_dir is not None else None
+        self.labeled_fraction = check_labeled_fraction(labeled_fraction, owner=type(self).__name__)
+        self.labeled_seed = labeled_seed
 
     @property
     def image_root(self) -> Path:
@@ -76,6 +101,7 @@ class SplitFolderDataModule(pl.LightningDataModule):
         """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all)."""
         if stage in ("fit", None) and self.train_dataset is None:
             self.train_dataset = self._dataset("train", train=True)
+            attach_unlabeled(self)  # labeled_fraction and unlabeled_dir; a no-op without them
         if stage in ("fit", "validate", None) and self.val_dataset is None:
             self.val_dataset = self._dataset("val", train=False)
         if stage in ("test", "predict", None) and self.test_dataset is None:
@@ -112,9 +138,17 @@ class SplitFolderDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
-        return self._loader(self.train_dataset, "fit", shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        """Shuffled, augmented training batches; with unlabeled images, ``{"labeled": …, "unlabeled": …}`` batches.
+
+        With unlabeled images the two loaders are combined in ``"max_size_cycle"`` mode: an epoch is one pass over
+        the longer one, the shorter restarts as needed (`visiondistill.data.unlabeled`).
+        """
+        labeled = self._loader(self.train_dataset, "fit", shuffle=True)
+        if self.unlabeled_dataset is None:
+            return labeled
+        unlabeled = self._loader(self.unlabeled_dataset, "fit", shuffle=True)
+        return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order."""

@@ -8,6 +8,7 @@ then contributes one weighted, logged term.
 from visiondistill.core.callback import DistillationCallback, distillation_callbacks, distillation_loss
 from visiondistill.core.protocol import ProtocolError, freeze_teacher
 from visiondistill.core.recorder import FeatureRecorder, LayerNotFoundError, feature_stages, resolve_layer
+from visiondistill.distill.cache import TeacherCacheError, TeacherOutputCache
 from visiondistill.distill.callbacks import (
     AttentionTransfer,
     DecoupledDistillation,
@@ -43,6 +44,8 @@ __all__ = [
     "SaliencyAlignment",
     "ScheduleSpec",
     "ShapeMismatchError",
+    "TeacherCacheError",
+    "TeacherOutputCache",
     "WeightSchedule",
     "distillation_callbacks",
     "distillation_loss",

@@ -76,6 +76,8 @@ class LogitDistillation(DistillationCallback):
     """
 
     default_name = "kd"
+    #: Reads only the teacher's logits, which `visiondistill.distill.cache.TeacherOutputCache` can serve.
+    cacheable_teacher_output = True
 
     def __init__(
         self,
@@ -123,6 +125,8 @@ class DecoupledDistillation(DistillationCallback):
     """
 
     default_name = "dkd"
+    #: Reads only the teacher's logits, which `visiondistill.distill.cache.TeacherOutputCache` can serve.
+    cacheable_teacher_output = True
 
     def __init__(
         self,

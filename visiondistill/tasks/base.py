@@ -145,7 +145,15 @@ class DistillationTask(pl.LightningModule):
         raise NotImplementedError
 
     def teacher_forward(self, inputs: Tensor) -> Any:
-        """The teacher's output on a batch (no gradients), or ``None`` without a teacher."""
+        """The teacher's output on a batch (no gradients), or ``None`` without a teacher.
+
+        A teacher-output cache (`visiondistill.distill.cache.TeacherOutputCache`) that holds this step's outputs sets
+        ``cached_teacher_output`` before the step; it is returned (once) instead of running the teacher.
+        """
+        cached = getattr(self, "cached_teacher_output", None)
+        if cached is not None:
+            self.cached_teacher_output = None
+            return cached
         if self.teacher is None:
             return None
         with torch.no_grad():

@@ -1,0 +1,487 @@
+"""A teacher-output cache that stays consistent with augmentation: one stored output per (sample, view).
+
+A frozen teacher's logits on a given image never change, yet online distillation pays for a teacher forward on every
+step (59 % of a distilled step on a 2-core CPU). Caching them naively is wrong under augmentation: outputs computed
+on other crops than the student's lead to overfitting (Beyer et al., CVPR 2022). Here every training image has K
+replayable views (`visiondistill.data.views`, ``num_views`` on the datamodule) and each batch carries its ``[index,
+view]`` ids, so the cache keys the teacher's output by (sample, view) and a cached output is the teacher's output on
+the very image the student sees (FKD, Shen & Xing, ECCV 2022, does the same with soft labels per replayable crop).
+
+What is stored, per (sample, view), in fp16: the full logits, or with ``top_k`` the k largest logits, their class
+indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*. A top-k entry is read back as dense
+logits whose other classes share that rest equally (each gets ``rest - log(C - k)``), so ``softmax`` at ``T = 1``
+gives the top-k classes their exact probabilities and the others their exact total; at another temperature the
+tail's split is approximate. ``k >= C`` keeps every class (exact).
+
+Which terms read it: `LogitDistillation` and `DecoupledDistillation` (their ``cacheable_teacher_output``). When every
+teacher consumer on the trainer is one of them and every sample of a batch is cached, the task skips the teacher
+forward (`visiondistill.tasks.base.DistillationTask.teacher_forward` returns ``pl_module.cached_teacher_output``).
+Feature-level terms (attention transfer, hints, saliency alignment, …) read the teacher's layers, which are not
+cached: with one of them on the trainer the teacher runs every step (a warning says so), and the cache is still
+filled for later runs.
+
+Storage: in memory (``directory: null``, lives as long as the callback), or on disk under ``directory``:
+``meta.json`` (the fingerprint: a sha256 of the teacher's weights, of the data set's files and labels, the number of
+views K, the data seed, a sha256 of the training transform, ``top_k``) and ``shards/rank<r>-<n>.pt`` (``torch.save``
+of the entries filled since the last shard). A folder filled for another fingerprint is refused with a
+`TeacherCacheError` naming what changed. DDP: every rank fills the samples its sampler gives it and writes only its
+own ``rank<r>-…`` shards (no two processes write one file); at each epoch end every rank writes its shard, waits for
+the others and reads theirs. Fill the whole cache up front with ``visiondistill cache-teacher --config <cfg>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from visiondistill.core.callback import DistillationCallback
+from visiondistill.core.errors import ConfigError, VisionDistillError
+from visiondistill.core.protocol import get_teacher, module_device, output_logits
+
+__all__ = [
+    "TeacherCacheError",
+    "TeacherOutputCache",
+    "TeacherOutputStore",
+    "batch_view_ids",
+    "dense_logits",
+    "teacher_fingerprint",
+    "topk_logits",
+]
+
+#: What each fingerprint key means, for the message that refuses a changed one.
+_CHANGED = {
+    "teacher": "the teacher's weights",
+    "data": "the data set (files, labels or sizes)",
+    "num_samples": "the number of training images",
+    "num_views": "num_views (K, views per image)",
+    "seed": "the data seed (it seeds the views)",
+    "transform": "the training transform (image size, augmentation or normalisation)",
+    "top_k": "top_k",
+}
+_FORMAT = 1
+
+
+def _short(value: Any) -> str:
+    """A fingerprint value for a message: sha256 digests cut to 12 characters."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    return repr(value)
+
+
+class TeacherCacheError(VisionDistillError, ValueError):
+    """A teacher-output cache that does not fit the run (another teacher or data set, no replayable views)."""
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """sha256 of a network's state dict: names, dtypes, shapes and bytes of every parameter and buffer."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def batch_view_ids(batch: Any) -> Tensor | None:
+    """The ``[B, 2]`` ``(index, view)`` ids of a batch: its third item, or ``batch["view_id"]``; ``None`` without."""
+    ids = None
+    if isinstance(batch, list | tuple) and len(batch) > 2:
+        ids = batch[2]
+    elif isinstance(batch, Mapping):
+        ids = batch.get("view_id")
+    if isinstance(ids, Tensor) and ids.dim() == 2 and ids.shape[1] == 2 and not ids.is_floating_point():
+        return ids
+    return None
+
+
+def topk_logits(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest logits, their indices and the log-sum-exp of the others (``-inf`` when none are left).
+
+    Args:
+        logits: ``[B, C]``.
+        k: Classes kept (``k >= C`` keeps all).
+
+    Returns:
+        ``(values [B, k'], indices [B, k'], rest [B])`` with ``k' = min(k, C)``.
+    """
+    logits = logits.float()
+    k = min(int(k), logits.shape[1])
+    values, indices = logits.topk(k, dim=1)
+    others = logits.scatter(1, indices, float("-inf"))
+    return values, indices, torch.logsumexp(others, dim=1)
+
+
+def dense_logits(values: Tensor, indices: Tensor, rest: Tensor, num_classes: int) -> Tensor:
+    """Dense ``[B, C]`` logits from `topk_logits`: the other classes share the rest of the mass equally.
+
+    Example::
+
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0, 0.0]])
+        >>> torch.allclose(dense_logits(*topk_logits(logits, 4), 4), logits)
+        True
+        >>> p = dense_logits(*topk_logits(logits, 2), 4).softmax(1)
+        >>> torch.allclose(p[0, [0, 1]], logits.softmax(1)[0, [0, 1]])
+        True
+    """
+    k = values.shape[1]
+    tail = num_classes - k
+    fill = rest.float() - math.log(tail) if tail > 0 else torch.zeros_like(rest, dtype=torch.float32)
+    dense = fill[:, None].expand(-1, num_classes).clone()
+    return dense.scatter(1, indices.long(), values.float())
+
+
+class TeacherOutputStore:
+    """The teacher's logits per (sample, view): fp16 tensors ``[N, K, C]`` (or top-k), and which are filled.
+
+    Args:
+        num_samples: Training images (N).
+        num_views: Views per image (K).
+        top_k: Keep the k largest logits and the rest's log-sum-exp; ``None`` keeps all logits.
+    """
+
+    def __init__(self, num_samples: int, num_views: int, top_k: int | None = None) -> None:
+        self.num_samples, self.num_views, self.top_k = int(num_samples), int(num_views), top_k
+        self.filled = torch.zeros(self.num_samples, self.num_views, dtype=torch.bool)
+        self.num_classes: int | None = None
+        self.values: Tensor | None = None
+        self.indices: Tensor | None = None
+        self.rest: Tensor | None = None
+
+    def __len__(self) -> int:
+        """Filled (sample, view) entries."""
+        return int(self.filled.sum())
+
+    def _allocate(self, num_classes: int) -> None:
+        self.num_classes = int(num_classes)
+        shape = (self.num_samples, self.num_views)
+        width = num_classes if self.top_k is None else min(self.top_k, num_classes)
+        self.values = torch.zeros(*shape, width, dtype=torch.float16)
+        if self.top_k is not None:
+            self.indices = torch.zeros(*shape, width, dtype=torch.int32)
+            self.rest = torch.zeros(*shape, dtype=torch.float32)
+
+    def _check_ids(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        ids = ids.detach().cpu().long()
+        index, view = ids[:, 0], ids[:, 1]
+        if (index < 0).any() or (index >= self.num_samples).any() or (view < 0).any() or (view >= self.num_views).any():
+            raise TeacherCacheError(
+                f"view ids {ids.tolist()} fall outside the cache's {self.num_samples} samples x {self.num_views} views"
+            )
+        return index, view
+
+    def store(self, ids: Tensor, logits: Tensor) -> None:
+        """Stores the teacher's ``[B, C]`` logits for the ``[B, 2]`` ``(index, view)`` ids."""
+        index, view = self._check_ids(ids)
+        logits = logits.detach().float().cpu()
+        if self.num_classes is None:
+            self._allocate(logits.shape[1])
+        if logits.shape[1] != self.num_classes:
+            raise TeacherCacheError(f"teacher logits have {logits.shape[1]} classes, the cache {self.num_classes}")
+        assert self.values is not None
+        if self.top_k is None:
+            self.values[index, view] = logits.half()
+        else:
+            assert self.indices is not None and self.rest is not None
+            values, indices, rest = topk_logits(logits, self.top_k)
+            self.values[index, view], self.indices[index, view], self.rest[index, view] = (
+                values.half(),
+                indices.int(),
+                rest,
+            )
+        self.filled[index, view] = True
+
+    def lookup(self, ids: Tensor) -> Tensor | None:
+        """Dense ``float32`` ``[B, C]`` logits for the ids when every one is filled, else ``None``."""
+        index, view = self._check_ids(ids)
+        if self.values is None or not bool(self.filled[index, view].all()):
+            return None
+        values = self.values[index, view].float()
+        if self.top_k is None:
+            return values
+        assert self.indices is not None and self.rest is not None and self.num_classes is not None
+        return dense_logits(values, self.indices[index, view], self.rest[index, view], self.num_classes)
+
+    def entries(self, ids: Tensor) -> dict[str, Tensor]:
+        """The stored tensors of ``ids`` (all filled), as a shard holds them."""
+        index, view = self._check_ids(ids)
+        assert self.values is not None
+        shard = {"ids": ids.cpu().long(), "values": self.values[index, view].clone()}
+        if self.top_k is not None:
+            assert self.indices is not None and self.rest is not None
+            shard["indices"], shard["rest"] = self.indices[index, view].clone(), self.rest[index, view].clone()
+        shard["num_classes"] = torch.tensor(self.num_classes)
+        return shard
+
+    def load_entries(self, shard: Mapping[str, Tensor]) -> None:
+        """Adds a shard's entries (`entries`)."""
+        if self.num_classes is None:
+            self._allocate(int(shard["num_classes"]))
+        index, view = self._check_ids(shard["ids"])
+        assert self.values is not None
+        self.values[index, view] = shard["values"]
+        if self.top_k is not None:
+            assert self.indices is not None and self.rest is not None
+            self.indices[index, view], self.rest[index, view] = shard["indices"], shard["rest"]
+        self.filled[index, view] = True
+
+
+class TeacherOutputCache(Callback):
+    """Stores the teacher's logits per (training image, augmentation view) and skips the teacher where it can.
+
+    Needs a datamodule with replayable views (``num_views: K`` on the classification datamodules). See the module
+    docstring for what is stored, which terms read it and the on-disk layout.
+
+    Args:
+        directory: Cache folder (``meta.json`` + ``shards/``), kept across runs; ``None`` keeps the cache in memory.
+        top_k: Store only the k largest logits and the rest of the mass; ``None`` stores all logits.
+
+    Raises:
+        ConfigError: For ``top_k < 1``.
+        TeacherCacheError: At the start of training, for a cache folder filled with another teacher, data set, K,
+            transform or ``top_k`` (the message names it), or training batches without view ids.
+
+    Example::
+
+        >>> cache = TeacherOutputCache(directory=None, top_k=5)
+        >>> cache.teacher_forwards, cache.cached_steps
+        (0, 0)
+    """
+
+    def __init__(self, directory: str | None = None, top_k: int | None = None) -> None:
+        super().__init__()
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"TeacherOutputCache: top_k must be a whole number >= 1 or null, got {top_k!r}")
+        self.directory = Path(directory) if directory is not None else None
+        self.top_k = top_k
+        self.store: TeacherOutputStore | None = None
+        self.fingerprint: dict[str, Any] | None = None
+        self.skip_teacher = True
+        #: Training steps in which the teacher ran / was served from the cache (for tests and benchmarks).
+        self.teacher_forwards = 0
+        self.cached_steps = 0
+        self._rank = 0
+        self._loaded: set[str] = set()
+        self._unsaved: list[Tensor] = []
+        self._pending: Tensor | None = None
+        self._captured: Tensor | None = None
+        self._hook: Any = None
+
+    # -- opening --------------------------------------------------------------------------------------------------
+
+    def open(self, teacher: nn.Module, dataset: Any, rank: int = 0) -> TeacherOutputStore:
+        """Checks (or records) the fingerprint of ``teacher`` + ``dataset`` and loads what is cached for it.
+
+        Args:
+            teacher: The frozen teacher.
+            dataset: The training data set with replayable views (``view_fingerprint()``, ``num_views``, ``len``).
+            rank: This process's global rank (names its shards).
+
+        Raises:
+            TeacherCacheError: When the data set has no replayable views, or the cache holds another fingerprint.
+        """
+        if not callable(getattr(dataset, "view_fingerprint", None)):
+            raise TeacherCacheError(
+                f"TeacherOutputCache needs replayable augmentation views, but the training data set is a "
+                f"{type(dataset).__name__}; set num_views on the datamodule (e.g. data.init_args.num_views: 8)"
+            )
+        fingerprint = {"format": _FORMAT, "teacher": teacher_fingerprint(teacher), **dataset.view_fingerprint()}
+        fingerprint["top_k"] = self.top_k
+        self._rank = int(rank)
+        if self.directory is not None:
+            self._check(self._read_meta(), fingerprint, str(self.directory))
+            self._write_meta(fingerprint)
+        elif self.fingerprint is not None and self.fingerprint != fingerprint:
+            self._check(self.fingerprint, fingerprint, "in memory")
+        if self.store is None or self.fingerprint != fingerprint:
+            self.store, self._loaded = TeacherOutputStore(len(dataset), dataset.num_views, self.top_k), set()
+        self.fingerprint = fingerprint
+        self.reload()
+        return self.store
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        assert self.directory is not None
+        path = self.directory / "meta.json"
+        if not path.is_file():
+            if self.directory.is_dir() and any(self.directory.iterdir()):
+                raise TeacherCacheError(
+                    f"'{self.directory}' is not empty and holds no meta.json, so it is not a teacher cache; "
+                    "point TeacherOutputCache.directory to a new or empty folder"
+                )
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise TeacherCacheError(
+                f"cannot read the teacher cache's '{path}' ({error}); delete '{self.directory}' to fill a new cache"
+            ) from error
+
+    def _check(self, old: dict[str, Any] | None, new: dict[str, Any], where: str) -> None:
+        if old is None:
+            return
+        changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        if changed:
+            what = "; ".join(
+                f"{_CHANGED.get(key, key)} ({key}: {_short(old.get(key))} -> {_short(new.get(key))})" for key in changed
+            )
+            fix = (
+                f"delete '{self.directory}' or point TeacherOutputCache.directory to a new folder"
+                if self.directory is not None
+                else "use a new TeacherOutputCache"
+            )
+            raise TeacherCacheError(
+                f"the teacher cache {where} was filled for another setting: {what}; its outputs do not belong to "
+                f"this run. {fix}, and the cache is filled again"
+            )
+
+    def _write_meta(self, fingerprint: dict[str, Any]) -> None:
+        assert self.directory is not None
+        (self.directory / "shards").mkdir(parents=True, exist_ok=True)
+        path = self.directory / "meta.json"
+        if not path.is_file():
+            # rank-suffixed temporary name: ranks racing here write the same content, each to a file of its own
+            temporary = path.with_name(f".meta.json.{self._rank}")
+            temporary.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+            os.replace(temporary, path)
+
+    def reload(self) -> int:
+        """Reads the shards not read yet (other ranks', earlier runs'); returns how many it read."""
+        if self.directory is None or self.store is None:
+            return 0
+        shards = sorted((self.directory / "shards").glob("rank*.pt"))
+        new = [path for path in shards if path.name not in self._loaded]
+        for path in new:
+            self.store.load_entries(torch.load(path, map_location="cpu", weights_only=True))
+            self._loaded.add(path.name)
+        return len(new)
+
+    def flush(self) -> Path | None:
+        """Writes the entries filled since the last flush to a new shard of this rank; returns its path."""
+        if self.directory is None or self.store is None or not self._unsaved:
+            self._unsaved = []
+            return None
+        ids = torch.unique(torch.cat(self._unsaved), dim=0)
+        self._unsaved = []
+        folder = self.directory / "shards"
+        number = len(list(folder.glob(f"rank{self._rank}-*.pt")))
+        path = folder / f"rank{self._rank}-{number:05d}.pt"
+        temporary = folder / f".{path.name}.tmp"
+        torch.save(self.store.entries(ids), temporary)
+        os.replace(temporary, path)  # readers never see half a shard
+        self._loaded.add(path.name)
+        return path
+
+    # -- the pre-pass ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fill(self, teacher: nn.Module, dataset: Any, batch_size: int = 64, num_workers: int = 0) -> int:
+        """Runs the teacher on every (sample, view) not cached yet and stores its outputs (the ``cache-teacher`` pass).
+
+        Returns:
+            The number of views computed.
+        """
+        store = self.open(teacher, dataset)
+        teacher.eval()
+        missing = [tuple(pair) for pair in (~store.filled).nonzero().tolist()]
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=missing, num_workers=num_workers)
+        device = module_device(teacher)
+        for batch in loader:
+            ids = batch_view_ids(batch)
+            assert ids is not None
+            store.store(ids, output_logits(teacher(batch[0].to(device))))
+            self._unsaved.append(ids)
+        self.flush()
+        return len(missing)
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        get_teacher(pl_module, required=True, who="TeacherOutputCache")
+        live = [
+            callback.name
+            for callback in trainer.callbacks
+            if isinstance(callback, DistillationCallback)
+            and callback.needs_teacher
+            and not getattr(callback, "cacheable_teacher_output", False)
+        ]
+        self.skip_teacher = not live
+        if live:
+            rank_zero_warn(
+                f"TeacherOutputCache: the teacher still runs on every step, because {live} read the teacher's layers "
+                "or run it themselves, which the cache does not store; only the logit terms (LogitDistillation, "
+                "DecoupledDistillation) are served from it. The cache is filled all the same."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        teacher = get_teacher(pl_module, required=True, who="TeacherOutputCache")
+        assert teacher is not None
+        loader = trainer.train_dataloader
+        self.open(teacher, getattr(loader, "dataset", None), rank=trainer.global_rank)
+        self._remove_hook()
+        self._hook = teacher.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._pending is not None and self._captured is None:  # the step's own teacher forward, not a later one
+            self._captured = output_logits(output).detach()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        ids = batch_view_ids(batch)
+        if ids is None:
+            raise TeacherCacheError(
+                "TeacherOutputCache: a training batch carries no (index, view) ids; the datamodule needs num_views "
+                "(replayable views) and its batches must be (images, labels, view_ids)"
+            )
+        assert self.store is not None, "on_train_start has not run"
+        cached = self.store.lookup(ids) if self.skip_teacher else None
+        self._pending, self._captured = (None, None) if cached is not None else (ids, None)
+        if cached is not None:
+            pl_module.cached_teacher_output = cached.to(module_device(pl_module))
+            self.cached_steps += 1
+        else:
+            self.teacher_forwards += 1
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        pl_module.cached_teacher_output = None
+        if self._pending is not None and self._captured is not None and self.store is not None:
+            self.store.store(self._pending, self._captured)
+            self._unsaved.append(self._pending.cpu())
+        self._pending = self._captured = None
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush()
+        if self.directory is not None and trainer.world_size > 1:
+            trainer.strategy.barrier("teacher_cache_shards")
+            self.reload()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.flush()
+        self._remove_hook()
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
