@@ -18,7 +18,7 @@ from visiondistill.core.callback import DistillationCallback
 from visiondistill.core.class_map import ClassMap, map_logits
 from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import (
-    batch_targets,
+    targets_or,
     example_inputs,
     get_student,
     get_teacher,
@@ -159,8 +159,10 @@ class DecoupledDistillation(DistillationCallback):
         student, teacher = output_logits(student_out), output_logits(teacher_out)
         teacher = _mapped_teacher(student, teacher, self.class_map, self.temperature, self.name)
         _check_logits(student, teacher, self.name)
+        # Unlabeled images (docs/unlabeled.md) have no target: DKD splits their logits at the teacher's prediction.
+        targets = targets_or(batch, teacher.argmax(dim=1))
         return losses.dkd_loss(
-            student, teacher, batch_targets(batch), alpha=self.alpha, beta=self.beta, temperature=self.temperature
+            student, teacher, targets, alpha=self.alpha, beta=self.beta, temperature=self.temperature
         )
 
 

@@ -166,19 +166,23 @@ class DistillationTask(pl.LightningModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        inputs = batch_inputs(batch)
+        # With unlabeled images ({"labeled": …, "unlabeled": …} batches) both run through the networks at once; the
+        # task loss reads the labeled rows only, the distillation terms every row (docs/unlabeled.md).
+        step = split_training_batch(batch)
+        inputs = step.inputs
         student_out = self.student(inputs)
         teacher_out = self.teacher_forward(inputs)  # once per step: every distillation callback reads this output
         # The supervised loss in float32 (a no-op in full precision): softmax/log of bf16 logits lose the small terms.
-        task_loss = self.task_loss(full_precision(student_out), batch)
-        distill = distillation_loss(self, batch, student_out, teacher_out)
+        labeled_out = take_rows(student_out, step.num_labeled)
+        task_loss = self.task_loss(full_precision(labeled_out), step.labeled)
+        distill = distillation_loss(self, step.distill, student_out, teacher_out)
         loss = task_loss + distill
         batch_size = inputs.shape[0]
         # Tensors, no prog_bar: Lightning turns progress-bar values into Python numbers at every step (a host-device
         # sync on a GPU); logged values are read only every `log_every_n_steps`, and epoch means at the epoch's end.
         self.log("train/task_loss", task_loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
-        self.on_train_outputs(student_out, batch)
+        self.on_train_outputs(labeled_out, step.labeled)
         return loss
 
     def on_train_outputs(self, student_out: Any, batch: Any) -> None:
