@@ -43,6 +43,12 @@ def _predict(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _cache_teacher(argv: Sequence[str]) -> int:
+    from visiondistill.cli.cache_teacher import main
+
+    return main(argv)
+
+
 def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     return {
         "synth": (_synth, "write the synthetic shapes data set to disk in standard formats"),
@@ -52,6 +58,11 @@ def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
             _predict,
             "a checkpoint's predictions on a folder of your own images (CSV, mask PNGs, COCO JSON; --explain adds "
             "saliency maps); replaces LightningCLI's predict",
+        ),
+        "cache-teacher": (
+            _cache_teacher,
+            "fill a training config's teacher-output cache (TeacherOutputCache) before `fit`: the teacher's logits "
+            "on every (image, view)",
         ),
     }
 
