@@ -6,6 +6,9 @@
   (``val/attention/*``) with attention-map grids;
 - `metrics`: the agreement measures as pure functions and torchmetrics `Metric` classes;
 - `cam`: grad-cam methods by name and safe CAM computation (per image, per layer);
+- `attribution`: Captum methods (integrated gradients, occlusion, KernelSHAP, LIME) as CAM-form maps;
+- `faithfulness`, `sanity`, `robustness`: is a map faithful to its model, does it react to randomised weights, does
+  it hold under small input changes (definitions in docs/metrics.md);
 - `render`: overlays and grids.
 
 The saliency adapters (what each task's CAM explains) live in `visiondistill.core` and are re-exported here.
@@ -27,8 +30,10 @@ from visiondistill.core.saliency import (
     register_saliency_adapter,
     saliency_adapter_for,
 )
+from visiondistill.explain.attribution import ATTRIBUTION_METHODS, compute_attributions, network_maps
 from visiondistill.explain.cam import CAM_METHODS, cam_method, compute_cams, compute_layer_cams
 from visiondistill.explain.detection import detection_teacher_agreement
+from visiondistill.explain.faithfulness import FAITHFULNESS_KEYS, faithfulness_scores
 from visiondistill.explain.feature_maps import FeatureMapCallback
 from visiondistill.explain.gradcam import GradCAMCallback
 from visiondistill.explain.keypoints import keypoint_grid, keypoint_teacher_agreement
@@ -50,10 +55,14 @@ from visiondistill.explain.metrics import (
 )
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, draw_probe_batch, untouched_training_state
 from visiondistill.explain.render import comparison_grid, encode_png, overlay, render_grid, saliency_grid, save_png
+from visiondistill.explain.robustness import max_sensitivity, pgd_explanation_shift
+from visiondistill.explain.sanity import cascading_randomisation
 from visiondistill.explain.segmentation import segmentation_teacher_agreement
 
 __all__ = [
+    "ATTRIBUTION_METHODS",
     "CAM_METHODS",
+    "FAITHFULNESS_KEYS",
     "SALIENCY_ADAPTERS",
     "SALIENCY_KEYS",
     "AttentionAgreement",
@@ -78,16 +87,22 @@ __all__ = [
     "attention_map",
     "boxes_to_masks",
     "cam_method",
+    "cascading_randomisation",
     "comparison_grid",
+    "compute_attributions",
     "compute_cams",
     "compute_layer_cams",
     "detection_teacher_agreement",
     "draw_probe_batch",
     "encode_png",
+    "faithfulness_scores",
     "keypoint_grid",
     "keypoint_teacher_agreement",
     "linear_cka",
+    "max_sensitivity",
+    "network_maps",
     "overlay",
+    "pgd_explanation_shift",
     "pointing_game",
     "pointing_game_hits",
     "register_saliency_adapter",
