@@ -235,8 +235,8 @@ def explanation_sections(
     blocks: list[Block] = [
         Heading("Explanations: agreement on a scale, faithfulness, sanity, robustness"),
         Paragraph(
-            f"Methods: {', '.join(f'`{m}`' for m in settings.methods)}. Every model explains {explained_by.name}'s "
-            f"prediction on each image. Cells: mean over images [bootstrap 95 % CI, {settings.bootstrap} "
+            f"Methods: {', '.join(f'`{m}`' for m in settings.methods)}. Every model explains the prediction of "
+            f"`{explained_by.name}` on each image. Cells: mean over images [bootstrap 95 % CI, {settings.bootstrap} "
             "resamples]. Definitions and references in docs/metrics.md."
         ),
         *[Paragraph(note) for note in notes],
