@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from visiondistill.core.callback import distillation_loss, full_precision
 from visiondistill.core.errors import ConfigError, ConfigTypeError
-from visiondistill.core.protocol import ProtocolError, batch_inputs, freeze_teacher, split_training_batch, take_rows
+from visiondistill.core.protocol import freeze_teacher, split_training_batch, take_rows
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
@@ -124,6 +124,9 @@ class DistillationTask(pl.LightningModule):
         for network in (self.student, self.teacher):
             if network is not None and self.channels_last:
                 network.to(memory_format=torch.channels_last)
+                # A pre-hook rather than a batch hook: inputs of every forward (training, evaluation, probes, export
+                # checks) arrive in the networks' layout, and a datamodule's batch hooks stay its own.
+                network.register_forward_pre_hook(_channels_last_input)
             if network is not None and self.compile_networks:
                 network.compile()  # in place (not torch.compile(network)): state-dict keys and layer paths unchanged
         self._record_hyperparameters(student_spec, teacher_spec, output_names)
@@ -158,11 +161,6 @@ class DistillationTask(pl.LightningModule):
             return None
         with torch.no_grad():
             return self.teacher(inputs)
-
-    @override
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        return _channels_last_inputs(batch) if self.channels_last else batch
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -326,20 +324,8 @@ class DistillationTask(pl.LightningModule):
                 del state[key]
 
 
-def _channels_last_inputs(batch: Any) -> Any:
-    """``batch`` with its 4-D input images in the ``channels_last`` memory format (same values, NHWC strides)."""
-    try:
-        inputs = batch_inputs(batch)
-    except ProtocolError:
-        return batch
-    if inputs.dim() != 4:
-        return batch
-    converted = inputs.contiguous(memory_format=torch.channels_last)
-    if isinstance(batch, Tensor):
-        return converted
-    if isinstance(batch, list | tuple) and batch and batch[0] is inputs:
-        items = [converted, *batch[1:]]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    if isinstance(batch, Mapping):
-        return {key: converted if value is inputs else value for key, value in batch.items()}
-    return batch
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: a 4-D input image batch in the ``channels_last`` memory format (same values, NHWC strides)."""
+    if args and isinstance(args[0], Tensor) and args[0].dim() == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
