@@ -533,36 +533,46 @@ def test_dark_newton_step_is_clamped_to_one_pixel_each_way():
 
 def crowded_case():
     """Ties everywhere: detections as close to two ground truths (equal OKS), equal scores within and across images,
-    ignored ground truths among labelled ones, an image with one unmatched ground truth and one of area 0."""
+    ignored ground truths among labelled ones (18 in one image), an image with one unmatched ground truth and one
+    of area 0."""
     sigmas = [0.05, 0.07, 0.05]
     base = np.array([[0.0, 0.0], [4.0, 3.0], [-3.0, 5.0]])
     gts, dts = [], []
-    for i in range(4):
+    for i in range(6):
         centre = base + [20.0 + 18.0 * i, 30.0]
-        for shift in (-2.0, 2.0):  # a pair two pixels either side of the centre, listed left then right
+        for shift in (-0.5, 0.5):  # a pair half a pixel either side of the centre, listed left then right
             points = np.concatenate([centre + [shift, 0.0], np.full((3, 1), 2.0)], axis=1)
             gts.append({"image_id": 1, "bbox": [centre[0, 0] - 6, 20.0, 14.0, 18.0], "area": 80.0, "keypoints": points})
         dts.append({"image_id": 1, "keypoints": centre.copy(), "score": 0.9})  # equal OKS to both of its pair
-        dts.append({"image_id": 1, "keypoints": centre + [-2.0, 0.4 * i], "score": 0.6})  # on the left one
-    for x in (10.0, 50.0, 90.0):  # ignored: no labelled keypoint, listed between the labelled ones by id
+        dts.append({"image_id": 1, "keypoints": centre + [-0.5, 0.1 * i], "score": 0.6})  # on the left one
+    for x in (10.0, 30.0, 50.0, 70.0, 90.0, 110.0):  # ignored (no labelled keypoint), listed among the labelled ones
         gts.insert(3, {"image_id": 1, "bbox": [x, 60.0, 8.0, 8.0], "area": 50.0, "keypoints": np.zeros((3, 3))})
     dts.append({"image_id": 1, "keypoints": np.array([[12.0, 62.0], [13.0, 63.0], [11.0, 61.0]]), "score": 0.9})
-    # Image 2: one person, a good and a mediocre detection of equal score (input order decides who matches first).
+    # Image 2: one person, a mediocre and a good detection of equal score (input order decides who matches first:
+    # numpy's default, unstable sort puts the good one first here), and two far-off ones.
     person = np.concatenate([base + [40.0, 40.0], np.full((3, 1), 2.0)], axis=1)
     gts.append({"image_id": 2, "bbox": [35.0, 35.0, 12.0, 14.0], "area": 90.0, "keypoints": person})
+    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[0.6, 0.7]], "score": 0.6})
     dts.append({"image_id": 2, "keypoints": person[:, :2] + [[0.3, 0.2]], "score": 0.6})
-    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[2.5, -1.5]], "score": 0.6})
+    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[30.0, 20.0]], "score": 0.9})
+    dts.append({"image_id": 2, "keypoints": person[:, :2] + [[-30.0, 20.0]], "score": 0.7})
     # Image 3: a person nobody detected. Image 4: area 0 (every error but the smallest counts as a miss).
     gts.append({"image_id": 3, "bbox": [5.0, 5.0, 10.0, 10.0], "area": 60.0, "keypoints": person - [30, 30, 0]})
     gts.append({"image_id": 4, "bbox": [40.0, 40.0, 0.0, 0.0], "area": 0.0, "keypoints": person})
     dts.append({"image_id": 4, "keypoints": person[:, :2] + [[3e-9, 0.0], [0.0, 0.0], [0.0, 0.0]], "score": 0.5})
+    # Images 5-10: one person each, a good and a mediocre detection, all of one score, in alternating order.
+    for image in range(5, 11):
+        gts.append({"image_id": image, "bbox": [35.0, 35.0, 12.0, 14.0], "area": 90.0, "keypoints": person})
+        good = {"image_id": image, "keypoints": person[:, :2] + [[0.2, -0.3]], "score": 0.4}
+        mediocre = {"image_id": image, "keypoints": person[:, :2] + [[0.6, 0.7]], "score": 0.4}
+        dts.extend([good, mediocre] if image % 2 else [mediocre, good])
     return gts, dts, sigmas
 
 
 def test_keypoint_ap_with_ties_equals_cocoeval():
     gts, dts, sigmas = crowded_case()
-    evaluation = coco_evaluation(gts, dts, [1, 2, 3, 4], sigmas)
-    for image in (1, 2, 4):
+    evaluation = coco_evaluation(gts, dts, list(range(1, 11)), sigmas)
+    for image in (1, 2, 4, 5, 6):
         gt = [g for g in gts if g["image_id"] == image]
         dt = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort") if dts[i]["image_id"] == image]
         oks = keypoint_oks(
