@@ -33,6 +33,8 @@ from visiondistill.models.checkpoints import CheckpointError
 # A frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
+#: Task arguments that shape the student, named when a checkpoint does not fit the config's.
+ARCHITECTURE_HPARAMS = ("student", "num_classes", "num_keypoints", "in_channels")
 #: Subcommands that evaluate a checkpoint and write into ``<run>/eval/…``.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
@@ -228,12 +230,18 @@ def check_checkpoint_fits(checkpoint: Mapping[str, Any], path: Path, model: Any)
         )
         if keys
     ]
-    recorded_spec = (checkpoint.get("hyper_parameters") or {}).get("student")
-    configured_spec = getattr(model, "hparams", {}).get("student")
+    recorded_hparams = checkpoint.get("hyper_parameters") or {}
+    configured_hparams = getattr(model, "hparams", {})
+    differences = [
+        f"{key} {_spec_text(recorded_hparams.get(key))} in the checkpoint, {_spec_text(configured_hparams.get(key))} "
+        "in the config"
+        for key in ARCHITECTURE_HPARAMS
+        if _spec_text(recorded_hparams.get(key)) != _spec_text(configured_hparams.get(key))
+    ]
     raise CheckpointError(
-        f"{path} holds another student than the config builds ({'; '.join(details)}): the checkpoint's student is "
-        f"{_spec_text(recorded_spec)}, the config's {_spec_text(configured_spec)}; use the config the run was trained "
-        "with, or start a new run without --ckpt_path"
+        f"{path} holds another student than the config builds ({'; '.join(details)}): "
+        f"{'; '.join(differences) or 'the recorded arguments agree, the weights do not'}; use the config the run was "
+        "trained with, or start a new run without --ckpt_path"
     )
 
 
