@@ -37,7 +37,7 @@ def demo_runs(quick_classification_demo) -> Path:
 def test_report_tables_match_the_checkpoints(demo_runs, tmp_path):
     runs = demo_runs
     folders = [runs / "student_kd", runs / "teacher", runs / "student_scratch"]  # any order
-    markdown, page = write_report(folders, tmp_path / "out", num_images=8, log=lambda *_: None)
+    markdown, page = write_report(folders, tmp_path / "out", num_images=8, log=lambda *_: None, explanations=False)
     text = markdown.read_text()
     assert text.index("| teacher |") < text.index("| student_scratch |") < text.index("| student_kd |")
     for section in ("## Task metrics", "## Compression", "## Agreement with the teacher", "## Curves"):
@@ -59,7 +59,10 @@ def test_report_tables_match_the_checkpoints(demo_runs, tmp_path):
 
 def test_html_is_self_contained(demo_runs, tmp_path):
     runs = demo_runs
-    _, page = write_report(sorted(runs.iterdir()), tmp_path / "out", num_images=8, log=lambda *_: None)
+    # The explanation sections are tested in test_explanation_sections.py: left out here, they cost a minute.
+    _, page = write_report(
+        sorted(runs.iterdir()), tmp_path / "out", num_images=8, log=lambda *_: None, explanations=False
+    )
     html = page.read_text()
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
@@ -68,7 +71,7 @@ def test_html_is_self_contained(demo_runs, tmp_path):
 
 def test_model_card_has_every_section_and_real_figures(demo_runs, tmp_path):
     runs = demo_runs
-    write_report(sorted(runs.iterdir()), tmp_path / "out", num_images=8, log=lambda *_: None)
+    write_report(sorted(runs.iterdir()), tmp_path / "out", num_images=8, log=lambda *_: None, explanations=False)
     card = (runs / "student_kd" / "MODEL_CARD.md").read_text()
     positions = [card.index(section) for section in MODEL_CARD_SECTIONS]
     assert positions == sorted(positions)
