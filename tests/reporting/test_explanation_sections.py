@@ -167,3 +167,19 @@ def test_a_segmentation_report_explains_the_class_region_and_asks_for_a_second_t
     assert [row["model"] for row in rows] == ["student", "floor (random student)"]
     faithfulness = _tables_after(blocks, "Faithfulness").rows
     assert faithfulness[0]["road_combined"] != "–" and len(faithfulness) == 3
+
+
+def test_a_measure_that_fails_leaves_the_other_tables(tmp_path, monkeypatch) -> None:
+    from visiondistill.reporting.sections import explanations
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no scalar target")
+
+    monkeypatch.setattr(explanations, "_faithfulness_blocks", broken)
+    log: list[str] = []
+    context = _context(tmp_path, [_run("teacher", "teacher"), _run("kd", "distilled")], log)
+    settings = ExplanationSettings(methods=("gradcam",), images=2, bootstrap=20, sanity=False, robustness=False)
+    blocks = explanation_sections(context, settings)
+    assert _tables_after(blocks, "Agreement").rows
+    assert not any(isinstance(b, Heading) and b.text.startswith("Faithfulness") for b in blocks)
+    assert "   an explanation table with gradcam not written: RuntimeError: no scalar target" in log

@@ -24,6 +24,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,6 +48,8 @@ __all__ = ["ExplanationSettings", "bootstrap_ci", "explanation_sections"]
 #: Agreement columns of the baseline table (the full set is in the generic agreement table).
 _AGREEMENT_KEYS = ("pearson", "spearman", "topk_iou")
 _ROBUSTNESS_KEYS = ("max_sensitivity", "pgd_spearman", "pgd_score_drop")
+#: What a measure may raise on a task or model it cannot handle; the report is written without that table.
+_MEASURE_ERRORS = (KeyError, ValueError, RuntimeError, NotImplementedError, IndexError)
 
 
 @dataclass
@@ -241,17 +244,29 @@ def explanation_sections(
         ),
         *[Paragraph(note) for note in notes],
     ]
+    subset = (images[:count], targets[:count])
     for method in settings.methods:
         options = settings.attribution_options if is_attribution_method(method) else {}
         started = time.perf_counter()
-        maps = {m.name: _maps(adapter, m, method, images, targets, options) for m in models}
-        blocks += _agreement_blocks(method, models, maps, settings, len(images))
-        if settings.faithfulness:
-            blocks += _faithfulness_blocks(method, adapter, models, maps, images[:count], targets[:count], settings)
-        if settings.sanity:
-            blocks += _sanity_blocks(method, adapter, models, images[:count], targets[:count], options)
-        if settings.robustness:
-            blocks += _robustness_blocks(method, adapter, models, images[:count], targets[:count], settings, options)
+        try:
+            maps = {m.name: _maps(adapter, m, method, images, targets, options) for m in models}
+        except _MEASURE_ERRORS as error:
+            context.log(f"   explanations with {method} not written: {type(error).__name__}: {error}")
+            blocks.append(Paragraph(f"`{method}`: no maps ({type(error).__name__}: {error})."))
+            continue
+        parts: list[tuple[bool, Callable[[], list[Block]]]] = [
+            (True, partial(_agreement_blocks, method, models, maps, settings, len(images))),
+            (settings.faithfulness, partial(_faithfulness_blocks, method, adapter, models, maps, *subset, settings)),
+            (settings.sanity, partial(_sanity_blocks, method, adapter, models, *subset, options)),
+            (settings.robustness, partial(_robustness_blocks, method, adapter, models, *subset, settings, options)),
+        ]
+        for wanted, build in parts:
+            if not wanted:
+                continue
+            try:
+                blocks += build()
+            except _MEASURE_ERRORS as error:  # one measure a task cannot take leaves the others in the report
+                context.log(f"   an explanation table with {method} not written: {type(error).__name__}: {error}")
         context.log(f"   explanations with {method}: {time.perf_counter() - started:.1f} s")
     return blocks
 
