@@ -93,3 +93,10 @@ def test_bad_settings() -> None:
         cascading_randomisation(conv_net(), edge_map, units=["head"])
     with pytest.raises(ConfigError, match="threshold"):
         cascading_randomisation(conv_net(), edge_map, threshold=2)
+
+
+def test_constant_trained_maps_make_the_check_not_applicable() -> None:
+    result = cascading_randomisation(conv_net(), lambda net: torch.zeros(4, SIZE, SIZE))
+    assert not result.applicable and result.constant.tolist() == [True] * 4
+    edges = cascading_randomisation(conv_net(), edge_map)
+    assert edges.applicable and not edges.constant.any()

@@ -86,7 +86,7 @@ def test_faithfulness_sanity_and_robustness_per_model(tmp_path) -> None:
     assert all(re.fullmatch(r"-?[0-9.]+ \[-?[0-9.]+, -?[0-9.]+\]", row["deletion_auc"]) for row in faithfulness)
     sanity = _tables_after(blocks, "Sanity check").rows
     assert [row["model"] for row in sanity] == ["teacher", "kd"]
-    assert all(row["check"] in ("passed", "FLAGGED: maps survive randomisation") for row in sanity)
+    assert all(row["check"] in ("passed", "FLAGGED: maps survive randomisation") for row in sanity)  # maps vary
     assert all(row["blocks"] > 1 for row in sanity)
     robustness = _tables_after(blocks, "Robustness").rows
     assert [row["model"] for row in robustness] == ["teacher", "kd"] and "pgd_spearman" in robustness[0]

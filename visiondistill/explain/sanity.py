@@ -111,12 +111,20 @@ class SanityResult:
         spearman: ``(steps, N)`` rank correlations with the trained network's maps.
         ssim: ``(steps, N)`` SSIM with the trained network's maps.
         threshold: The flag's threshold on the last step's mean rank correlation.
+        constant: ``(N,)`` whether the trained network's map of each image is constant (it ranks nothing, so its
+            correlations say nothing: an untrained detector's all-zero maps, a 1×1 CAM).
     """
 
     units: list[str]
     spearman: Tensor
     ssim: Tensor
     threshold: float = 0.5
+    constant: Tensor | None = None
+
+    @property
+    def applicable(self) -> bool:
+        """Whether some trained map varies, so that the check means something."""
+        return self.constant is None or not bool(self.constant.all())
 
     @property
     def final_spearman(self) -> float:
@@ -175,4 +183,6 @@ def cascading_randomisation(
         similarity = map_similarity(reference, explain(copied))
         spearman.append(similarity["spearman"])
         ssim.append(similarity["ssim"])
-    return SanityResult(order, torch.stack(spearman), torch.stack(ssim), float(threshold))
+    flat = reference.detach().flatten(1)
+    constant = (flat.max(dim=1).values - flat.min(dim=1).values) <= 1e-12
+    return SanityResult(order, torch.stack(spearman), torch.stack(ssim), float(threshold), constant.cpu())

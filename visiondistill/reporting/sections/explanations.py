@@ -350,7 +350,13 @@ def _sanity_blocks(
                 "spearman, top block": f"{curve[0][1]:.3f}",
                 "spearman, all blocks": f"{curve[-1][1]:.3f}",
                 "ssim, all blocks": f"{curve[-1][2]:.3f}",
-                "check": "FLAGGED: maps survive randomisation" if result.flagged else "passed",
+                "check": (
+                    "n/a: the trained maps are constant"
+                    if not result.applicable
+                    else "FLAGGED: maps survive randomisation"
+                    if result.flagged
+                    else "passed"
+                ),
             }
         )
     return [
