@@ -86,7 +86,9 @@ def test_faithfulness_sanity_and_robustness_per_model(tmp_path) -> None:
     assert all(re.fullmatch(r"-?[0-9.]+ \[-?[0-9.]+, -?[0-9.]+\]", row["deletion_auc"]) for row in faithfulness)
     sanity = _tables_after(blocks, "Sanity check").rows
     assert [row["model"] for row in sanity] == ["teacher", "kd"]
-    assert all(row["check"] in ("passed", "FLAGGED: maps survive randomisation") for row in sanity)  # maps vary
+    assert sanity[0]["check"] == "passed"  # the teacher's 4×4 Grad-CAM changes once its blocks are random
+    # The untrained student's maps of these two images are all zero: nothing to check.
+    assert sanity[1]["check"] in ("passed", "FLAGGED: maps survive randomisation", "n/a: the trained maps are constant")
     assert all(row["blocks"] > 1 for row in sanity)
     robustness = _tables_after(blocks, "Robustness").rows
     assert [row["model"] for row in robustness] == ["teacher", "kd"] and "pgd_spearman" in robustness[0]
