@@ -65,9 +65,9 @@ def _fgd_masks_numpy(boxes: list[list[list[float]]], h: int, w: int, image: tupl
     return fg, bg
 
 
-def test_fgd_masks_match_numpy():
+def test_fgd_masks_tight_extent_matches_numpy():
     boxes = [[[3.0, 5.0, 20.0, 30.0], [10.0, 10.0, 14.0, 13.0]], []]
-    fg, bg = losses.fgd_masks([torch.tensor(b).reshape(-1, 4) for b in boxes], 8, 8, (32, 32))
+    fg, bg = losses.fgd_masks([torch.tensor(b).reshape(-1, 4) for b in boxes], 8, 8, (32, 32), extent="tight")
     fg_np, bg_np = _fgd_masks_numpy(boxes, 8, 8, (32, 32))
     np.testing.assert_allclose(fg.numpy(), fg_np, atol=1e-7)
     np.testing.assert_allclose(bg.numpy(), bg_np, atol=1e-7)
@@ -114,3 +114,59 @@ def test_fgd_feature_loss_rejects_bad_masks():
         losses.fgd_feature_loss(
             torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3), torch.zeros(1, 2, 2)
         )
+
+
+def _fgd_masks_reference(boxes: torch.Tensor, img_shape: tuple[int, int], h: int, w: int):
+    """A transcription of the FGD authors' mask code (yzd-v/FGD, mmdet/distillation/losses/fgd.py,
+    FeatureLoss.forward) for one image: same operations, same dtypes."""
+    mask_fg = torch.zeros(h, w)
+    mask_bg = torch.ones(h, w)
+    new_boxxes = torch.ones_like(boxes)
+    new_boxxes[:, 0] = boxes[:, 0] / img_shape[1] * w
+    new_boxxes[:, 2] = boxes[:, 2] / img_shape[1] * w
+    new_boxxes[:, 1] = boxes[:, 1] / img_shape[0] * h
+    new_boxxes[:, 3] = boxes[:, 3] / img_shape[0] * h
+    wmin, wmax = torch.floor(new_boxxes[:, 0]).int(), torch.ceil(new_boxxes[:, 2]).int()
+    hmin, hmax = torch.floor(new_boxxes[:, 1]).int(), torch.ceil(new_boxxes[:, 3]).int()
+    area = 1.0 / (hmax.view(1, -1) + 1 - hmin.view(1, -1)) / (wmax.view(1, -1) + 1 - wmin.view(1, -1))
+    for j in range(len(boxes)):
+        mask_fg[hmin[j] : hmax[j] + 1, wmin[j] : wmax[j] + 1] = torch.maximum(
+            mask_fg[hmin[j] : hmax[j] + 1, wmin[j] : wmax[j] + 1], area[0][j]
+        )
+    mask_bg = torch.where(mask_fg > 0, 0, 1).float()
+    if torch.sum(mask_bg):
+        mask_bg /= torch.sum(mask_bg)
+    return mask_fg, mask_bg
+
+
+@pytest.mark.parametrize(
+    ("boxes", "img_shape", "h", "w"),
+    [
+        ([[3.0, 5.0, 20.0, 30.0], [10.0, 10.0, 14.0, 13.0]], (32, 32), 8, 8),  # overlap: the smaller box wins
+        ([[0.0, 0.0, 16.0, 8.0]], (32, 64), 4, 4),  # exactly one cell: the reference still covers 2×2
+        ([[1.5, 2.25, 63.9, 31.9], [40.0, 0.0, 64.0, 32.0]], (32, 64), 4, 8),  # to the far edge: slices cut there
+        ([[7.0, 7.0, 7.0, 7.0]], (24, 40), 3, 5),  # an empty box on no cell boundary
+        ([[16.0, 16.0, 16.0, 16.0]], (32, 64), 4, 4),  # an empty box on a cell corner
+        ([[0.0, 0.0, 64.0, 32.0]], (32, 64), 4, 4),  # the whole image: no background left
+    ],
+)
+def test_fgd_masks_reproduce_the_authors_masks(boxes, img_shape, h, w):
+    tensor = torch.tensor(boxes)
+    fg, bg = losses.fgd_masks([tensor], h, w, img_shape)
+    fg_ref, bg_ref = _fgd_masks_reference(tensor, img_shape, h, w)
+    assert torch.equal(fg[0], fg_ref)
+    torch.testing.assert_close(bg[0], bg_ref, rtol=0, atol=0)
+
+
+def test_fgd_masks_reference_and_tight_extents_differ_as_documented():
+    box = [torch.tensor([[0.0, 0.0, 16.0, 8.0]])]  # one cell of a 4×4 map over a 32×64 image
+    fg_ref, _ = losses.fgd_masks(box, 4, 4, (32, 64))
+    fg_tight, _ = losses.fgd_masks(box, 4, 4, (32, 64), extent="tight")
+    assert float(fg_tight[0].sum()) == 1.0 and int((fg_tight[0] > 0).sum()) == 1
+    assert int((fg_ref[0] > 0).sum()) == 4 and float(fg_ref[0, 0, 0]) == 0.25
+    # a negative corner starts at 0 (the reference's negative slice start would wrap to the far edge); the area
+    # still counts the uncut extent, rows and columns -1 … 1: 1 / (3 · 3)
+    fg_neg, _ = losses.fgd_masks([torch.tensor([[-8.0, -8.0, 8.0, 8.0]])], 4, 4, (32, 32))
+    assert int((fg_neg[0] > 0).sum()) == 4 and float(fg_neg[0, 0, 0]) == pytest.approx(1 / 9)
+    with pytest.raises(ValueError, match="extent must be 'reference' or 'tight', got 'loose'"):
+        losses.fgd_masks(box, 4, 4, (32, 64), extent="loose")

@@ -501,7 +501,7 @@ def test_heatmap_kd_loss_computes_in_the_heatmaps_dtype():
     assert heatmap_kd_loss(s, t, weights=weights).dtype == torch.float32
 
 
-def test_fgd_masks_scale_rows_and_columns_separately_and_clip_to_the_map():
+def test_fgd_masks_tight_scale_rows_and_columns_separately_and_clip_to_the_map():
     # A 32×64 (H×W) image on a 4×4 map: a row is 8 pixels, a column 16.
     boxes = [
         torch.tensor([[0.0, 0.0, 16.0, 8.0]]),  # the top-left cell exactly
@@ -509,7 +509,7 @@ def test_fgd_masks_scale_rows_and_columns_separately_and_clip_to_the_map():
         torch.tensor([[64.0, 32.0, 64.0, 32.0]]),  # empty box on the far corner: still the last cell
         torch.tensor([[16.0, 16.0, 16.0, 16.0]]),  # empty box on a cell corner: one cell, (2, 1)
     ]
-    foreground, background = fgd_masks(boxes, 4, 4, (32, 64))
+    foreground, background = fgd_masks(boxes, 4, 4, (32, 64), extent="tight")
     expected_fg = torch.zeros(4, 4, 4)
     expected_fg[0, 0, 0] = 1.0
     expected_fg[1] = 1.0 / 16

@@ -56,18 +56,49 @@ def np_distribution(x):
     return x / x.sum() if x.sum() > 0 else np.full_like(x, 1.0 / x.size)
 
 
+def mit_similarity(map1, map2):
+    """The MIT saliency benchmark's similarity.m, line by line (maps already at one size); MATLAB's 0/0 = NaN of a
+    constant map is the documented exception: such a map counts as all-zero."""
+    map1, map2 = map1.astype(np.float64), map2.astype(np.float64)
+    if np.any(map1):
+        span = map1.max() - map1.min()
+        map1 = (map1 - map1.min()) / span if span > 0 else np.zeros_like(map1)
+        if np.any(map1):
+            map1 = map1 / map1.sum()
+    if np.any(map2):
+        span = map2.max() - map2.min()
+        map2 = (map2 - map2.min()) / span if span > 0 else np.zeros_like(map2)
+        if np.any(map2):
+            map2 = map2 / map2.sum()
+    return np.minimum(map1, map2).sum()
+
+
+def mit_kldiv(saliency_map, fixation_map):
+    """The MIT saliency benchmark's KLdiv.m, line by line: the fixation map (here the teacher) is the reference."""
+    map1, map2 = saliency_map.astype(np.float64), fixation_map.astype(np.float64)
+    if np.any(map1):
+        map1 = map1 / map1.sum()
+    if np.any(map2):
+        map2 = map2 / map2.sum()
+    return (map2 * np.log(EPS + map2 / (map1 + EPS))).sum()
+
+
+def pysaliency_sim(map1, map2):
+    """pysaliency's SIM (sum-normalised, no min-max), with an all-zero map taken as uniform instead of NaN."""
+    return np.minimum(np_distribution(map1), np_distribution(map2)).sum()
+
+
 def reference_scores(t, s, k=0.1):
     """Per-image scores of two flattened float64 maps, straight from docs/metrics.md."""
     constant = t.std() < 1e-8 or s.std() < 1e-8
     norms = np.linalg.norm(t) * np.linalg.norm(s)
-    p_t, p_s = np_distribution(t), np_distribution(s)
     return {
         "pearson": 0.0 if constant else stats.pearsonr(t, s)[0],
         "spearman": 0.0 if constant else stats.spearmanr(t, s)[0],
         "topk_iou": brute_topk_iou(t, s, k),
         "cosine": 0.0 if norms == 0 else t @ s / norms,
-        "sim": np.minimum(p_t, p_s).sum(),
-        "kld": (p_t * np.log(EPS + p_t / (p_s + EPS))).sum(),
+        "sim": mit_similarity(s, t),
+        "kld": mit_kldiv(s, t),
     }
 
 
@@ -120,13 +151,11 @@ def test_constant_and_all_zero_maps_are_safe():
     assert per_image["pearson"].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert per_image["spearman"].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert per_image["cosine"][0] == 0.0 and per_image["cosine"][2] == 0.0
-    # Two all-zero maps are both uniform: sim 1, kld 0; all-constant maps select the same first pixels.
-    assert per_image["sim"][2].item() == pytest.approx(1.0) and per_image["kld"][2].item() == pytest.approx(0.0)
+    # As in the MIT benchmark, all-zero maps stay zero: two of them have sim 0 and kld 0; a constant map has no
+    # saliency after min-max, so its sim is 0 too; all-constant maps select the same first pixels.
+    assert per_image["sim"][2].item() == 0.0 and per_image["kld"][2].item() == pytest.approx(0.0)
+    assert per_image["sim"][1].item() == 0.0 and per_image["sim"][0].item() == 0.0
     assert per_image["topk_iou"][2].item() == 1.0
-    # A constant map equals the uniform distribution of an all-zero one.
-    assert per_image["sim"][1].item() == pytest.approx(
-        reference_scores(np.full(25, 3.0), student[1].numpy().ravel())["sim"]
-    )
     assert_scores_match(teacher.double(), student.double())
 
 
@@ -187,8 +216,11 @@ def test_pointing_game_hits_by_hand():
     maps[2, 2, 5] = 1.0  # outside, 3 px right of (2, 2)
     masks = boxes_to_masks([torch.tensor([[0, 0, 3, 3]])] * 3, 6, 6)
     assert pointing_game_hits(maps, masks).tolist() == [True, False, False]
-    assert pointing_game_hits(maps, masks, tolerance=3).tolist() == [True, False, True]
-    assert pointing_game_hits(maps, masks, tolerance=math.sqrt(18)).tolist() == [True, True, True]
+    # TorchRay's strict rule: a mask pixel exactly `tolerance` away is not reached.
+    assert pointing_game_hits(maps, masks, tolerance=3).tolist() == [True, False, False]
+    assert pointing_game_hits(maps, masks, tolerance=3.01).tolist() == [True, False, True]
+    assert pointing_game_hits(maps, masks, tolerance=math.sqrt(18)).tolist() == [True, False, True]
+    assert pointing_game_hits(maps, masks, tolerance=4.25).tolist() == [True, True, True]
     assert pointing_game(maps, masks).item() == pytest.approx(1 / 3)
 
 
@@ -200,7 +232,8 @@ def test_pointing_game_resizes_the_map_not_the_mask():
     assert pointing_game_hits(maps, mask).tolist() == [True]
     mask[0, 6, 6], mask[0, 7, 7] = False, True
     assert pointing_game_hits(maps, mask).tolist() == [False]
-    assert pointing_game_hits(maps, mask, tolerance=math.sqrt(2)).tolist() == [True]
+    assert pointing_game_hits(maps, mask, tolerance=math.sqrt(2)).tolist() == [False]  # strict
+    assert pointing_game_hits(maps, mask, tolerance=1.5).tolist() == [True]
     mask[0, 7, 7], mask[0, 4, 4] = False, True  # outside the upsampled peak
     assert pointing_game_hits(maps, mask).tolist() == [False]
 
@@ -395,7 +428,7 @@ def test_metric_flags():
 
 
 # ------------------------------------------------------------------------------- edges the tests above leave open
-def test_pointing_game_default_tolerance_is_exact_and_one_pixel_reaches_the_neighbours():
+def test_pointing_game_default_tolerance_is_exact_and_the_radius_is_strict():
     # The peak sits at (row 1, column 1); the mask is the pixel right of it and the one two rows down.
     maps = torch.zeros(1, 4, 4)
     maps[0, 1, 1] = 1.0
@@ -403,11 +436,16 @@ def test_pointing_game_default_tolerance_is_exact_and_one_pixel_reaches_the_neig
     masks[0, 1, 2] = True
     assert pointing_game_hits(maps, masks).tolist() == [False]
     assert float(pointing_game(maps, masks)) == 0.0
-    assert pointing_game_hits(maps, masks, tolerance=1).tolist() == [True]
+    # TorchRay: hit iff (dy² + dx²) < tolerance², so tolerance 1 is the peak pixel alone, like tolerance 0
+    assert pointing_game_hits(maps, masks, tolerance=1).tolist() == [False]
+    assert pointing_game_hits(maps, masks, tolerance=1.001).tolist() == [True]
     only_far = torch.zeros(1, 4, 4, dtype=torch.bool)
     only_far[0, 3, 1] = True
-    assert pointing_game_hits(maps, only_far, tolerance=1).tolist() == [False]
-    assert pointing_game_hits(maps, only_far, tolerance=2).tolist() == [True]
+    assert pointing_game_hits(maps, only_far, tolerance=2).tolist() == [False]
+    assert pointing_game_hits(maps, only_far, tolerance=2.001).tolist() == [True]
+    on_peak = torch.zeros(1, 4, 4, dtype=torch.bool)
+    on_peak[0, 1, 1] = True
+    assert pointing_game_hits(maps, on_peak).tolist() == pointing_game_hits(maps, on_peak, tolerance=1).tolist()
     metric = PointingGame()
     metric.update(maps, masks)
     assert float(metric.compute()) == 0.0
@@ -639,3 +677,55 @@ def test_linear_cka_of_small_features_and_its_dtype(debiased):
         value = linear_cka(scale * x, scale * y, debiased=debiased)
         assert value.dtype == torch.float32  # the default dtype, even for float64 features
         assert float(value) == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------- parity with named references
+def torchray_pointing_hit(mask: torch.Tensor, point: tuple[int, int], tolerance: float) -> bool:
+    """TorchRay's PointingGame.evaluate (torchray/benchmark/pointing_game.py), transcribed."""
+    v, u = torch.meshgrid(
+        (torch.arange(mask.shape[0], dtype=torch.float32) - point[0]) ** 2,
+        (torch.arange(mask.shape[1], dtype=torch.float32) - point[1]) ** 2,
+        indexing="ij",
+    )
+    accept = (v + u) < tolerance**2
+    return bool((mask & accept).view(-1).any())
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 1, 2, 3, math.sqrt(5), 4.5])
+def test_pointing_game_matches_torchray(tolerance):
+    maps = rand_maps(40, 9, 11, seed=80)
+    masks = rand_maps(40, 9, 11, seed=81) > 0.85
+    hits = pointing_game_hits(maps, masks, tolerance=tolerance).tolist()
+    for index in range(40):
+        peak = int(maps[index].flatten().argmax())
+        point = (peak // 11, peak % 11)
+        assert hits[index] == torchray_pointing_hit(masks[index], point, tolerance), index
+
+
+def test_sim_conventions_mit_and_pysaliency():
+    teacher = rand_maps(6, 7, 7, seed=82) + 0.5  # an offset: min-max changes these maps
+    student = rand_maps(6, 7, 7, seed=83)
+    mit = saliency_agreement_per_image(teacher, student)["sim"]
+    pys = saliency_agreement_per_image(teacher, student, sim="pysaliency")["sim"]
+    for index in range(6):
+        t, s = teacher[index].numpy().ravel(), student[index].numpy().ravel()
+        assert float(mit[index]) == pytest.approx(mit_similarity(s, t), abs=1e-12)
+        assert float(pys[index]) == pytest.approx(pysaliency_sim(t, s), abs=1e-12)
+    assert not torch.allclose(mit, pys)
+    metric = SaliencyAgreement(sim="pysaliency")
+    metric.update(teacher, student)
+    assert float(metric.compute()["sim"]) == pytest.approx(float(pys.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="sim must be 'mit' or 'pysaliency', got 'judd'"):
+        saliency_agreement(teacher, student, sim="judd")
+    with pytest.raises(ValueError, match="sim must be 'mit' or 'pysaliency'"):
+        SaliencyAgreement(sim="judd")
+
+
+def test_kld_follows_mit_kldiv_with_all_zero_maps():
+    teacher = torch.stack([torch.zeros(4, 4), rand_maps(4, 4, seed=84), rand_maps(4, 4, seed=85)])
+    student = torch.stack([rand_maps(4, 4, seed=86), torch.zeros(4, 4), rand_maps(4, 4, seed=87)])
+    kld = saliency_agreement_per_image(teacher, student)["kld"]
+    for index in range(3):
+        expected = mit_kldiv(student[index].numpy(), teacher[index].numpy())
+        assert float(kld[index]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert float(kld[0]) == 0.0 and float(kld[1]) > 20  # a zero student under a teacher's mass: log(1/eps) terms

@@ -144,6 +144,8 @@ class FeatureImitation(_FPNDistillation):
         beta: Background weight.
         gamma: Attention-loss weight.
         temperature: Attention temperature.
+        mask_extent: How boxes cover feature cells: ``"reference"`` (the FGD authors' code, inclusive extent) or
+            ``"tight"`` (only the cells a box touches); see `visiondistill.distill.losses.fgd_masks`.
         weight: Multiplier of the term.
         name: Log name (default ``fgd``).
 
@@ -166,12 +168,16 @@ class FeatureImitation(_FPNDistillation):
         beta: float = 0.5,
         gamma: float = 0.0,
         temperature: float = 0.5,
+        mask_extent: Literal["reference", "tight"] = "reference",
         weight: float = 1.0,
         name: str | None = None,
     ) -> None:
         super().__init__(levels, weight=weight, name=name)
         if not temperature > 0:
             raise ConfigError(f"FeatureImitation: temperature must be > 0, got {temperature}")
+        if mask_extent not in ("reference", "tight"):
+            raise ConfigError(f"FeatureImitation: mask_extent must be 'reference' or 'tight', got {mask_extent!r}")
+        self.mask_extent = mask_extent
         self.alpha, self.beta, self.gamma, self.temperature = (
             float(alpha),
             float(beta),
@@ -185,7 +191,7 @@ class FeatureImitation(_FPNDistillation):
         image_size = tuple(getattr(student_out, "image_size", batch[0].shape[-2:]))
         terms = []
         for _, s, t in self.level_pairs(student_out, teacher_out):
-            foreground, background = losses.fgd_masks(boxes, t.shape[-2], t.shape[-1], image_size)
+            foreground, background = losses.fgd_masks(boxes, t.shape[-2], t.shape[-1], image_size, self.mask_extent)
             terms.append(
                 losses.fgd_feature_loss(
                     s,

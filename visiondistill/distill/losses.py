@@ -9,7 +9,7 @@ carries them (``alpha``/``beta`` of DKD, ``alpha`` of heatmap KD).
 
 from __future__ import annotations
 
-import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -482,38 +482,68 @@ def binary_kd_loss(
 
 
 def fgd_masks(
-    boxes_per_image: list[Tensor], height: int, width: int, image_size: tuple[int, int]
+    boxes_per_image: list[Tensor],
+    height: int,
+    width: int,
+    image_size: tuple[int, int],
+    extent: Literal["reference", "tight"] = "reference",
 ) -> tuple[Tensor, Tensor]:
     """Foreground scale masks and background masks of FGD (Yang et al., CVPR 2022) on one feature map.
 
-    A box ``x0, y0, x1, y1`` (input pixels) covers the cells ``⌊y0·H/H_img⌋ … ⌈y1·H/H_img⌉ − 1`` (rows; columns
-    alike, at least one cell); each covered cell gets ``1 / (number of covered cells)``, the largest value where
-    boxes overlap (the smallest box wins), as the reference ``get_fea_loss`` does. The background mask is 1 on
-    cells no box covers, divided by their count (0 everywhere when boxes cover the whole map).
+    ``extent="reference"`` (default) reproduces the authors' code exactly (``mmdet/distillation/losses/fgd.py``,
+    ``FeatureLoss.forward``): a box ``x0, y0, x1, y1`` (input pixels) is scaled to the map in the boxes' dtype as
+    ``x / W_img · W`` and ``y / H_img · H``; with ``hmin = ⌊y0'⌋``, ``hmax = ⌈y1'⌉`` (``wmin``, ``wmax`` alike) it
+    covers the rows ``hmin … hmax`` *inclusive* (the slice ``hmin:hmax+1``, cut at the map's edge) and every covered
+    cell gets ``max(current, 1 / ((hmax + 1 − hmin)(wmax + 1 − wmin)))`` — the area counts the cells of the uncut
+    extent, so the smallest box wins where boxes overlap. The one deviation: a negative ``hmin`` or ``wmin`` (a box
+    reaching past the top or left edge) starts at 0, where the reference's negative slice start would wrap around.
+
+    ``extent="tight"`` covers ``⌊y0'⌋ … ⌈y1'⌉ − 1`` (at least one cell, cut at the edge) with ``1 / (covered cells)``:
+    exactly the cells the box touches, and areas that sum to 1 over a box inside the map.
+
+    The background mask is 1 on cells no box covers, divided by their count (0 everywhere when boxes cover the
+    whole map), in both conventions.
 
     Args:
         boxes_per_image: One ``M×4`` xyxy tensor per image (``M`` may be 0).
         height: Feature-map height ``H``.
         width: Feature-map width ``W``.
         image_size: ``(H_img, W_img)`` of the input the boxes refer to.
+        extent: ``"reference"`` (the FGD authors' inclusive extent) or ``"tight"``.
 
     Returns:
         ``(foreground, background)``, each float32 ``(N, H, W)``.
+
+    Raises:
+        ValueError: On an unknown ``extent``.
     """
+    if extent not in ("reference", "tight"):
+        raise ValueError(f"extent must be 'reference' or 'tight', got {extent!r}")
     n = len(boxes_per_image)
     foreground = torch.zeros(n, height, width)
     background = torch.ones(n, height, width)
-    scale_y, scale_x = height / image_size[0], width / image_size[1]
+    image_h, image_w = image_size
     for i, boxes in enumerate(boxes_per_image):
-        for x0, y0, x1, y1 in boxes.detach().reshape(-1, 4).cpu().tolist():
-            top = min(max(int(math.floor(y0 * scale_y)), 0), height - 1)
-            left = min(max(int(math.floor(x0 * scale_x)), 0), width - 1)
-            bottom = min(max(int(math.ceil(y1 * scale_y)), top + 1), height)
-            right = min(max(int(math.ceil(x1 * scale_x)), left + 1), width)
-            value = 1.0 / ((bottom - top) * (right - left))
-            region = foreground[i, top:bottom, left:right]
-            foreground[i, top:bottom, left:right] = region.clamp_min(value)
-            background[i, top:bottom, left:right] = 0.0
+        boxes = boxes.detach().reshape(-1, 4).cpu()
+        if not boxes.is_floating_point():
+            boxes = boxes.to(torch.get_default_dtype())
+        # The reference's arithmetic, in the boxes' dtype, so that floor/ceil see the same values.
+        wmin = torch.floor(boxes[:, 0] / image_w * width).long().tolist()
+        hmin = torch.floor(boxes[:, 1] / image_h * height).long().tolist()
+        wmax = torch.ceil(boxes[:, 2] / image_w * width).long().tolist()
+        hmax = torch.ceil(boxes[:, 3] / image_h * height).long().tolist()
+        for top, left, bottom, right in zip(hmin, wmin, hmax, wmax, strict=True):
+            if extent == "reference":
+                value = 1.0 / ((bottom + 1 - top) * (right + 1 - left))
+                rows = slice(max(top, 0), bottom + 1)
+                cols = slice(max(left, 0), right + 1)
+            else:
+                top, left = min(max(top, 0), height - 1), min(max(left, 0), width - 1)
+                bottom, right = min(max(bottom, top + 1), height), min(max(right, left + 1), width)
+                value = 1.0 / ((bottom - top) * (right - left))
+                rows, cols = slice(top, bottom), slice(left, right)
+            foreground[i, rows, cols] = foreground[i, rows, cols].clamp_min(value)
+            background[i, rows, cols] = 0.0
         count = background[i].sum()
         if count > 0:
             background[i] /= count

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +116,37 @@ def _topk_iou_rows(x: Tensor, y: Tensor, top_k: float) -> Tensor:
 
 
 def _to_distribution(x: Tensor) -> Tensor:
-    """Rows divided by their sums; an all-zero row becomes the uniform distribution."""
+    """Rows divided by their sums; an all-zero row becomes the uniform distribution (pysaliency's SIM)."""
     total = x.sum(dim=1, keepdim=True)
     uniform = torch.full_like(x, 1.0 / x.shape[1])
     return torch.where(total > 0, x / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+
+
+def _sum_normalised(x: Tensor) -> Tensor:
+    """``if any(map(:)) map = map / sum(map(:))`` of the MIT benchmark: an all-zero row stays zero."""
+    total = x.sum(dim=1, keepdim=True)
+    return x / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _min_max_normalised(x: Tensor) -> Tensor:
+    """The MIT benchmark's ``(map − min) / (max − min)`` per row; a constant row (0/0 in MATLAB, NaN) becomes 0."""
+    low = x.min(dim=1, keepdim=True).values
+    span = x.max(dim=1, keepdim=True).values - low
+    return torch.where(span > 0, (x - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
+
+
+def _sim_rows(t: Tensor, s: Tensor, convention: str) -> Tensor:
+    if convention == "mit":
+        return torch.minimum(_sum_normalised(_min_max_normalised(t)), _sum_normalised(_min_max_normalised(s))).sum(1)
+    return torch.minimum(_to_distribution(t), _to_distribution(s)).sum(dim=1)
+
+
+SimConvention = Literal["mit", "pysaliency"]
+
+
+def _check_sim(sim: str) -> None:
+    if sim not in ("mit", "pysaliency"):
+        raise ValueError(f"sim must be 'mit' or 'pysaliency', got {sim!r}")
 
 
 def _check_top_k(top_k: float) -> None:
@@ -126,9 +154,12 @@ def _check_top_k(top_k: float) -> None:
         raise ValueError(f"top_k must be a fraction in (0, 1], got {top_k!r}")
 
 
-def _saliency_per_image64(teacher_maps: Tensor, student_maps: Tensor, top_k: float) -> dict[str, Tensor]:
+def _saliency_per_image64(
+    teacher_maps: Tensor, student_maps: Tensor, top_k: float, sim: SimConvention = "mit"
+) -> dict[str, Tensor]:
     """The float64 (N,) scores of `saliency_agreement_per_image`."""
     _check_top_k(top_k)
+    _check_sim(sim)
     teacher = _as_batch(teacher_maps, "teacher_maps")
     student = _as_batch(student_maps, "student_maps")
     if teacher.shape[0] != student.shape[0]:
@@ -147,18 +178,20 @@ def _saliency_per_image64(teacher_maps: Tensor, student_maps: Tensor, top_k: flo
     norm_product = t.norm(dim=1) * s.norm(dim=1)
     dot = (t * s).sum(dim=1)
     cosine = torch.where(norm_product > 0, dot / torch.where(norm_product > 0, norm_product, 1.0), 0.0)
-    p_t, p_s = _to_distribution(t), _to_distribution(s)
+    p_t, p_s = _sum_normalised(t), _sum_normalised(s)
     return {
         "pearson": _pearson_rows(t, s),
         "spearman": _pearson_rows(_average_ranks(t), _average_ranks(s)),
         "topk_iou": _topk_iou_rows(t, s, top_k),
         "cosine": cosine.clamp(-1.0, 1.0),
-        "sim": torch.minimum(p_t, p_s).sum(dim=1),
+        "sim": _sim_rows(t, s, sim),
         "kld": (p_t * torch.log(_KLD_EPS + p_t / (p_s + _KLD_EPS))).sum(dim=1),
     }
 
 
-def saliency_agreement_per_image(teacher_maps: Tensor, student_maps: Tensor, top_k: float = 0.1) -> dict[str, Tensor]:
+def saliency_agreement_per_image(
+    teacher_maps: Tensor, student_maps: Tensor, top_k: float = 0.1, sim: SimConvention = "mit"
+) -> dict[str, Tensor]:
     """Per-image agreement between teacher and student saliency maps (the definitions of ``docs/metrics.md``).
 
     For every image, with T the teacher map and S the student map flattened to L pixels:
@@ -170,9 +203,13 @@ def saliency_agreement_per_image(teacher_maps: Tensor, student_maps: Tensor, top
       flattened (row-major) index comes first. This makes the value deterministic; for an all-constant map it
       selects the first ⌈k·L⌉ pixels.
     - ``cosine`` = ⟨T, S⟩ / (‖T‖ ‖S‖); 0 when either norm is 0.
-    - ``sim`` = Σ min(T/ΣT, S/ΣS); an all-zero map is replaced by the uniform map.
-    - ``kld`` = Σ P_T · log(ε + P_T / (P_S + ε)), P = map / sum (uniform when the sum is 0), ε = 2.2204e-16;
-      the teacher is the reference distribution. Lower is better; every other key is a similarity (1 = same).
+    - ``sim`` (``sim="mit"``, default) = Σ min(T̂/ΣT̂, Ŝ/ΣŜ) with T̂ = (T − min T)/(max T − min T): the MIT saliency
+      benchmark's ``similarity.m`` exactly. A constant map (where MATLAB divides 0 by 0) counts as all-zero, which
+      that code leaves unnormalised, so its SIM is 0. ``sim="pysaliency"`` is pysaliency's ``SIM``: Σ min(T/ΣT, S/ΣS)
+      without min-max, an all-zero map replaced by the uniform map (pysaliency returns NaN there).
+    - ``kld`` = Σ P_T · log(ε + P_T / (P_S + ε)), P = map / sum, ε = 2.2204e-16: the MIT benchmark's ``KLdiv.m``
+      exactly, with the teacher as the reference (its fixation map); an all-zero map stays zero, as there.
+      Lower is better; every other key is a similarity (1 = same).
 
     When the spatial sizes differ, the student maps are resized to the teacher's H×W bilinearly
     (``align_corners=False``). Computation is in float64.
@@ -181,6 +218,7 @@ def saliency_agreement_per_image(teacher_maps: Tensor, student_maps: Tensor, top
         teacher_maps: Non-negative teacher maps, shape (N, H, W) or (H, W).
         student_maps: Non-negative student maps, shape (N, H', W') or (H', W'), same N.
         top_k: Fraction k of pixels for ``topk_iou``, in (0, 1].
+        sim: ``"mit"`` (the MIT saliency benchmark's SIM, min-max first) or ``"pysaliency"``.
 
     Returns:
         Dict with the keys of `SALIENCY_KEYS`, each a tensor of shape (N,) in the dtype of ``teacher_maps`` (the
@@ -190,11 +228,13 @@ def saliency_agreement_per_image(teacher_maps: Tensor, student_maps: Tensor, top
         ValueError: On bad shapes, different batch sizes, negative values, or ``top_k`` outside (0, 1].
     """
     out_dtype = teacher_maps.dtype if teacher_maps.is_floating_point() else torch.get_default_dtype()
-    values = _saliency_per_image64(teacher_maps, student_maps, top_k)
+    values = _saliency_per_image64(teacher_maps, student_maps, top_k, sim)
     return {key: values[key].to(out_dtype) for key in SALIENCY_KEYS}
 
 
-def saliency_agreement(teacher_maps: Tensor, student_maps: Tensor, top_k: float = 0.1) -> dict[str, Tensor]:
+def saliency_agreement(
+    teacher_maps: Tensor, student_maps: Tensor, top_k: float = 0.1, sim: SimConvention = "mit"
+) -> dict[str, Tensor]:
     """Agreement between teacher and student saliency maps, macro-averaged over images.
 
     The per-image values of `saliency_agreement_per_image` (see there for the exact definitions), averaged.
@@ -203,6 +243,7 @@ def saliency_agreement(teacher_maps: Tensor, student_maps: Tensor, top_k: float 
         teacher_maps: Non-negative teacher maps, shape (N, H, W) or (H, W).
         student_maps: Non-negative student maps, shape (N, H', W') or (H', W'); resized to the teacher's size.
         top_k: Fraction k of pixels for ``topk_iou``, in (0, 1].
+        sim: SIM convention, ``"mit"`` or ``"pysaliency"`` (see `saliency_agreement_per_image`).
 
     Returns:
         Dict with the keys of `SALIENCY_KEYS` (pearson, spearman, topk_iou, cosine, sim, kld), scalar tensors.
@@ -216,7 +257,7 @@ def saliency_agreement(teacher_maps: Tensor, student_maps: Tensor, top_k: float 
         >>> round(float(scores["pearson"]), 6), abs(float(scores["kld"])) < 1e-6
         (1.0, True)
     """
-    per_image = saliency_agreement_per_image(teacher_maps, student_maps, top_k)
+    per_image = saliency_agreement_per_image(teacher_maps, student_maps, top_k, sim)
     return {key: value.mean() for key, value in per_image.items()}
 
 
@@ -224,8 +265,10 @@ def saliency_agreement(teacher_maps: Tensor, student_maps: Tensor, top_k: float 
 def pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> Tensor:
     """Per-image pointing-game hits (Zhang et al., ECCV 2016, "Top-down Neural Attention by Excitation Backprop").
 
-    An image is a hit when the argmax of its map lies inside its mask, or within ``tolerance`` pixels (Euclidean
-    distance between pixel centres) of a mask pixel; the original protocol uses 15 px at 224×224. Maps of another
+    An image is a hit when a mask pixel lies *strictly* closer than ``tolerance`` pixels (Euclidean distance between
+    pixel centres) to the argmax of its map — TorchRay's ``PointingGame.evaluate`` (``(v + u) < tolerance**2``)
+    exactly; the original protocol uses 15 px at 224×224. ``tolerance=0`` (default) means "the peak is inside the
+    mask", which is TorchRay with any tolerance in (0, 1] (TorchRay itself would count no hit at 0). Maps of another
     size are first resized bilinearly (``align_corners=False``) to the mask's size — the map, not the mask, so the
     object keeps its exact extent. Ties in the map go to the first maximum in row-major order (``torch.argmax``), so
     an all-zero map points at the top-left pixel. An empty mask is always a miss.
@@ -233,7 +276,8 @@ def pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> T
     Args:
         maps: Saliency maps, shape (N, H', W') or (H', W').
         masks: Bool object masks, shape (N, H, W) or (H, W) (see `boxes_to_masks` for boxes).
-        tolerance: Hit radius in pixels of the mask grid (≥ 0).
+        tolerance: Hit radius in pixels of the mask grid (≥ 0); strict, so a mask pixel at exactly this distance is
+            not reached; 0 = the peak inside the mask.
 
     Returns:
         Bool tensor of shape (N,).
@@ -258,7 +302,7 @@ def pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> T
     peak_x = (peak % width).view(n, 1, 1)
     ys = torch.arange(height, device=masks_b.device).view(1, height, 1)
     xs = torch.arange(width, device=masks_b.device).view(1, 1, width)
-    near = (ys - peak_y).pow(2) + (xs - peak_x).pow(2) <= tolerance**2
+    near = (ys - peak_y).pow(2) + (xs - peak_x).pow(2) < tolerance**2
     return (near & masks_b).flatten(1).any(dim=1)
 
 
@@ -270,7 +314,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0.0) -> Tensor
     Args:
         maps: Saliency maps, shape (N, H', W') or (H', W').
         masks: Bool object masks, shape (N, H, W) or (H, W).
-        tolerance: Hit radius in pixels (≥ 0).
+        tolerance: Hit radius in pixels (≥ 0, strict; 0 = the peak inside the mask).
 
     Returns:
         Scalar float tensor in [0, 1].
@@ -434,10 +478,11 @@ class SaliencyAgreement(Metric):
 
     Args:
         top_k: Fraction k of pixels for ``topk_iou``, in (0, 1].
+        sim: SIM convention, ``"mit"`` (default) or ``"pysaliency"`` (see `saliency_agreement_per_image`).
         **kwargs: Passed to `torchmetrics.Metric`.
 
     Raises:
-        ValueError: If ``top_k`` is outside (0, 1].
+        ValueError: If ``top_k`` is outside (0, 1] or ``sim`` is unknown.
 
     Example:
         >>> metric = SaliencyAgreement()
@@ -451,17 +496,18 @@ class SaliencyAgreement(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, top_k: float = 0.1, **kwargs) -> None:
+    def __init__(self, top_k: float = 0.1, sim: SimConvention = "mit", **kwargs) -> None:
         super().__init__(**kwargs)
         _check_top_k(top_k)
-        self.top_k = top_k
+        _check_sim(sim)
+        self.top_k, self.sim = top_k, sim
         for key in SALIENCY_KEYS:
             self.add_state(f"sum_{key}", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, teacher_maps: Tensor, student_maps: Tensor) -> None:
         """Adds the per-image scores of a batch of (N, H, W) or (H, W) maps."""
-        per_image = _saliency_per_image64(teacher_maps, student_maps, self.top_k)
+        per_image = _saliency_per_image64(teacher_maps, student_maps, self.top_k, self.sim)
         for key, values in per_image.items():
             state = getattr(self, f"sum_{key}")
             setattr(self, f"sum_{key}", state + values.sum().to(state.device))
@@ -477,7 +523,7 @@ class PointingGame(Metric):
     """Running pointing-game hit rate (see `pointing_game_hits`), as sums of hits and images.
 
     Args:
-        tolerance: Hit radius in pixels (≥ 0).
+        tolerance: Hit radius in pixels (≥ 0, strict; 0 = the peak inside the mask).
         **kwargs: Passed to `torchmetrics.Metric`.
 
     Raises:
