@@ -1,4 +1,4 @@
-"""``MODEL_CARD.md`` for a distilled student, filled from its run folder and the report's measurements.
+"""``MODEL_CARD_<run>.md`` for a distilled student, filled from its run folder and the report's measurements.
 
 The structure is that of Mitchell et al. (2019), "Model Cards for Model Reporting": model details, intended use,
 factors, metrics, evaluation data, training data, ethical considerations, caveats and recommendations.
@@ -66,14 +66,17 @@ def bias_check(test: dict[str, float]) -> list[dict[str, str]]:
 
 
 def write_model_card(
-    run: Run, measured: dict[str, Measurements], teacher: Run | None, data_dir: str | None = None
+    run: Run, measured: dict[str, Measurements], teacher: Run | None, out: Path, data_dir: str | None = None
 ) -> Path:
-    """Writes ``<run>/MODEL_CARD.md`` for a (distilled) student run.
+    """Writes ``<out>/MODEL_CARD_<run name>.md`` for a (distilled) student run.
+
+    The card goes next to the report, never into the run folder, which is written once by ``visiondistill fit``.
 
     Args:
         run: The student's run.
         measured: The report's measurements by run name (the student's; the teacher's when present).
         teacher: The teacher's run, when it is part of the report.
+        out: The folder the card is written to (the report's).
         data_dir: Data folder replacing the one in the config (as given to the report).
 
     Returns:
@@ -192,7 +195,7 @@ def write_model_card(
             "with `visiondistill export`). Re-evaluate on real data before any deployment."
         ),
     ]
-    path = run.path / "MODEL_CARD.md"
+    path = Path(out) / f"MODEL_CARD_{run.name}.md"
     path.write_text(to_markdown(blocks))
     return path
 

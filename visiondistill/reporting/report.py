@@ -3,8 +3,8 @@
 For each run folder it measures the best checkpoint on the test split (the task module's own ``test/*`` metrics),
 the network's size, FLOPs, CPU latency and checkpoint size, and — for the students — agreement with the teacher's
 saliency and attention on the same test images; it plots the logged curves (task metric, agreement, distillation
-terms) and writes ``report.md`` and a self-contained ``report.html`` (images embedded), plus a ``MODEL_CARD.md`` for
-every distilled student (in its run folder, and a copy beside the report).
+terms) and writes ``report.md`` and a self-contained ``report.html`` (images embedded), plus a
+``MODEL_CARD_<run>.md`` for every distilled student beside the report. Nothing is written into the run folders.
 
 Examples::
 
@@ -293,7 +293,7 @@ def write_report(
         out: Output folder.
         num_images: Test images of the agreement measurement.
         data_dir: Data folder replacing the one in the configs.
-        model_cards: Also write ``MODEL_CARD.md`` for each distilled run.
+        model_cards: Also write ``MODEL_CARD_<run>.md`` into ``out`` for each distilled run.
         log: Where progress lines go.
         explanations: The explanation sections' settings (`ExplanationSettings`; ``True``: the defaults, ``False``:
             no explanation sections).
@@ -336,8 +336,7 @@ def write_report(
         cards = []
         for run in runs:
             if run.role == "distilled":
-                card = write_model_card(run, measured, teacher, data_dir=data_dir)
-                shutil.copyfile(card, out / f"MODEL_CARD_{run.name}.md")
+                card = write_model_card(run, measured, teacher, out, data_dir=data_dir)
                 cards.append(f"`{card}`")
         if cards:
             blocks.append(Paragraph("Model cards: " + ", ".join(cards) + "."))
