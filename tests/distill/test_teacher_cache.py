@@ -133,3 +133,5 @@ def test_each_epoch_shows_its_own_views_and_the_cache_fills_as_they_come(data_di
     assert sorted(first) == sorted(second) == list(range(16))
     assert first != second  # Lightning set the sampler's epoch: other views in epoch 2
     assert len(cache.store) == len(set(first.items()) | set(second.items()))
+    assert cache.teacher_images == len(cache.store)  # the teacher ran once per (sample, view), never on cached rows
+    assert 0 < counter.per_epoch[1] <= 2

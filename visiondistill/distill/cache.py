@@ -14,8 +14,10 @@ gives the top-k classes their exact probabilities and the others their exact tot
 tail's split is approximate. ``k >= C`` keeps every class (exact).
 
 Which terms read it: `LogitDistillation` and `DecoupledDistillation` (their ``cacheable_teacher_output``). When every
-teacher consumer on the trainer is one of them and every sample of a batch is cached, the task skips the teacher
-forward (`visiondistill.tasks.base.DistillationTask.teacher_forward` returns ``pl_module.cached_teacher_output``).
+teacher consumer on the trainer is one of them, the cache serves each step: the teacher runs only on the batch's rows
+not cached yet (in the cache's ``on_train_batch_start``; eval mode, so rows are independent), their logits are
+stored, and the whole batch's logits go to the task as ``pl_module.cached_teacher_output``, which
+`visiondistill.tasks.base.DistillationTask.teacher_forward` returns instead of running the teacher.
 Feature-level terms (attention transfer, hints, saliency alignment, …) read the teacher's layers, which are not
 cached: with one of them on the trainer the teacher runs every step (a warning says so), and the cache is still
 filled for later runs.
@@ -49,7 +51,7 @@ from typing_extensions import override
 
 from visiondistill.core.callback import DistillationCallback
 from visiondistill.core.errors import ConfigError, VisionDistillError
-from visiondistill.core.protocol import get_teacher, module_device, output_logits
+from visiondistill.core.protocol import batch_inputs, freeze_teacher, get_teacher, module_device, output_logits
 
 __all__ = [
     "TeacherCacheError",
@@ -203,6 +205,11 @@ class TeacherOutputStore:
             )
         self.filled[index, view] = True
 
+    def filled_rows(self, ids: Tensor) -> Tensor:
+        """Which of the ``[B, 2]`` ids are cached: a ``[B]`` bool tensor (on the CPU)."""
+        index, view = self._check_ids(ids)
+        return self.filled[index, view]
+
     def lookup(self, ids: Tensor) -> Tensor | None:
         """Dense ``float32`` ``[B, C]`` logits for the ids when every one is filled, else ``None``."""
         index, view = self._check_ids(ids)
@@ -269,9 +276,10 @@ class TeacherOutputCache(Callback):
         self.store: TeacherOutputStore | None = None
         self.fingerprint: dict[str, Any] | None = None
         self.skip_teacher = True
-        #: Training steps in which the teacher ran / was served from the cache (for tests and benchmarks).
+        #: Training steps in which the teacher ran (on some rows) / not at all, and the images it ran on.
         self.teacher_forwards = 0
         self.cached_steps = 0
+        self.teacher_images = 0
         self._rank = 0
         self._loaded: set[str] = set()
         self._unsaved: list[Tensor] = []
@@ -451,13 +459,29 @@ class TeacherOutputCache(Callback):
                 "(replayable views) and its batches must be (images, labels, view_ids)"
             )
         assert self.store is not None, "on_train_start has not run"
-        cached = self.store.lookup(ids) if self.skip_teacher else None
-        self._pending, self._captured = (None, None) if cached is not None else (ids, None)
-        if cached is not None:
-            pl_module.cached_teacher_output = cached.to(module_device(pl_module))
-            self.cached_steps += 1
-        else:
+        self._pending = self._captured = None
+        if not self.skip_teacher:  # a feature term needs the live teacher: it runs in the step, the hook stores it
+            self._pending = ids
             self.teacher_forwards += 1
+            self.teacher_images += ids.shape[0]
+            return
+        missing = (~self.store.filled_rows(ids)).nonzero()[:, 0]
+        if len(missing):  # the teacher runs on the uncached rows only (eval mode: rows are independent)
+            teacher = get_teacher(pl_module, required=True, who="TeacherOutputCache")
+            assert teacher is not None
+            freeze_teacher(teacher)
+            inputs = batch_inputs(batch)
+            with torch.no_grad():
+                live = output_logits(teacher(inputs[missing.to(inputs.device)]))
+            self.store.store(ids[missing], live)
+            self._unsaved.append(ids[missing].cpu())
+            self.teacher_forwards += 1
+            self.teacher_images += len(missing)
+        else:
+            self.cached_steps += 1
+        cached = self.store.lookup(ids)
+        assert cached is not None
+        pl_module.cached_teacher_output = cached.to(module_device(pl_module))
 
     @override
     def on_train_batch_end(
