@@ -150,7 +150,7 @@ def accuracy(args: argparse.Namespace) -> None:
             fit = trainer(args.epochs, callbacks, validate=True)
             fit.fit(module, datamodule=datamodule(args, size, views, seed=seed))
             scores[mode].append(float(fit.callback_metrics["val/acc_top1"]))
-            extra = f" (teacher on {cache.teacher_images} images, in {cache.teacher_forwards} of {fit.global_step} steps)"
+            extra = f" (teacher: {cache.teacher_images} images, {cache.teacher_forwards} of {fit.global_step} steps)"
             print(f"  seed {seed} {mode:<10} {scores[mode][-1]:.4f}{extra if mode == 'cached KD' else ''}")
     print("\n| run | val top-1 (mean ± std) |\n|---|---|")
     for mode, values in scores.items():
