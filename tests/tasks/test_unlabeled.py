@@ -102,7 +102,7 @@ def test_shapes_classification_with_labeled_fraction_trains_two_steps(tmp_path: 
     assert "val/acc_top1" in trainer.callback_metrics  # validation reads the labeled val split
 
 
-def test_lesions_with_a_tenth_of_the_masks_train_two_steps(tmp_path: Path, trainer_kwargs):
+def test_lesions_with_a_third_of_the_masks_train_two_steps(tmp_path: Path, trainer_kwargs):
     data = SyntheticLesions(
         str(tmp_path),
         image_size=32,
