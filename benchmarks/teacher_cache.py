@@ -12,7 +12,8 @@ pre-pass (`TeacherOutputCache.fill`: the teacher on every image x view) is timed
 
 Accuracy (``--acc-size`` px): a teacher is trained first (``--teacher-epochs``), then the student (``--epochs``) with
 online KD (fresh augmentation every step, ``num_views: null``) and with cached KD (``--views`` replayable views, the
-teacher's logits from the cache, filled on first sight), over ``--seeds`` seeds; prints the final validation top-1
+teacher's logits from the cache, filled on first sight), over ``--seeds`` seeds (the networks' initialisation; the
+generated data, its order and its views stay those of data seed 0); prints the final validation top-1
 accuracy as mean ± std, with a from-scratch student beside them.
 
     python benchmarks/teacher_cache.py [--data-dir data/bench_teacher_cache] [--teacher resnet18]
@@ -148,7 +149,7 @@ def accuracy(args: argparse.Namespace) -> None:
             callbacks = [LogitDistillation(), cache] if callbacks is None else callbacks
             views = args.views if mode == "cached KD" else None
             fit = trainer(args.epochs, callbacks, validate=True)
-            fit.fit(module, datamodule=datamodule(args, size, views, seed=seed))
+            fit.fit(module, datamodule=datamodule(args, size, views))  # the seed varies the networks' initialisation
             scores[mode].append(float(fit.callback_metrics["val/acc_top1"]))
             extra = f" (teacher: {cache.teacher_images} images, {cache.teacher_forwards} of {fit.global_step} steps)"
             print(f"  seed {seed} {mode:<10} {scores[mode][-1]:.4f}{extra if mode == 'cached KD' else ''}")
