@@ -126,6 +126,9 @@ def test_settings_name_unknown_methods() -> None:
         ExplanationSettings(methods=())
 
 
+# About a minute on 2 CPU cores (faithfulness and sanity checks over every run of the demo): `make test-all` runs it;
+# the sections themselves are checked quickly by test_faithfulness_sanity_and_robustness_per_model.
+@pytest.mark.slow
 def test_report_has_the_explanation_sections(quick_classification_demo, tmp_path) -> None:
     from visiondistill.reporting import write_report
 
