@@ -18,12 +18,12 @@ from visiondistill.core.callback import DistillationCallback
 from visiondistill.core.class_map import ClassMap, map_logits
 from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import (
-    targets_or,
     example_inputs,
     get_student,
     get_teacher,
     module_device,
     output_logits,
+    targets_or,
 )
 from visiondistill.core.recorder import FeatureRecorder, LayerSpec, probe_features
 from visiondistill.distill import losses
