@@ -119,6 +119,15 @@ def test_bootstrap_interval_matches_the_normal_approximation() -> None:
     assert bootstrap_ci(torch.tensor([2.0, float("nan"), 2.0])) == (2.0, 2.0, 2.0)
 
 
+def test_cells_never_show_a_negative_zero() -> None:
+    from visiondistill.reporting.sections.explanations import _cell
+
+    # -0.0001 rounds to "-0.000" with plain formatting: the browser check of the report showed such cells.
+    cell = _cell(torch.tensor([-0.0001, -0.0002, -0.0001]), ExplanationSettings(bootstrap=50))
+    assert cell == "0.000 [0.000, 0.000]"
+    assert _cell(torch.tensor([-0.5, -0.5]), ExplanationSettings(bootstrap=50)) == "-0.500 [-0.500, -0.500]"
+
+
 def test_settings_name_unknown_methods() -> None:
     with pytest.raises(ConfigError, match="'magic'.*integrated_gradients"):
         ExplanationSettings(methods=("magic",))

@@ -175,3 +175,5 @@ def test_document_renders_the_same_blocks_twice(tmp_path):
     assert markdown.startswith("# T\n\na `code` word\n\n| k |\n|---|\n| v <b> |\n\n![cap](p.png)")
     html = to_html(blocks, tmp_path, "title")
     assert "<code>code</code>" in html and "v &lt;b&gt;" in html and "data:image/png;base64," in html
+    # A value and its interval stay on one line (wrapped "0.173 [0.165," / "0.180]" cells were hard to read).
+    assert "td { white-space: nowrap; }" in html and "overflow-x: auto" in html

@@ -77,8 +77,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; overflow-x: auto;
+        max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+td { white-space: nowrap; }  /* a value and its [low, high] interval stay on one line; wide tables scroll */
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 code { background: #f3f3f3; padding: 0 0.2em; border-radius: 3px; }

@@ -131,9 +131,15 @@ def bootstrap_ci(
     return float(values.mean()), low, high
 
 
+def _number(value: float) -> str:
+    """Three decimals; a value that rounds to zero is ``0.000``, never ``-0.000``."""
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 def _cell(values: Tensor, settings: ExplanationSettings) -> str:
     mean, low, high = bootstrap_ci(values, settings.bootstrap, settings.seed)
-    return "–" if mean != mean else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return "–" if mean != mean else f"{_number(mean)} [{_number(low)}, {_number(high)}]"
 
 
 @dataclass
