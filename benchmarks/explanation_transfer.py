@@ -220,11 +220,18 @@ def _loader(images: Tensor, labels: Tensor, batch_size: int, seed: int) -> DataL
 def train_teacher(
     settings: Settings, train: tuple[Tensor, Tensor], num_classes: int, seed: int, path: Path
 ) -> nn.Module:
-    """A teacher on every training label; its weights are written to ``path`` (read back by the students' tasks)."""
+    """A teacher on every training label; its weights are written to ``path`` (read back by the students' tasks).
+
+    A file already at ``path`` (the same data set, architecture, image size, steps and seed: its name says so) is
+    read instead of training again.
+    """
     pl.seed_everything(seed, verbose=False)
     task = ClassificationTask(
         student=ClassifierSpec(name=settings.teacher), num_classes=num_classes, lr=settings.lr, warmup_epochs=0.1
     )
+    if path.is_file():
+        task.student.load_state_dict(torch.load(path, map_location="cpu"))
+        return task.student.eval()
     _trainer(settings.teacher_steps, []).fit(task, _loader(*train, settings.batch_size, seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(task.student.state_dict(), path)
@@ -380,7 +387,8 @@ def run_dataset(name: str, settings: Settings, log: Any = print) -> dict[str, An
     torch.manual_seed(0)
     train_images, train_labels, test_images, test_labels, classes = DATASETS[name](settings)
     root = Path(settings.data_dir) / "teachers"
-    tag = f"{name}-{settings.teacher}-{settings.image_size}-{settings.teacher_steps}"
+    parts = (name, settings.teacher, settings.image_size, settings.num_train, settings.teacher_steps, settings.lr)
+    tag = "-".join(str(part) for part in parts)
     teacher = train_teacher(settings, (train_images, train_labels), classes, 0, root / f"{tag}-seed0.pt")
     ceiling = train_teacher(settings, (train_images, train_labels), classes, 1, root / f"{tag}-seed1.pt")
     test = (test_images, test_labels)
