@@ -175,5 +175,9 @@ def test_document_renders_the_same_blocks_twice(tmp_path):
     assert markdown.startswith("# T\n\na `code` word\n\n| k |\n|---|\n| v <b> |\n\n![cap](p.png)")
     html = to_html(blocks, tmp_path, "title")
     assert "<code>code</code>" in html and "v &lt;b&gt;" in html and "data:image/png;base64," in html
-    # A value and its interval stay on one line (wrapped "0.173 [0.165," / "0.180]" cells were hard to read).
-    assert "td { white-space: nowrap; }" in html and "overflow-x: auto" in html
+    # A narrow cell wraps between a value and its interval, never inside them ("0.173 [0.165," / "0.180]" was hard
+    # to read in the browser); other cells are rendered as before.
+    cells = to_html([Table([{"m": "0.173 [0.165, 0.180]", "n": "a [b] c"}])], tmp_path, "t")
+    assert '<td><span class="value">0.173</span> <span class="interval">[0.165, 0.180]</span></td>' in cells
+    assert "<td>a [b] c</td>" in cells
+    assert ".value, .interval { white-space: nowrap; display: inline-block; }" in cells

@@ -77,10 +77,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; overflow-x: auto;
-        max-width: 100%; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-td { white-space: nowrap; }  /* a value and its [low, high] interval stay on one line; wide tables scroll */
+.value, .interval { white-space: nowrap; display: inline-block; }  /* a narrow cell breaks between the two only */
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 code { background: #f3f3f3; padding: 0 0.2em; border-radius: 3px; }
@@ -93,6 +92,18 @@ def _inline(text: str) -> str:
     escaped = html.escape(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+#: A table cell's ``value [low, high]``: its parts are kept whole, so a narrow column wraps between them only.
+_VALUE_INTERVAL = re.compile(r"^(\S+) (\[[^\[\]]+\])$")
+
+
+def _cell(text: str) -> str:
+    match = _VALUE_INTERVAL.match(text)
+    if match is None:
+        return _inline(text)
+    value, interval = (_inline(part) for part in match.groups())
+    return f'<span class="value">{value}</span> <span class="interval">{interval}</span>'
 
 
 def to_html(blocks: Sequence[Block], root: str | Path, title: str) -> str:
@@ -108,8 +119,7 @@ def to_html(blocks: Sequence[Block], root: str | Path, title: str) -> str:
             keys = list(block.rows[0])
             head = "".join(f"<th>{_inline(str(k))}</th>" for k in keys)
             rows = "".join(
-                "<tr>" + "".join(f"<td>{_inline(str(row.get(k, '')))}</td>" for k in keys) + "</tr>"
-                for row in block.rows
+                "<tr>" + "".join(f"<td>{_cell(str(row.get(k, '')))}</td>" for k in keys) + "</tr>" for row in block.rows
             )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Image):
