@@ -50,6 +50,7 @@ def test_the_explained_layers_give_at_least_8x8_maps(config_path: str):
                     f"{size} px; explain an earlier stage"
                 )
 
+
 def test_the_demo_explains_with_a_gradcam_callback():
     # The parametrised test above must not pass vacuously: the demo's distilled run has a GradCAMCallback.
     distilled = next(run for run in TASKS["classification"].runs if run.distilled)
