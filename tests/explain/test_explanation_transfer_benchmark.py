@@ -52,7 +52,7 @@ def test_table_has_a_row_per_model_and_a_column_per_measure(bench):
 
 @pytest.mark.slow
 def test_smoke_run_measures_every_model_and_column(bench, tmp_path):
-    # About 15 s on a loaded 2-core CPU: two tiny teachers, 4 students × 2 fractions × 2 steps, 4 images.
+    # 20–45 s on the loaded 2-core CPU: two tiny teachers, 4 students × 2 fractions × 2 steps, 4 images.
     torch.set_num_threads(1)
     settings = bench.smoke_settings(data_dir=str(tmp_path))
     results = bench.run_benchmark(settings, log=lambda text: None)
