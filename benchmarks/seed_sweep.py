@@ -99,6 +99,7 @@ def worker(argv: Sequence[str]) -> int:
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     result = {
         "val": float(best.best_model_score) if best.best_model_score is not None else None,
+        "monitor": best.monitor,  # what "val" is: the checkpoint's monitored metric, not necessarily <metric>
         "test": {k: float(v) for k, v in tested.items()},
         "checkpoint": str(best.best_model_path),
         "seconds": time.perf_counter() - start,
@@ -271,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(job: tuple) -> tuple[str, int, dict[str, Any]]:
         label, seed, config, run_dir, run_extra = job
         result = _train(config, run_dir, seed, metric, run_extra, out / "logs" / f"{run_dir.name}.log")
-        print(f"   {label} seed {seed}: val {metric} {100 * result['val']:.1f}, {result['seconds']:.0f} s", flush=True)
+        monitor = result.get("monitor") or f"val/{metric}"
+        print(f"   {label} seed {seed}: {monitor} {100 * result['val']:.1f}, {result['seconds']:.0f} s", flush=True)
         return label, seed, result
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
@@ -285,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         {k for runs in results.values() for r in runs.values() for k in r["test"] if "/" in k and "loss" not in k}
     )
     shown = [k for k in test_keys if k.count("/") == 1][:4] + [k for k in test_keys if k.count("/") > 1]
-    lines = [f"| run | seeds | val {metric} | " + " | ".join(shown) + " |", "|" + "---|" * (3 + len(shown))]
+    monitors = {r.get("monitor") or f"val/{metric}" for runs in results.values() for r in runs.values()}
+    lines = [f"| run | seeds | best {' / '.join(sorted(monitors))} | " + " | ".join(shown) + " |", "|" + "---|" * (3 + len(shown))]
     for label, runs in results.items():
         vals = [r["val"] for r in runs.values() if r["val"] is not None]
         cells = [_summary([r["test"][k] for r in runs.values() if k in r["test"]]) for k in shown]
@@ -299,7 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             paired_table(paired_gains(results, baseline, key), baseline, key) for key in (f"test/{metric}", "val")
         )
         (out / "paired.md").write_text(paired + "\n")
-        print(f"\nPaired with {baseline} by seed (gain = run − {baseline}, in points):\n\n{paired}", flush=True)
+        print(
+            f"\nPaired with {baseline} by seed (gain = run − {baseline}, in points; val = the best value of the "
+            f"checkpoint's monitored metric):\n\n{paired}",
+            flush=True,
+        )
     return 0
 
 
