@@ -288,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     shown = [k for k in test_keys if k.count("/") == 1][:4] + [k for k in test_keys if k.count("/") > 1]
     monitors = {r.get("monitor") or f"val/{metric}" for runs in results.values() for r in runs.values()}
-    lines = [f"| run | seeds | best {' / '.join(sorted(monitors))} | " + " | ".join(shown) + " |", "|" + "---|" * (3 + len(shown))]
+    lines = [
+        f"| run | seeds | best {' / '.join(sorted(monitors))} | " + " | ".join(shown) + " |",
+        "|" + "---|" * (3 + len(shown)),
+    ]
     for label, runs in results.items():
         vals = [r["val"] for r in runs.values() if r["val"] is not None]
         cells = [_summary([r["test"][k] for r in runs.values() if k in r["test"]]) for k in shown]
