@@ -11,6 +11,7 @@ Sweep file::
     teacher: configs/segmentation/shapes_teacher.yaml    # or {config: …, set: {…}} like a run
     seeds: [0, 1, 2]
     metric: miou                       # read as val/<metric> and test/<metric>
+    baseline: scratch                  # optional: every other run is compared with it seed by seed (paired)
     runs:
       scratch: {config: configs/segmentation/shapes_student_scratch.yaml}
       pkd: {config: configs/segmentation/shapes_distilled.yaml, seeds: [0, 1, 2, 3, 4]}   # a run may set its own seeds
@@ -20,6 +21,10 @@ Sweep file::
         config: configs/segmentation/shapes_distilled.yaml
         add_callbacks: [{class_path: visiondistill.distill.ChannelWiseDistillation,
                          init_args: {source: logits, tau: 4.0, weight: 3.0}}]
+
+With a ``baseline``, a second table pairs each run with the baseline on the seeds both trained (same seed: same
+initialisation and data order): per seed the baseline's and the run's test metric and the gain, then the mean ± std of
+the gains and how many seeds the run won. A recipe "wins" only if it wins on every seed, not on average.
 
 Usage::
 
@@ -94,6 +99,7 @@ def worker(argv: Sequence[str]) -> int:
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     result = {
         "val": float(best.best_model_score) if best.best_model_score is not None else None,
+        "monitor": best.monitor,  # what "val" is: the checkpoint's monitored metric, not necessarily <metric>
         "test": {k: float(v) for k, v in tested.items()},
         "checkpoint": str(best.best_model_path),
         "seconds": time.perf_counter() - start,
@@ -156,6 +162,60 @@ def _summary(values: list[float]) -> str:
     return f"{mean:.1f} ± {spread:.1f}"
 
 
+def paired_gains(
+    results: dict[str, dict[int, Any]], baseline: str, key: str
+) -> dict[str, list[tuple[int, float, float, float]]]:
+    """Pairs every run with the baseline run on their shared seeds.
+
+    Args:
+        results: ``{run label: {seed: result}}``, a result holding ``"val"`` and ``"test": {metric: value}``.
+        baseline: The label of the run the others are compared with.
+        key: ``"val"`` for the best validation score, else a test metric's name (``"test/miou"``).
+
+    Returns:
+        ``{run label: [(seed, baseline value, run value, gain), ...]}`` for every run other than the baseline, seeds
+        in ascending order; a seed is left out unless both runs have the value.
+
+    Raises:
+        KeyError: When ``baseline`` is not one of the runs.
+    """
+    if baseline not in results:
+        raise KeyError(f"baseline {baseline!r} is not a run of the sweep (runs: {', '.join(results)})")
+
+    def value(result: dict[str, Any]) -> float | None:
+        return result.get("val") if key == "val" else result.get("test", {}).get(key)
+
+    base = {int(seed): value(result) for seed, result in results[baseline].items()}
+    paired: dict[str, list[tuple[int, float, float, float]]] = {}
+    for label, runs in results.items():
+        if label == baseline:
+            continue
+        rows = []
+        for seed, result in sorted((int(s), r) for s, r in runs.items()):
+            ours, theirs = value(result), base.get(seed)
+            if ours is not None and theirs is not None:
+                rows.append((seed, theirs, ours, ours - theirs))
+        paired[label] = rows
+    return paired
+
+
+def paired_table(paired: dict[str, list[tuple[int, float, float, float]]], baseline: str, key: str) -> str:
+    """The Markdown table of `paired_gains`: one row per (run, seed), then each run's mean ± std and wins (in %)."""
+    lines = [f"| run | seed | {baseline} {key} | run {key} | gain |", "|---|---|---|---|---|"]
+    for label, rows in paired.items():
+        for seed, theirs, ours, gain in rows:
+            lines.append(f"| {label} | {seed} | {100 * theirs:.1f} | {100 * ours:.1f} | {100 * gain:+.1f} |")
+        if rows:
+            gains = [row[3] for row in rows]
+            wins = sum(gain > 0 for gain in gains)
+            spread = 100 * statistics.stdev(gains) if len(gains) > 1 else 0.0
+            lines.append(
+                f"| {label} | mean | {_summary([row[1] for row in rows])} | {_summary([row[2] for row in rows])} "
+                f"| {100 * statistics.fmean(gains):+.1f} ± {spread:.1f} (wins {wins}/{len(gains)}) |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the sweep described by a sweep file."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -212,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(job: tuple) -> tuple[str, int, dict[str, Any]]:
         label, seed, config, run_dir, run_extra = job
         result = _train(config, run_dir, seed, metric, run_extra, out / "logs" / f"{run_dir.name}.log")
-        print(f"   {label} seed {seed}: val {metric} {100 * result['val']:.1f}, {result['seconds']:.0f} s", flush=True)
+        monitor = result.get("monitor") or f"val/{metric}"
+        print(f"   {label} seed {seed}: {monitor} {100 * result['val']:.1f}, {result['seconds']:.0f} s", flush=True)
         return label, seed, result
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
@@ -226,7 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         {k for runs in results.values() for r in runs.values() for k in r["test"] if "/" in k and "loss" not in k}
     )
     shown = [k for k in test_keys if k.count("/") == 1][:4] + [k for k in test_keys if k.count("/") > 1]
-    lines = [f"| run | seeds | val {metric} | " + " | ".join(shown) + " |", "|" + "---|" * (3 + len(shown))]
+    monitors = {r.get("monitor") or f"val/{metric}" for runs in results.values() for r in runs.values()}
+    lines = [
+        f"| run | seeds | best {' / '.join(sorted(monitors))} | " + " | ".join(shown) + " |",
+        "|" + "---|" * (3 + len(shown)),
+    ]
     for label, runs in results.items():
         vals = [r["val"] for r in runs.values() if r["val"] is not None]
         cells = [_summary([r["test"][k] for r in runs.values() if k in r["test"]]) for k in shown]
@@ -234,6 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
     print("\n" + table + "\n\n(mean ± sample std over seeds, in %)", flush=True)
+    baseline = sweep.get("baseline")
+    if baseline:
+        paired = "\n\n".join(
+            paired_table(paired_gains(results, baseline, key), baseline, key) for key in (f"test/{metric}", "val")
+        )
+        (out / "paired.md").write_text(paired + "\n")
+        print(
+            f"\nPaired with {baseline} by seed (gain = run − {baseline}, in points; val = the best value of the "
+            f"checkpoint's monitored metric):\n\n{paired}",
+            flush=True,
+        )
     return 0
 
 

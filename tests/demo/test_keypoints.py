@@ -23,4 +23,7 @@ def test_quick_keypoint_demo_writes_the_report(tmp_path: Path):
     section = report.split("## Keypoints: decoding and predictions", 1)[1]
     assert "decoding, flip test" in section and "OKS AP" in section and "![" in section
     assert (out / "keypoints" / "keypoints.png").stat().st_size > 1000
+    # The note next to the paired sweep: this run's own distilled − scratch gain, from the two checkpoints.
+    assert "Distillation gain of this run (test/pck@0.05, one seed): student_distilled" in report
+    assert "benchmarks/sweeps/keypoints.yaml" in report
     assert (tmp_path / "runs" / "keypoints" / "student_distilled" / "checkpoints" / "best.ckpt").is_file()
