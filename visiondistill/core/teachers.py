@@ -24,7 +24,11 @@ from visiondistill.core.protocol import get_teacher
 __all__ = [
     "ensemble_logits",
     "explained_teacher",
-    "select_teacher", "select_teacher_output", "teacher_ids", "teacher_weights"]
+    "select_teacher",
+    "select_teacher_output",
+    "teacher_ids",
+    "teacher_weights",
+]
 
 
 def teacher_ids(pl_module: Any) -> list[str]:

@@ -159,8 +159,7 @@ class DistillationTask(pl.LightningModule):
         self._record_hyperparameters(student_spec, teacher_spec, output_names)
         if self.teachers is not None:
             self.hparams["teachers"] = [
-                {"id": tid, "weight": weight, **dataclasses.asdict(teacher_specs[tid])}
-                for tid, weight, _ in entries
+                {"id": tid, "weight": weight, **dataclasses.asdict(teacher_specs[tid])} for tid, weight, _ in entries
             ]
             self.hparams["teacher"] = None  # the first teacher is in `teachers`; one place per setting
 
