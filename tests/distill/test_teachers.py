@@ -5,14 +5,17 @@ classification and segmentation with real Trainers and tiny models."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
+from visiondistill.cli.lightning import VisionDistillCLI
 from visiondistill.core.recorder import probe_features
 from visiondistill.core.teachers import ensemble_logits
 from visiondistill.distill import AttentionTransfer, LogitDistillation, PixelwiseDistillation, losses
@@ -22,6 +25,7 @@ from visiondistill.reporting.measure import several_teachers, teacher_prediction
 from visiondistill.tasks import ClassificationTask, SegmentationTask
 
 from ..conftest import quadrant_images
+from ..support.cli import tiny_overrides
 from ..support.segmentation import TINY_STUDENT, TINY_TEACHER, square_masks
 
 TWO_TEACHERS = [
@@ -185,3 +189,35 @@ def test_teachers_stay_out_of_checkpoints_and_the_report_measures_agreement(tmp_
     assert agreement["a"] == pytest.approx(float((s == a.argmax(1)).float().mean()))
     assert agreement["b"] == pytest.approx(float((s == b.argmax(1)).float().mean()))
     assert agreement["ensemble"] == pytest.approx(float((s == (0.75 * a + 0.25 * b).argmax(1)).float().mean()))
+
+
+def _readme_teachers_config() -> dict:
+    """The README's several-teachers config example, as written."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("**Several teachers**") :]
+    start = section.index("```yaml") + len("```yaml")
+    return yaml.safe_load(section[start : section.index("```", start)])
+
+
+def test_readme_several_teachers_example_trains(tmp_path, monkeypatch):
+    example = _readme_teachers_config()
+    monkeypatch.chdir(tmp_path)  # the example's checkpoint paths are relative to the working folder
+    torch.manual_seed(0)
+    for entry in example["model"]["init_args"]["teachers"]:  # teacher checkpoints where the example expects them
+        teacher = ClassificationTask(student={"name": entry["name"]}, num_classes=6)
+        path = Path(entry["checkpoint"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {f"student.{k}": v for k, v in teacher.student.state_dict().items()}}, path)
+    config = example | {
+        "data": {"class_path": "visiondistill.data.ShapesClassification"},
+        "trainer": example["trainer"] | {"logger": {"class_path": "pytorch_lightning.loggers.CSVLogger"}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = tiny_overrides(tmp_path, "two_teachers", num_train=12, num_val=6, num_test=0, batch_size=6)
+    cli = VisionDistillCLI(args=["--config", "config.yaml", *overrides, "--trainer.max_steps=1"], run=False)
+    assert list(cli.model.teachers) == ["big", "other"] and cli.model.teacher_weights == {"big": 0.7, "other": 0.3}
+    cli.trainer.fit(cli.model, cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    assert float(logged["train/distill/kd_step"]) > 0 and float(logged["train/distill/attention_transfer_step"]) > 0
+    at = next(cb for cb in cli.trainer.callbacks if isinstance(cb, AttentionTransfer))
+    assert at.teacher_network(cli.model) is cli.model.teachers["big"]
