@@ -61,9 +61,6 @@ class Run:
     @property
     def teacher_checkpoint(self) -> Path | None:
         """The teacher checkpoint this run distilled from, or ``None``."""
-        teacher = self.hparams.get("teacher")
-        if isinstance(teacher, dict) and teacher.get("checkpoint"):
-            return Path(teacher["checkpoint"])
         checkpoints = self.teacher_checkpoints
         return checkpoints[0] if checkpoints else None
 
@@ -71,9 +68,9 @@ class Run:
     def teacher_checkpoints(self) -> list[Path]:
         """Every teacher checkpoint this run distilled from: the one ``teacher``'s, or those of ``teachers``."""
         teachers = self.hparams.get("teachers")
-        if isinstance(teachers, list):
-            return [Path(t["checkpoint"]) for t in teachers if isinstance(t, dict) and t.get("checkpoint")]
-        return [self.teacher_checkpoint] if self.teacher_checkpoint is not None else []
+        if not isinstance(teachers, list):
+            teachers = [self.hparams.get("teacher")]
+        return [Path(t["checkpoint"]) for t in teachers if isinstance(t, dict) and t.get("checkpoint")]
 
     @property
     def task_class_path(self) -> str:
