@@ -19,7 +19,7 @@ With ``--lesion-kd-class-weights W0 W1 …`` the lesions get a fourth arm, ``KD 
 
     python benchmarks/unlabeled.py [--seeds 0 1 2] [--fraction 0.05] [--lesion-fraction 0.10] [--steps 100]
         [--lesion-steps 80] [--data-dir /tmp/visiondistill-unlabeled] [--only shapes|lesions] [--threads 1]
-        [--lesion-kd-class-weights 1 10 10 20]
+        [--lesion-kd-class-weights 1 10 10 20] [--arms scratch "KD + unlabeled, weighted"]
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lesion-kd-class-weights", type=float, nargs="+", default=None, help="adds the weighted lesion KD arm"
     )
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (names as in the table)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.data_dir)
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         teacher = train_teacher(kind, root, teacher_epochs)
         arms = ARMS + ((WEIGHTED,) if kind == "lesions" and args.lesion_kd_class_weights else ())
+        arms = tuple(arm for arm in arms if args.arms is None or arm in args.arms)
         scores = {arm: [] for arm in arms}
         for seed in args.seeds:
             for arm in arms:
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((kind, fraction, metric, teacher_score(kind, root, teacher), scores))
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {time.perf_counter() - start:.0f} s\n")
     columns = ARMS + ((WEIGHTED,) if args.lesion_kd_class_weights else ())
+    columns = tuple(arm for arm in columns if args.arms is None or arm in args.arms)
     print(f"| data (labels kept) | metric | teacher (all labels) | {' | '.join(columns)} |")
     print("| --- | --- | --- |" + " --- |" * len(columns))
     for kind, fraction, metric, teacher, scores in rows:
