@@ -107,6 +107,8 @@ def test_classification_ensemble_kd_and_one_term_per_teacher(trainer_kwargs):
     assert logged["train/distill/kd_a_step"] == pytest.approx(_hand_kl(_softmax(a / 2.0), s, 2.0).mean(), rel=1e-5)
     # The three terms differ: the ensemble is neither teacher.
     assert len({round(logged[f"train/distill/{k}_step"], 6) for k in ("kd", "kd_a", "kd_b")}) == 3
+    for teacher in task.teachers.values():  # every teacher stays frozen, not only the first
+        assert not any(m.training for m in teacher.modules()) and not any(p.requires_grad for p in teacher.parameters())
 
 
 def _segmentation_task() -> SegmentationTask:

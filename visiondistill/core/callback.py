@@ -23,7 +23,7 @@ from visiondistill.core.protocol import (
     get_teacher,
     module_device,
 )
-from visiondistill.core.teachers import check_teacher_id, select_teacher, select_teacher_output
+from visiondistill.core.teachers import check_teacher_id, every_teacher, select_teacher, select_teacher_output
 
 #: The LightningModule attribute that holds the (epoch, batch) at which the teacher was last frozen.
 _FROZEN_AT = "_visiondistill_teacher_frozen_at"
@@ -146,7 +146,8 @@ class DistillationCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        freeze_teacher(getattr(pl_module, "teacher", None))
+        for teacher in every_teacher(pl_module):
+            freeze_teacher(teacher)
 
     @override
     def on_train_batch_start(
@@ -154,10 +155,10 @@ class DistillationCallback(Callback):
     ) -> None:
         # Once per step, whichever distillation callback comes first: walking a large teacher's modules and
         # parameters costs about a millisecond, which several callbacks would otherwise pay each.
-        teacher = getattr(pl_module, "teacher", None)
         step = (trainer.current_epoch, batch_idx)
-        if teacher is not None and getattr(pl_module, _FROZEN_AT, None) != step:
-            freeze_teacher(teacher)
+        if getattr(pl_module, _FROZEN_AT, None) != step:
+            for teacher in every_teacher(pl_module):  # with several teachers (docs/teachers.md), each of them
+                freeze_teacher(teacher)
             setattr(pl_module, _FROZEN_AT, step)
 
     @override

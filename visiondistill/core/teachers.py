@@ -37,6 +37,15 @@ def teacher_ids(pl_module: Any) -> list[str]:
     return list(teachers.keys()) if isinstance(teachers, nn.ModuleDict) else []
 
 
+def every_teacher(pl_module: Any) -> list[nn.Module]:
+    """Every teacher network of a module: those of ``teachers``, else the one ``teacher`` (empty without one)."""
+    teachers = getattr(pl_module, "teachers", None)
+    if isinstance(teachers, nn.ModuleDict):
+        return list(teachers.values())
+    teacher = getattr(pl_module, "teacher", None)
+    return [teacher] if isinstance(teacher, nn.Module) else []
+
+
 def teacher_weights(pl_module: Any) -> dict[str, float]:
     """The weight of each teacher by id (``1.0`` each when the module records none); empty for one teacher."""
     ids = teacher_ids(pl_module)
