@@ -107,7 +107,16 @@ def test_classification_ensemble_kd_and_one_term_per_teacher(trainer_kwargs):
     assert logged["train/distill/kd_a_step"] == pytest.approx(_hand_kl(_softmax(a / 2.0), s, 2.0).mean(), rel=1e-5)
     # The three terms differ: the ensemble is neither teacher.
     assert len({round(logged[f"train/distill/{k}_step"], 6) for k in ("kd", "kd_a", "kd_b")}) == 3
-    for teacher in task.teachers.values():  # every teacher stays frozen, not only the first
+    _assert_frozen(task)
+    task.train()  # what a user or an older Lightning calls on the whole module: every teacher stays frozen
+    _assert_frozen(task)
+    task.teachers["b"].train().requires_grad_(True)  # and the callbacks freeze every teacher again at each step
+    callbacks[0].on_train_batch_start(SimpleNamespace(current_epoch=5), task, None, 0)
+    _assert_frozen(task)
+
+
+def _assert_frozen(task) -> None:
+    for teacher in task.teachers.values():  # every teacher, not only the first
         assert not any(m.training for m in teacher.modules()) and not any(p.requires_grad for p in teacher.parameters())
 
 
