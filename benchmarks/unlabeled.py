@@ -13,8 +13,13 @@ initialisation and which images keep their labels. Students are scored on the he
 accuracy; lesions: mean IoU over the 4 classes, background included). Prints mean ± std over the seeds and the
 command that reproduced it.
 
+With ``--lesion-kd-class-weights W0 W1 …`` the lesions get a fourth arm, ``KD + unlabeled, weighted``: the same as
+``KD + unlabeled`` with the pixel KD term weighted by the class the teacher predicts at each pixel
+(`PixelwiseDistillation(class_weights=…)`), against the pull of ~98 % background pixels.
+
     python benchmarks/unlabeled.py [--seeds 0 1 2] [--fraction 0.05] [--lesion-fraction 0.10] [--steps 100]
         [--lesion-steps 80] [--data-dir /tmp/visiondistill-unlabeled] [--only shapes|lesions] [--threads 1]
+        [--lesion-kd-class-weights 1 10 10 20] [--arms scratch "KD + unlabeled, weighted"]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from visiondistill.tasks import ClassificationTask, SegmentationTask
 warnings.filterwarnings("ignore")
 
 ARMS = ("scratch", "KD, labels", "KD + unlabeled")
+WEIGHTED = "KD + unlabeled, weighted"
 SHAPES_STUDENT = {"name": "test_resnet"}
 LESION_STUDENT = {
     "arch": "Unet",
@@ -119,9 +125,18 @@ def train_teacher(kind: str, root: Path, epochs: int) -> Path:
     return path
 
 
-def run_student(kind: str, arm: str, root: Path, teacher: Path, fraction: float, seed: int, steps: int) -> float:
+def run_student(
+    kind: str,
+    arm: str,
+    root: Path,
+    teacher: Path,
+    fraction: float,
+    seed: int,
+    steps: int,
+    kd_class_weights: list[float] | None = None,
+) -> float:
     pl.seed_everything(seed, workers=True)
-    keep_unlabeled = arm == "KD + unlabeled"
+    keep_unlabeled = arm in ("KD + unlabeled", WEIGHTED)
     teacher_spec = None if arm == "scratch" else {"checkpoint": str(teacher)}
     if kind == "shapes":
         data = prepared(shapes_data(root, fraction, seed), keep_unlabeled)
@@ -133,7 +148,8 @@ def run_student(kind: str, arm: str, root: Path, teacher: Path, fraction: float,
         data = prepared(lesion_data(root, fraction, seed), keep_unlabeled)
         spec = dict(LESION_STUDENT, **(teacher_spec or {})) if teacher_spec else None
         task = SegmentationTask(student=LESION_STUDENT, teacher=spec, warmup_epochs=0.1, **LESION_TASK)
-        callbacks = [PixelwiseDistillation(temperature=1.0, weight=1.0)] if teacher_spec else []
+        weights = kd_class_weights if arm == WEIGHTED else None
+        callbacks = [PixelwiseDistillation(temperature=1.0, weight=1.0, class_weights=weights)] if teacher_spec else []
         metric = "test/miou"
     fit = trainer(steps=steps, callbacks=callbacks)
     fit.fit(task, data)
@@ -170,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default="/tmp/visiondistill-unlabeled")
     parser.add_argument("--only", choices=("shapes", "lesions"), default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no spinning when busy)")
+    parser.add_argument(
+        "--lesion-kd-class-weights", type=float, nargs="+", default=None, help="adds the weighted lesion KD arm"
+    )
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (names as in the table)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = Path(args.data_dir)
@@ -184,17 +204,22 @@ def main(argv: list[str] | None = None) -> None:
         if args.only not in (None, kind):
             continue
         teacher = train_teacher(kind, root, teacher_epochs)
-        scores = {arm: [] for arm in ARMS}
+        arms = ARMS + ((WEIGHTED,) if kind == "lesions" and args.lesion_kd_class_weights else ())
+        arms = tuple(arm for arm in arms if args.arms is None or arm in args.arms)
+        scores = {arm: [] for arm in arms}
         for seed in args.seeds:
-            for arm in ARMS:
-                scores[arm].append(run_student(kind, arm, root, teacher, fraction, seed, steps))
+            for arm in arms:
+                weights = args.lesion_kd_class_weights
+                scores[arm].append(run_student(kind, arm, root, teacher, fraction, seed, steps, weights))
                 print(f"{kind} seed {seed} {arm}: {scores[arm][-1]:.4f}", flush=True)
         rows.append((kind, fraction, metric, teacher_score(kind, root, teacher), scores))
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {time.perf_counter() - start:.0f} s\n")
-    print(f"| data (labels kept) | metric | teacher (all labels) | {' | '.join(ARMS)} |")
-    print("| --- | --- | --- |" + " --- |" * len(ARMS))
+    columns = ARMS + ((WEIGHTED,) if args.lesion_kd_class_weights else ())
+    columns = tuple(arm for arm in columns if args.arms is None or arm in args.arms)
+    print(f"| data (labels kept) | metric | teacher (all labels) | {' | '.join(columns)} |")
+    print("| --- | --- | --- |" + " --- |" * len(columns))
     for kind, fraction, metric, teacher, scores in rows:
-        cells = " | ".join(mean_std(scores[arm]) for arm in ARMS)
+        cells = " | ".join(mean_std(scores[arm]) if arm in scores else "–" for arm in columns)
         print(f"| {kind} ({100 * fraction:g} %) | {metric} | {100 * teacher:.1f} | {cells} |")
     print("\ncommand: python benchmarks/unlabeled.py " + shlex.join(sys.argv[1:] if argv is None else argv))
 

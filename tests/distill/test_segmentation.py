@@ -67,6 +67,18 @@ def test_pixelwise_term_leaves_out_ignored_pixels():
     assert float(term) == pytest.approx(float(expected), abs=1e-6)
 
 
+def test_pixelwise_class_weights_weight_each_pixel_by_the_teachers_class():
+    callback = PixelwiseDistillation(temperature=2.0, class_weights=[1.0, 10.0, 0.0])
+    student, teacher = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    module = type("M", (), {})()
+    term = float(callback.compute_loss(module, None, student, teacher))
+    per_pixel = (teacher / 2).softmax(1) * ((teacher / 2).log_softmax(1) - (student / 2).log_softmax(1))
+    per_pixel = 4 * per_pixel.sum(1)  # T² · KL, (N, H, W)
+    weights = torch.tensor([1.0, 10.0, 0.0])[teacher.argmax(1)]
+    assert term == pytest.approx(float((weights * per_pixel).sum() / weights.sum()), rel=1e-5)
+    assert term != pytest.approx(float(per_pixel.mean()), rel=1e-3)  # the plain mean differs
+
+
 def test_pairwise_pools_to_a_bounded_grid():
     callback = PairwiseSimilarity(pool_size=4)
     s, t = torch.randn(2, 8, 16, 16), torch.randn(2, 5, 8, 8)

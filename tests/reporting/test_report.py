@@ -124,6 +124,24 @@ def test_roles_follow_the_teacher_checkpoint(tmp_path):
     assert [(r.name, r.role) for r in ordered] == [("big", "teacher"), ("small", "scratch"), ("small_kd", "distilled")]
 
 
+def test_roles_follow_every_teacher_of_several(tmp_path):
+    first, second = _fake_run(tmp_path / "big"), _fake_run(tmp_path / "other")
+    distilled = _fake_run(tmp_path / "small_kd")
+    path = distilled / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["hyper_parameters"]["teachers"] = [
+        {"id": t.name, "weight": 1.0, "name": "t", "checkpoint": str(t / "checkpoints" / "best.ckpt")}
+        for t in (first, second)
+    ]
+    torch.save(checkpoint, path)
+    ordered = assign_roles([read_run(distilled), read_run(second), read_run(first)])
+    assert sorted((r.name, r.role) for r in ordered) == [
+        ("big", "teacher"),
+        ("other", "teacher"),
+        ("small_kd", "distilled"),
+    ]
+
+
 def test_run_folders_are_grouped_by_data(tmp_path):
     _fake_run(tmp_path / "a")
     _fake_run(tmp_path / "b")

@@ -26,6 +26,7 @@ OPTIMISER_DEFAULTS = {
     "scheduler": "cosine",
     "channels_last": False,
     "compile": False,
+    "teachers": None,
 }
 
 #: The smallest student of each task.

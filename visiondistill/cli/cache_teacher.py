@@ -54,6 +54,12 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError(
             f"{args.config}: the model has no teacher (model.init_args.teacher), so there is nothing to cache"
         )
+    several = getattr(cli.model, "teachers", None)
+    if several is not None and len(several) > 1:
+        raise ConfigError(
+            f"{args.config}: the model has {len(several)} teachers {list(several.keys())} (model.init_args.teachers); "
+            "the cache holds one teacher's outputs, so remove TeacherOutputCache or distil from one teacher"
+        )
     datamodule = cli.datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")

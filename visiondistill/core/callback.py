@@ -23,6 +23,7 @@ from visiondistill.core.protocol import (
     get_teacher,
     module_device,
 )
+from visiondistill.core.teachers import check_teacher_id, every_teacher, select_teacher, select_teacher_output
 
 #: The LightningModule attribute that holds the (epoch, batch) at which the teacher was last frozen.
 _FROZEN_AT = "_visiondistill_teacher_frozen_at"
@@ -52,6 +53,9 @@ class DistillationCallback(Callback):
 
     default_name: ClassVar[str] = "distill"
     needs_teacher: ClassVar[bool] = True
+    #: The id of the teacher this callback reads, with several teachers (docs/teachers.md); ``None``: the first (the
+    #: logit terms: the teachers' ensemble). Subclasses take it as their ``teacher`` argument.
+    teacher_id: str | None = None
 
     def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
         super().__init__()
@@ -132,6 +136,7 @@ class DistillationCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         get_student(pl_module)
         teacher = get_teacher(pl_module, required=self.needs_teacher, who=type(self).__name__)
+        check_teacher_id(pl_module, self.teacher_id, f"{type(self).__name__}.teacher")
         freeze_teacher(teacher)
         if not self._weight_factors:  # no controller has scaled it yet: a weight set by hand is the configured one
             self._base_weight = self.weight
@@ -141,7 +146,8 @@ class DistillationCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        freeze_teacher(getattr(pl_module, "teacher", None))
+        for teacher in every_teacher(pl_module):
+            freeze_teacher(teacher)
 
     @override
     def on_train_batch_start(
@@ -149,10 +155,10 @@ class DistillationCallback(Callback):
     ) -> None:
         # Once per step, whichever distillation callback comes first: walking a large teacher's modules and
         # parameters costs about a millisecond, which several callbacks would otherwise pay each.
-        teacher = getattr(pl_module, "teacher", None)
         step = (trainer.current_epoch, batch_idx)
-        if teacher is not None and getattr(pl_module, _FROZEN_AT, None) != step:
-            freeze_teacher(teacher)
+        if getattr(pl_module, _FROZEN_AT, None) != step:
+            for teacher in every_teacher(pl_module):  # with several teachers (docs/teachers.md), each of them
+                freeze_teacher(teacher)
             setattr(pl_module, _FROZEN_AT, step)
 
     @override
@@ -192,6 +198,14 @@ class DistillationCallback(Callback):
         self.weight = float(state_dict.get("weight", self.weight))
 
     # -- helpers for subclasses -----------------------------------------------------------------
+
+    def teacher_network(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The teacher this callback reads: ``teacher_id``'s, or the first teacher (`core.teachers.select_teacher`)."""
+        return select_teacher(pl_module, self.teacher_id, f"{type(self).__name__}.teacher")
+
+    def teacher_output(self, pl_module: pl.LightningModule, teacher_out: Any) -> Any:
+        """This step's output of the teacher this callback reads (``teacher_out``, the first's, by default)."""
+        return select_teacher_output(pl_module, self.teacher_id, teacher_out, f"{type(self).__name__}.teacher")
 
     def _assign_unique_name(self, trainer: pl.Trainer) -> None:
         peers = [cb for cb in trainer.callbacks if isinstance(cb, DistillationCallback)]

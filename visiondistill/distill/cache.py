@@ -52,6 +52,7 @@ from typing_extensions import override
 from visiondistill.core.callback import DistillationCallback
 from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import batch_inputs, freeze_teacher, get_teacher, module_device, output_logits
+from visiondistill.core.teachers import teacher_ids
 
 __all__ = [
     "TeacherCacheError",
@@ -420,6 +421,13 @@ class TeacherOutputCache(Callback):
         if stage != "fit":
             return
         get_teacher(pl_module, required=True, who="TeacherOutputCache")
+        several = teacher_ids(pl_module)
+        if len(several) > 1:
+            # One store holds one teacher's outputs; with several, the ensemble and per-teacher terms need them all.
+            raise ConfigError(
+                f"TeacherOutputCache caches one teacher, but the model has {len(several)} teachers {several} "
+                "(model.init_args.teachers); remove the TeacherOutputCache callback, or distil from one teacher"
+            )
         live = [
             callback.name
             for callback in trainer.callbacks

@@ -20,12 +20,12 @@ from visiondistill.core.errors import ConfigError, VisionDistillError
 from visiondistill.core.protocol import (
     example_inputs,
     get_student,
-    get_teacher,
     module_device,
     output_logits,
     targets_or,
 )
 from visiondistill.core.recorder import FeatureRecorder, LayerSpec, probe_features
+from visiondistill.core.teachers import ensemble_logits, teacher_ids, teacher_weights
 from visiondistill.distill import losses
 
 
@@ -40,6 +40,40 @@ def _check_logits(student: Tensor, teacher: Tensor, who: str) -> None:
             "teacher and student must predict the same number of classes, or give class_map (teacher class -> "
             "student class) for a teacher trained on other classes"
         )
+
+
+def teacher_logits(
+    callback: DistillationCallback,
+    pl_module: pl.LightningModule,
+    student: Tensor,
+    teacher_out: Any,
+    class_map: ClassMap | None,
+    temperature: float,
+) -> Tensor:
+    """The teacher logits a logit term reads, on the student's classes (class map applied, shape checked).
+
+    With several teachers and no ``teacher`` named on the callback: the teachers' weighted ensemble of soft targets
+    at ``temperature`` (`visiondistill.core.teachers.ensemble_logits`); else the named (or only) teacher's logits.
+    """
+    ids = teacher_ids(pl_module)
+    if callback.teacher_id is None and len(ids) > 1:
+        outputs = getattr(pl_module, "teacher_outputs", None) or {}
+        missing = [teacher_id for teacher_id in ids if teacher_id not in outputs]
+        if missing:
+            raise ConfigError(
+                f"{callback.name}: no output of teachers {missing} in this step; the task's training_step must run "
+                "every teacher (DistillationTask.teacher_forward does)"
+            )
+        logits = []
+        for teacher_id in ids:
+            mapped = _mapped_teacher(student, output_logits(outputs[teacher_id]), class_map, temperature, callback.name)
+            _check_logits(student, mapped, f"{callback.name} (teacher {teacher_id!r})")
+            logits.append(mapped)
+        return ensemble_logits(logits, list(teacher_weights(pl_module).values()), temperature)
+    teacher = output_logits(callback.teacher_output(pl_module, teacher_out))
+    teacher = _mapped_teacher(student, teacher, class_map, temperature, callback.name)
+    _check_logits(student, teacher, callback.name)
+    return teacher
 
 
 def _mapped_teacher(
@@ -63,6 +97,10 @@ class LogitDistillation(DistillationCallback):
             `visiondistill.core.class_map`. The soft target of each student class is then the sum of the teacher's
             probabilities ``softmax(t/T)`` over its teacher classes, renormalised over the kept ones. Every
             student class must receive a teacher class. ``None``: the same classes.
+        teacher: With several teachers (docs/teachers.md): the id of the one teacher this term reads (one term per
+            teacher: one callback per id, each with its weight); ``None`` (default): their weighted ensemble,
+            ``Σ w_i softmax(t_i/T) / Σ w_i`` as the soft target (`visiondistill.core.teachers.ensemble_logits`).
+            With one teacher, leave it out.
 
     Raises:
         ValueError: When ``temperature`` is not positive.
@@ -85,8 +123,10 @@ class LogitDistillation(DistillationCallback):
         weight: float = 1.0,
         name: str | None = None,
         class_map: list[int | None] | dict[int, int] | None = None,
+        teacher: str | None = None,
     ) -> None:
         super().__init__(weight=weight, name=name)
+        self.teacher_id = teacher
         if not temperature > 0:
             raise ConfigError(f"LogitDistillation: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
@@ -94,9 +134,8 @@ class LogitDistillation(DistillationCallback):
 
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
-        student, teacher = output_logits(student_out), output_logits(teacher_out)
-        teacher = _mapped_teacher(student, teacher, self.class_map, self.temperature, self.name)
-        _check_logits(student, teacher, self.name)
+        student = output_logits(student_out)
+        teacher = teacher_logits(self, pl_module, student, teacher_out, self.class_map, self.temperature)
         return losses.kd_loss(student, teacher, temperature=self.temperature)
 
 
@@ -114,6 +153,7 @@ class DecoupledDistillation(DistillationCallback):
         name: Log name (default ``dkd``).
         class_map: Teacher class -> student class, as in `LogitDistillation` (mapped at ``temperature``); the
             targets are the student's classes.
+        teacher: With several teachers: one teacher's id, or ``None`` for their ensemble, as in `LogitDistillation`.
 
     Raises:
         ValueError: On a non-positive temperature, negative alpha/beta or negative warm-up.
@@ -137,8 +177,10 @@ class DecoupledDistillation(DistillationCallback):
         weight: float = 1.0,
         name: str | None = None,
         class_map: list[int | None] | dict[int, int] | None = None,
+        teacher: str | None = None,
     ) -> None:
         super().__init__(weight=weight, name=name)
+        self.teacher_id = teacher
         self.class_map = ClassMap.parse(class_map, "DecoupledDistillation.class_map") if class_map is not None else None
         if not temperature > 0:
             raise ConfigError(f"DecoupledDistillation: temperature must be > 0, got {temperature}")
@@ -156,9 +198,8 @@ class DecoupledDistillation(DistillationCallback):
 
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
-        student, teacher = output_logits(student_out), output_logits(teacher_out)
-        teacher = _mapped_teacher(student, teacher, self.class_map, self.temperature, self.name)
-        _check_logits(student, teacher, self.name)
+        student = output_logits(student_out)
+        teacher = teacher_logits(self, pl_module, student, teacher_out, self.class_map, self.temperature)
         # Unlabeled images (docs/unlabeled.md) have no target: DKD splits their logits at the teacher's prediction.
         targets = targets_or(batch, teacher.argmax(dim=1))
         return losses.dkd_loss(
@@ -175,8 +216,10 @@ class _FeatureDistillation(DistillationCallback):
         teacher_layers: Sequence[LayerSpec],
         weight: float,
         name: str | None,
+        teacher: str | None = None,
     ) -> None:
         super().__init__(weight=weight, name=name)
+        self.teacher_id = teacher
         self.student_layers = list(student_layers)
         self.teacher_layers = list(teacher_layers)
         if not self.student_layers:
@@ -191,7 +234,7 @@ class _FeatureDistillation(DistillationCallback):
 
     @override
     def setup_distillation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        student, teacher = get_student(pl_module), get_teacher(pl_module, required=True, who=type(self).__name__)
+        student, teacher = get_student(pl_module), self.teacher_network(pl_module)
         # Resolve names first: an unknown layer fails here with the valid choices, before any forward.
         self._student_recorder = FeatureRecorder(student, self.student_layers, role="student")
         self._teacher_recorder = FeatureRecorder(teacher, self.teacher_layers, role="teacher")
@@ -244,6 +287,8 @@ class AttentionTransfer(_FeatureDistillation):
         p: Power of the activations in the attention map.
         weight: Multiplier of the term (1000 in the paper's code, as ``β``).
         name: Log name (default ``attention_transfer``).
+        teacher: With several teachers (docs/teachers.md): the id of the teacher whose layers are read; ``None``:
+            the first.
 
     Raises:
         ValueError: When the layer lists are empty or of different lengths.
@@ -264,8 +309,9 @@ class AttentionTransfer(_FeatureDistillation):
         p: int = 2,
         weight: float = 1000.0,
         name: str | None = None,
+        teacher: str | None = None,
     ) -> None:
-        super().__init__(_as_list(student_layers), _as_list(teacher_layers), weight=weight, name=name)
+        super().__init__(_as_list(student_layers), _as_list(teacher_layers), weight=weight, name=name, teacher=teacher)
         self.p = int(p)
 
     @override
@@ -287,6 +333,7 @@ class FeatureHint(_FeatureDistillation):
         teacher_layer: Teacher module path or stage index.
         weight: Multiplier of the term.
         name: Log name (default ``hint``).
+        teacher: With several teachers: the id of the teacher whose layer is read; ``None``: the first.
 
     Raises:
         LayerNotFoundError: At setup, for a layer the model does not have.
@@ -302,9 +349,14 @@ class FeatureHint(_FeatureDistillation):
     default_name = "hint"
 
     def __init__(
-        self, student_layer: LayerSpec = -1, teacher_layer: LayerSpec = -1, weight: float = 1.0, name: str | None = None
+        self,
+        student_layer: LayerSpec = -1,
+        teacher_layer: LayerSpec = -1,
+        weight: float = 1.0,
+        name: str | None = None,
+        teacher: str | None = None,
     ) -> None:
-        super().__init__([student_layer], [teacher_layer], weight=weight, name=name)
+        super().__init__([student_layer], [teacher_layer], weight=weight, name=name, teacher=teacher)
         self._connector: nn.Module | None = None
 
     @override

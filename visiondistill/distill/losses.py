@@ -218,6 +218,7 @@ def pixelwise_kd_loss(
     teacher_logits: Tensor,
     temperature: float = 1.0,
     ignore_mask: Tensor | None = None,
+    pixel_weights: Tensor | None = None,
 ) -> Tensor:
     """Pixel-wise knowledge distillation for dense prediction (Liu et al., CVPR 2019, "Structured KD").
 
@@ -233,12 +234,15 @@ def pixelwise_kd_loss(
         ignore_mask: Optional bool mask, shape (N, H, W); ``True`` pixels are left out of the mean (e.g. the
             ``ignore_index`` pixels of the labels). When every pixel is ignored the loss is 0 (still attached to
             the graph).
+        pixel_weights: Optional non-negative weights, shape (N, H, W): the mean becomes the weighted mean
+            ``Σ w·KL / Σ w`` over the kept pixels (e.g. class weights of the teacher's predicted class, so that rare
+            foreground pixels are not outvoted by the background; `PixelwiseDistillation`'s ``class_weights``).
 
     Returns:
         Scalar loss.
 
     Raises:
-        ValueError: If the shapes differ or are not 4-D, the mask shape is not (N, H, W), or ``T`` ≤ 0.
+        ValueError: If the shapes differ or are not 4-D, the mask or weight shape is not (N, H, W), or ``T`` ≤ 0.
     """
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
     check_ndim("student_logits", student_logits, 4, "(N, C, H, W)")
@@ -246,9 +250,19 @@ def pixelwise_kd_loss(
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
     per_pixel = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(dim=1)  # (N, H, W)
-    if ignore_mask is None:
+    if ignore_mask is None and pixel_weights is None:
         return per_pixel.mean() * temperature**2
     n, _, h, w = student_logits.shape
+    if pixel_weights is not None:
+        if pixel_weights.shape != (n, h, w):
+            raise ValueError(
+                f"pixel_weights must have shape (N, H, W) = {(n, h, w)} to match logits of shape "
+                f"{tuple(student_logits.shape)}, got {tuple(pixel_weights.shape)}"
+            )
+        weights = pixel_weights.to(per_pixel.dtype)
+        if ignore_mask is not None:
+            weights = weights.masked_fill(ignore_mask.bool(), 0.0)
+        return (per_pixel * weights).sum() / weights.sum().clamp_min(1e-12) * temperature**2
     if ignore_mask.shape != (n, h, w):
         raise ValueError(
             f"ignore_mask must have shape (N, H, W) = {(n, h, w)} to match logits of shape "

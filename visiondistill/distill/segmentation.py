@@ -8,6 +8,7 @@ does (module paths or stage indices, e.g. ``-1`` = the deepest encoder stage of 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -20,7 +21,13 @@ from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import ProtocolError, batch_targets, output_logits
 from visiondistill.core.recorder import LayerSpec
 from visiondistill.distill import losses
-from visiondistill.distill.callbacks import HintConnector, ShapeMismatchError, _check_logits, _FeatureDistillation
+from visiondistill.distill.callbacks import (
+    HintConnector,
+    ShapeMismatchError,
+    _check_logits,
+    _FeatureDistillation,
+    teacher_logits,
+)
 
 __all__ = ["ChannelWiseDistillation", "PairwiseSimilarity", "PixelwiseDistillation"]
 
@@ -46,13 +53,23 @@ class PixelwiseDistillation(DistillationCallback):
     ``T² · mean over pixels of KL(softmax(t/T) ‖ softmax(s/T))`` (`losses.pixelwise_kd_loss`); pixels whose mask
     value is the module's ``ignore_index`` are left out of the mean.
 
+    With ``class_weights`` the mean is weighted: each pixel counts with the weight of the class the teacher predicts
+    there (``Σ w·KL / Σ w``). The teacher's prediction rather than the label, so that unlabeled images
+    (docs/unlabeled.md) are weighted too. This is for data where one class (background) covers almost every pixel:
+    unweighted, the term is then mostly about background, while the task loss may weight the rare classes up.
+
     Args:
         temperature: Softmax temperature ``T`` (> 0); 1 in the paper.
         weight: Multiplier of the term.
         name: Log name (default ``pixelwise_kd``).
+        class_weights: One weight (>= 0, not all 0) per class, or ``None`` for the plain mean.
+        teacher: With several teachers (docs/teachers.md): the id of the one teacher this term reads; ``None``
+            (default): their weighted ensemble, per pixel ``Σ w_i softmax(t_i/T) / Σ w_i``
+            (`visiondistill.core.teachers.ensemble_logits`). With one teacher, leave it out.
 
     Raises:
-        ValueError: When ``temperature`` is not positive.
+        ValueError: When ``temperature`` is not positive, or ``class_weights`` has a negative or non-finite entry
+            (here), or not one entry per class (first step).
         ShapeMismatchError: At a training step, when student and teacher logits differ in shape.
 
     Example::
@@ -63,18 +80,44 @@ class PixelwiseDistillation(DistillationCallback):
 
     default_name = "pixelwise_kd"
 
-    def __init__(self, temperature: float = 1.0, weight: float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        weight: float = 1.0,
+        name: str | None = None,
+        class_weights: list[float] | None = None,
+        teacher: str | None = None,
+    ) -> None:
         super().__init__(weight=weight, name=name)
+        self.teacher_id = teacher
         if not temperature > 0:
             raise ConfigError(f"PixelwiseDistillation: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        if class_weights is not None:
+            class_weights = [float(value) for value in class_weights]
+            valid = all(math.isfinite(v) and v >= 0 for v in class_weights)
+            if not class_weights or not valid or not any(class_weights):
+                raise ConfigError(
+                    f"PixelwiseDistillation: class_weights must be finite numbers >= 0, not all 0, got {class_weights}"
+                )
+        self.class_weights = class_weights
 
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
-        student, teacher = output_logits(student_out), output_logits(teacher_out)
-        _check_logits(student, teacher, self.name)
+        student = output_logits(student_out)
+        teacher = teacher_logits(self, pl_module, student, teacher_out, None, self.temperature)
         ignore = _ignore_mask(pl_module, batch, student)
-        return losses.pixelwise_kd_loss(student, teacher, temperature=self.temperature, ignore_mask=ignore)
+        weights = None
+        if self.class_weights is not None:
+            if len(self.class_weights) != teacher.shape[1]:
+                raise ConfigError(
+                    f"{self.name}: class_weights has {len(self.class_weights)} entries but the logits have "
+                    f"{teacher.shape[1]} classes; give one weight per class"
+                )
+            weights = teacher.new_tensor(self.class_weights)[teacher.argmax(dim=1)]
+        return losses.pixelwise_kd_loss(
+            student, teacher, temperature=self.temperature, ignore_mask=ignore, pixel_weights=weights
+        )
 
 
 class ChannelWiseDistillation(_FeatureDistillation):
@@ -92,6 +135,8 @@ class ChannelWiseDistillation(_FeatureDistillation):
         tau: Softmax temperature (1 for segmentation in the paper).
         weight: Multiplier of the term (3 in the paper's segmentation setting).
         name: Log name (default ``cwd``).
+        teacher: With several teachers (docs/teachers.md): the id of the teacher whose logits or layer are read;
+            ``None``: the first.
 
     Raises:
         ValueError: For an unknown ``source`` or a non-positive ``tau``.
@@ -117,15 +162,17 @@ class ChannelWiseDistillation(_FeatureDistillation):
         tau: float = 1.0,
         weight: float = 3.0,
         name: str | None = None,
+        teacher: str | None = None,
     ) -> None:
         if source not in ("logits", "features"):
             raise ConfigError(f"ChannelWiseDistillation: source must be 'logits' or 'features', got {source!r}")
         if not tau > 0:
             raise ConfigError(f"ChannelWiseDistillation: tau must be > 0, got {tau}")
         if source == "features":
-            super().__init__([student_layer], [teacher_layer], weight=weight, name=name)
+            super().__init__([student_layer], [teacher_layer], weight=weight, name=name, teacher=teacher)
         else:  # no hooks: the logits come with the step
             DistillationCallback.__init__(self, weight=weight, name=name)
+            self.teacher_id = teacher
             self.student_layers, self.teacher_layers = [], []
             self._student_recorder = self._teacher_recorder = None
         self.source = source
@@ -150,7 +197,7 @@ class ChannelWiseDistillation(_FeatureDistillation):
     @override
     def compute_loss(self, pl_module: pl.LightningModule, batch: Any, student_out: Any, teacher_out: Any) -> Tensor:
         if self.source == "logits":
-            student, teacher = output_logits(student_out), output_logits(teacher_out)
+            student, teacher = output_logits(student_out), output_logits(self.teacher_output(pl_module, teacher_out))
             _check_logits(student, teacher, self.name)
             return losses.channel_wise_loss(student, teacher, tau=self.tau)
         assert self._connector is not None, "setup() has not run"
@@ -173,6 +220,7 @@ class PairwiseSimilarity(_FeatureDistillation):
         pool_size: Largest node grid side; ``None`` keeps the full resolution (memory grows as ``(H·W)²``).
         weight: Multiplier of the term.
         name: Log name (default ``pairwise``).
+        teacher: With several teachers: the id of the teacher whose layer is read; ``None``: the first.
 
     Raises:
         ValueError: For a ``pool_size`` below 1.
@@ -193,8 +241,9 @@ class PairwiseSimilarity(_FeatureDistillation):
         pool_size: int | None = 16,
         weight: float = 1.0,
         name: str | None = None,
+        teacher: str | None = None,
     ) -> None:
-        super().__init__([student_layer], [teacher_layer], weight=weight, name=name)
+        super().__init__([student_layer], [teacher_layer], weight=weight, name=name, teacher=teacher)
         if pool_size is not None and (isinstance(pool_size, bool) or int(pool_size) < 1):
             raise ConfigError(f"PairwiseSimilarity: pool_size must be >= 1 or None, got {pool_size!r}")
         self.pool_size = int(pool_size) if pool_size is not None else None

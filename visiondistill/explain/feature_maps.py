@@ -12,8 +12,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from visiondistill.core.errors import ConfigError
-from visiondistill.core.protocol import get_student, get_teacher
+from visiondistill.core.protocol import get_student
 from visiondistill.core.recorder import LayerSpec, probe_features, resolve_layer
+from visiondistill.core.teachers import explained_teacher
 from visiondistill.explain.metrics import attention_cosine, attention_distance, attention_map, linear_cka
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
 from visiondistill.explain.render import comparison_grid
@@ -49,6 +50,7 @@ class FeatureMapCallback(ProbeCallback):
         save_dir: Folder for ``epoch_XXX/`` outputs instead of ``<log_dir>/attention``.
         debiased_cka: Use the unbiased CKA estimator (Kornblith et al.'s reference code); plain linear CKA drifts
             towards 1 on a small probe batch with many features, even for unrelated networks.
+        teacher: With several teachers (docs/teachers.md): the id of the teacher compared with; ``None``: the first.
 
     Raises:
         ValueError: When the layer lists are empty, of different lengths, or repeat a teacher layer.
@@ -74,6 +76,7 @@ class FeatureMapCallback(ProbeCallback):
         p: float = 2,
         save_dir: str | Path | None = None,
         debiased_cka: bool = True,
+        teacher: str | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
@@ -97,12 +100,13 @@ class FeatureMapCallback(ProbeCallback):
         self.p = p
         self.debiased_cka = debiased_cka
         self._active = True
+        self.teacher_id = teacher
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         student = get_student(pl_module)
-        teacher = get_teacher(pl_module, required=False)
+        teacher = explained_teacher(pl_module, self.teacher_id, "FeatureMapCallback.teacher")
         for layer in self.student_layers:
             resolve_layer(student, layer, role="student")
         self._active = teacher is not None
@@ -119,7 +123,7 @@ class FeatureMapCallback(ProbeCallback):
     @override
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: ProbeBatch, out_dir: Path) -> None:
         student = get_student(pl_module)
-        teacher = get_teacher(pl_module, required=True, who="FeatureMapCallback")
+        teacher = explained_teacher(pl_module, self.teacher_id, "FeatureMapCallback.teacher")
         images = batch.images
         # `probe_features` runs in eval mode under no_grad and restores the train flags itself.
         student_features = probe_features(student, model_input(images, student), self.student_layers, role="student")

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from visiondistill.core.errors import ConfigError
-from visiondistill.core.protocol import get_student, get_teacher
+from visiondistill.core.protocol import get_student
 from visiondistill.core.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
 from visiondistill.core.saliency import TARGET_KINDS, SaliencyAdapter, TargetKind, saliency_adapter_for
+from visiondistill.core.teachers import explained_teacher
 from visiondistill.explain.attribution import (
     ATTRIBUTION_METHODS,
     attribution_method,
@@ -88,6 +89,7 @@ class GradCAMCallback(ProbeCallback):
         faithfulness_every_n_epochs: Also measure faithfulness every this many epochs (``None``: never).
         attribution_options: Settings of a Captum method (`visiondistill.explain.attribution.attribute`: ``n_steps``,
             ``baseline``, ``window``, ``stride``, ``grid``, ``n_samples``, …; and ``sign``).
+        teacher: With several teachers (docs/teachers.md): the id of the teacher compared with; ``None``: the first.
 
     Raises:
         ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts (a `ConfigError`).
@@ -122,6 +124,7 @@ class GradCAMCallback(ProbeCallback):
         save_dir: str | Path | None = None,
         faithfulness_every_n_epochs: int | None = None,
         attribution_options: dict[str, Any] | None = None,
+        teacher: str | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
@@ -154,12 +157,13 @@ class GradCAMCallback(ProbeCallback):
         self._adapter: SaliencyAdapter | None = None
         self._stage_pairs: list[tuple[str, str, str | None]] = []
         self._warned_target = False
+        self.teacher_id = teacher
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         student = get_student(pl_module)
-        teacher = get_teacher(pl_module, required=False)
+        teacher = explained_teacher(pl_module, self.teacher_id, "GradCAMCallback.teacher")
         # Unknown layers fail here, before any epoch, with the valid choices in the message.
         for layer in self.student_layers:
             resolve_layer(student, layer, role="student")
@@ -189,7 +193,7 @@ class GradCAMCallback(ProbeCallback):
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: ProbeBatch, out_dir: Path) -> None:
         adapter = self._adapter or saliency_adapter_for(pl_module)
         student = get_student(pl_module)
-        teacher = get_teacher(pl_module, required=False)
+        teacher = explained_teacher(pl_module, self.teacher_id, "GradCAMCallback.teacher")
         height, width = batch.images.shape[-2:]
         student_model = adapter.cam_model(student).eval()
         teacher_model = adapter.cam_model(teacher).eval() if teacher is not None else None

@@ -167,10 +167,11 @@ def _classes(spec: ClassifierSpec, num_classes: int, role: str) -> tuple[ClassMa
     """The validated class map (or ``None``) and the number of classes to build the network with."""
     if spec.class_map is None:
         if spec.num_classes is not None and spec.num_classes != num_classes:
+            # "teacher", or "teachers.<id>" for one of several teachers
+            mapping = f" (or map the teacher's classes onto the task's with {role}.class_map)"
             raise ConfigError(
                 f"{role} is configured for {spec.num_classes} classes but the task has {num_classes}; "
-                f"set {role}.num_classes to {num_classes} or leave it out"
-                + (f" (or map the teacher's classes onto the task's with {role}.class_map)" * (role == "teacher"))
+                f"set {role}.num_classes to {num_classes} or leave it out" + mapping * role.startswith("teacher")
             )
         return None, num_classes
     who = f"{role}.class_map"

@@ -116,5 +116,7 @@ def load_task_module(checkpoint_path: str | Path, task_class: type | None = None
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
-    module = task_class.load_from_checkpoint(buffer, map_location="cpu", teacher=None, student=student)
+    # Several teachers (`teachers:`) are left out as the one teacher is; only modules that take them get the key.
+    no_teachers = {"teachers": None} if checkpoint["hyper_parameters"].get("teachers") is not None else {}
+    module = task_class.load_from_checkpoint(buffer, map_location="cpu", teacher=None, student=student, **no_teachers)
     return module.eval().cpu()

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from visiondistill.core.protocol import batch_inputs
+from visiondistill.core.errors import VisionDistillError
+from visiondistill.core.protocol import batch_inputs, output_logits
+from visiondistill.core.teachers import ensemble_logits, parse_teacher_entries
 from visiondistill.models.checkpoints import CheckpointError
 from visiondistill.reporting.cost import count_flops, count_parameters, measure_latency
 from visiondistill.reporting.loader import load_task_module
@@ -30,6 +33,8 @@ class Measurements:
         checkpoint_mb: Size of the run's checkpoint file (teacher weights are never stored in it).
         saliency: Grad-CAM agreement with the teacher on test images (students only, when measured).
         attention: Attention-map cosine and CKA with the teacher per stage (students only, when measured).
+        teachers: With several teachers: the share of the student's predictions that agree with each teacher's (by
+            id) and with their weighted ensemble's (``ensemble``), on test images (`teacher_prediction_agreement`).
     """
 
     test: dict[str, float]
@@ -39,6 +44,61 @@ class Measurements:
     checkpoint_mb: float
     saliency: dict[str, float] = field(default_factory=dict)
     attention: dict[str, float] = field(default_factory=dict)
+    teachers: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def teacher_prediction_agreement(
+    student: nn.Module, teachers: dict[str, nn.Module], weights: dict[str, float], images: Tensor
+) -> dict[str, float]:
+    """How often the student predicts what each teacher, and what the teachers' ensemble, predicts.
+
+    A prediction is the top class of each image (classification) or of each pixel (segmentation: the argmax over
+    dimension 1 of ``N×C×H×W`` logits). The ensemble's prediction is the top class of the weighted average of the
+    teachers' probabilities at ``T = 1`` (`visiondistill.core.teachers.ensemble_logits`), the soft target that
+    ensemble KD trains towards.
+
+    Args:
+        student: The student network (eval mode).
+        teachers: The teachers by id (eval mode).
+        weights: Their ensemble weights by id.
+        images: The test images.
+
+    Returns:
+        The agreement (0–1) with each teacher by id, and with their ensemble under ``"ensemble"``.
+    """
+    predicted = output_logits(student(images)).argmax(dim=1)
+    logits = {teacher_id: output_logits(teacher(images)) for teacher_id, teacher in teachers.items()}
+    result = {tid: float((predicted == value.argmax(dim=1)).float().mean()) for tid, value in logits.items()}
+    ensemble = ensemble_logits(list(logits.values()), [weights[tid] for tid in logits], temperature=1.0)
+    result["ensemble"] = float((predicted == ensemble.argmax(dim=1)).float().mean())
+    return result
+
+
+def several_teachers(run: Run, module: Any) -> tuple[dict[str, nn.Module], dict[str, float]]:
+    """The teachers a run distilled from with several teachers (``teachers:``), rebuilt from their specs, and weights.
+
+    Args:
+        run: The run (its recorded ``teachers`` hyper-parameter).
+        module: Its task module (`load_run_module`), whose class builds the networks.
+
+    Returns:
+        The teachers by id (eval mode, CPU) and their weights; both empty when the run had one teacher or none.
+
+    Raises:
+        VisionDistillError: When a teacher cannot be rebuilt (e.g. its checkpoint is gone).
+    """
+    entries = run.hparams.get("teachers")
+    if not entries:
+        return {}, {}
+    task = type(module)
+    teachers, weights = {}, {}
+    for teacher_id, weight, fields in parse_teacher_entries(entries):
+        role = f"teachers.{teacher_id}"
+        spec = task.spec_class.coerce(fields, role=role)
+        teachers[teacher_id] = task.model_factory(spec, getattr(module, task.outputs_arg), role).eval().cpu()
+        weights[teacher_id] = weight
+    return teachers, weights
 
 
 def test_metrics(module: pl.LightningModule, datamodule: Any) -> dict[str, float]:
@@ -148,6 +208,7 @@ def measure_runs(
             latency_ms=measure_latency(network, example),
             checkpoint_mb=run.checkpoint.stat().st_size / 2**20,
         )
+    _measure_several_teachers(runs, modules, measured, batch_inputs(probe_batch(datamodule, num_images)), log)
     teachers = [run for run in runs if run.role == "teacher"]
     if not teachers:
         return measured
@@ -180,3 +241,21 @@ def measure_runs(
         except (KeyError, ValueError, RuntimeError) as error:
             log(f"   attention agreement of {run.name} not measured: {error}")
     return measured
+
+
+def _measure_several_teachers(
+    runs: Sequence[Run], modules: dict[str, Any], measured: dict[str, Measurements], images: Tensor, log: Any
+) -> None:
+    """Agreement with each teacher and their ensemble, for every student, when a run distilled from several."""
+    source = next((run for run in runs if run.role == "distilled" and run.hparams.get("teachers")), None)
+    if source is None:
+        return
+    try:
+        teachers, weights = several_teachers(source, modules[source.name])
+    except (VisionDistillError, OSError, RuntimeError) as error:
+        log(f"   agreement with the teachers of {source.name} not measured: {error}")
+        return
+    for run in runs:
+        if run.role != "teacher":
+            student = modules[run.name].student.eval()
+            measured[run.name].teachers = teacher_prediction_agreement(student, teachers, weights, images)

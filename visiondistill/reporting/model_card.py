@@ -93,7 +93,7 @@ def write_model_card(
     trained = datetime.fromtimestamp(run.checkpoint.stat().st_mtime, tz=UTC).strftime("%Y-%m-%d")
     monitor = run.monitor[0]
     headline = {k: v for k, v in m.test.items() if k.count("/") == 1 and "loss" not in k}
-    teacher_spec = run.hparams.get("teacher") or {}
+    teacher_spec = run.hparams.get("teacher") or run.hparams.get("teachers") or {}  # one spec, or several
     distillation = [
         f"`{c['class_path'].rsplit('.', 1)[-1]}` {c.get('init_args') or {}}"
         for c in run.callbacks()

@@ -194,6 +194,22 @@ def build_report(
             ),
         ]
 
+    several = [r for r in runs if measured[r.name].teachers]
+    if several:
+        blocks += [
+            Heading("Agreement with each teacher and with their ensemble (test images)"),
+            Paragraph(
+                "Share of test predictions (the top class of each image, or of each pixel for segmentation) that "
+                "each student shares with each teacher (by id) and with the teachers' weighted ensemble (the top "
+                "class of their weighted average of probabilities at T = 1, the soft target of ensemble KD), in %."
+            ),
+            Table(
+                [
+                    {"student": r.name, **{k: f"{100 * v:.1f}" for k, v in measured[r.name].teachers.items()}}
+                    for r in several
+                ]
+            ),
+        ]
     blocks += list(sections)
     blocks += _curve_blocks(runs, out)
     for family, keys in per_class_families(measured).items():

@@ -61,10 +61,16 @@ class Run:
     @property
     def teacher_checkpoint(self) -> Path | None:
         """The teacher checkpoint this run distilled from, or ``None``."""
-        teacher = self.hparams.get("teacher")
-        if isinstance(teacher, dict) and teacher.get("checkpoint"):
-            return Path(teacher["checkpoint"])
-        return None
+        checkpoints = self.teacher_checkpoints
+        return checkpoints[0] if checkpoints else None
+
+    @property
+    def teacher_checkpoints(self) -> list[Path]:
+        """Every teacher checkpoint this run distilled from: the one ``teacher``'s, or those of ``teachers``."""
+        teachers = self.hparams.get("teachers")
+        if not isinstance(teachers, list):
+            teachers = [self.hparams.get("teacher")]
+        return [Path(t["checkpoint"]) for t in teachers if isinstance(t, dict) and t.get("checkpoint")]
 
     @property
     def task_class_path(self) -> str:
@@ -286,12 +292,10 @@ def assign_roles(runs: Sequence[Run]) -> list[Run]:
     """
     folders = {run.path.resolve(): run for run in runs}
     for run in runs:
-        source = run.teacher_checkpoint
-        if source is None:
-            continue
-        owner = folders.get(source.resolve().parent.parent)
-        if owner is not None and owner.teacher_checkpoint is None:
-            owner.role = "teacher"
+        for source in run.teacher_checkpoints:
+            owner = folders.get(source.resolve().parent.parent)
+            if owner is not None and owner.teacher_checkpoint is None:
+                owner.role = "teacher"
     order = {"teacher": 0, "scratch": 1, "distilled": 2}
     return sorted(runs, key=lambda r: order[r.role])
 

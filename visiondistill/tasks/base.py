@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -16,6 +16,7 @@ from typing_extensions import override
 from visiondistill.core.callback import distillation_loss, full_precision
 from visiondistill.core.errors import ConfigError, ConfigTypeError
 from visiondistill.core.protocol import freeze_teacher, split_training_batch, take_rows
+from visiondistill.core.teachers import parse_teacher_entries
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["cosine", "constant"]
@@ -60,6 +61,10 @@ class DistillationTask(pl.LightningModule):
             convolutions on GPUs with tensor cores, above all under ``bf16-mixed``/``16-mixed``; see docs/speed.md.
         compile: Compile student and teacher with ``torch.compile`` (`nn.Module.compile`, in place: parameter names,
             checkpoints and layer paths stay the same). The first steps are slow while it compiles; off by default.
+        teachers: Several frozen teachers instead of ``teacher``: a list of specs (mappings), each with an optional
+            ``id`` (default ``t0``, ``t1``…) and ``weight`` (> 0, default 1) for their ensemble. They are kept in
+            ``self.teachers`` (an ``nn.ModuleDict`` by id), their weights in ``self.teacher_weights``, and
+            ``self.teacher`` is the first; see `visiondistill.core.teachers` and docs/teachers.md.
         num_outputs: The subclass's output count (its ``outputs_arg``: classes, keypoints …).
         output_names: The subclass's output names (its ``names_arg``), or ``None`` to read them from the datamodule.
         **recorded: Private keys that come back from a checkpoint's hyper-parameters (``_class_path``): the
@@ -90,6 +95,7 @@ class DistillationTask(pl.LightningModule):
         scheduler: SchedulerName = "cosine",
         channels_last: bool = False,
         compile: bool = False,
+        teachers: Sequence[Mapping[str, Any]] | None = None,
         *,
         num_outputs: int,
         output_names: Sequence[str] | None = None,
@@ -107,21 +113,42 @@ class DistillationTask(pl.LightningModule):
         if output_names is not None and len(output_names) != num_outputs:
             raise ConfigError(f"{self.names_arg} has {len(output_names)} names but {self.outputs_arg} is {num_outputs}")
         student_spec = self.spec_class.coerce(student, role="student")
-        teacher_spec = self.spec_class.coerce(teacher, role="teacher") if teacher is not None else None
-        if teacher_spec is not None and teacher_spec.in_channels != student_spec.in_channels:
+        if teacher is not None and teachers is not None:
             raise ConfigError(
-                f"teacher takes {teacher_spec.in_channels} input channels but the student takes "
-                f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
+                "give either `teacher` (one teacher) or `teachers` (a list of teachers with ids and weights), not both"
             )
+        entries = parse_teacher_entries(teachers) if teachers is not None else []
+        roles = {teacher_id: f"teachers.{teacher_id}" for teacher_id, _, _ in entries}
+        teacher_specs = {tid: self.spec_class.coerce(fields, role=roles[tid]) for tid, _, fields in entries}
+        teacher_spec = self.spec_class.coerce(teacher, role="teacher") if teacher is not None else None
+        if teacher_spec is None and teacher_specs:
+            teacher_spec = next(iter(teacher_specs.values()))
+        for teacher_id, spec in teacher_specs.items() or {"teacher": teacher_spec}.items():
+            if spec is not None and spec.in_channels != student_spec.in_channels:
+                raise ConfigError(
+                    f"{roles.get(teacher_id, 'teacher')} takes {spec.in_channels} input channels but the student takes "
+                    f"{student_spec.in_channels}; they see the same images, so set the same in_channels"
+                )
         super().__init__()
         self.student = self.model_factory(student_spec, num_outputs, "student")
-        self.teacher = self.model_factory(teacher_spec, num_outputs, "teacher") if teacher_spec else None
-        freeze_teacher(self.teacher)
+        #: Every teacher by id (several teachers only; ``teacher`` is the first of them), and their ensemble weights.
+        self.teachers: nn.ModuleDict | None = None
+        self.teacher_weights: dict[str, float] = {teacher_id: weight for teacher_id, weight, _ in entries}
+        self.teacher_outputs: dict[str, Any] = {}
+        if teacher_specs:
+            self.teachers = nn.ModuleDict(
+                {tid: self.model_factory(spec, num_outputs, roles[tid]) for tid, spec in teacher_specs.items()}
+            )
+            self.teacher = next(iter(self.teachers.values()))
+        else:
+            self.teacher = self.model_factory(teacher_spec, num_outputs, "teacher") if teacher_spec else None
+        for network in self.teachers.values() if self.teachers is not None else [self.teacher]:
+            freeze_teacher(network)
         self.distill_adapters = nn.ModuleDict()
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.scheduler_name = warmup_epochs, scheduler
         self.channels_last, self.compile_networks = bool(channels_last), bool(compile)
-        for network in (self.student, self.teacher):
+        for network in (self.student, *(self.teachers.values() if self.teachers is not None else [self.teacher])):
             if network is not None and self.channels_last:
                 network.to(memory_format=torch.channels_last)
                 # A pre-hook rather than a batch hook: inputs of every forward (training, evaluation, probes, export
@@ -130,13 +157,20 @@ class DistillationTask(pl.LightningModule):
             if network is not None and self.compile_networks:
                 network.compile()  # in place (not torch.compile(network)): state-dict keys and layer paths unchanged
         self._record_hyperparameters(student_spec, teacher_spec, output_names)
+        if self.teachers is not None:
+            self.hparams["teachers"] = [
+                {"id": tid, "weight": weight, **dataclasses.asdict(teacher_specs[tid])} for tid, weight, _ in entries
+            ]
+            self.hparams["teacher"] = None  # the first teacher is in `teachers`; one place per setting
 
     # -- the protocol ---------------------------------------------------------------------------
 
     @override
     def train(self, mode: bool = True) -> DistillationTask:
         super().train(mode)
-        freeze_teacher(self.teacher)  # Lightning calls .train() on the whole module every epoch
+        # Lightning calls .train() on the whole module every epoch
+        for network in self.teachers.values() if self.teachers is not None else [self.teacher]:
+            freeze_teacher(network)
         return self
 
     @override
@@ -152,11 +186,18 @@ class DistillationTask(pl.LightningModule):
 
         A teacher-output cache (`visiondistill.distill.cache.TeacherOutputCache`) that holds this step's outputs sets
         ``cached_teacher_output`` before the step; it is returned (once) instead of running the teacher.
+
+        With several teachers each runs once; the first one's output is returned and every output is kept in
+        ``teacher_outputs`` (by id) for the callbacks that read another teacher or the ensemble.
         """
         cached = getattr(self, "cached_teacher_output", None)
         if cached is not None:
             self.cached_teacher_output = None
             return cached
+        if self.teachers is not None:
+            with torch.no_grad():
+                self.teacher_outputs = {tid: network(inputs) for tid, network in self.teachers.items()}
+            return next(iter(self.teacher_outputs.values()))
         if self.teacher is None:
             return None
         with torch.no_grad():
@@ -175,6 +216,7 @@ class DistillationTask(pl.LightningModule):
         task_loss = self.task_loss(full_precision(labeled_out), step.labeled)
         distill = distillation_loss(self, step.distill, student_out, teacher_out)
         loss = task_loss + distill
+        self.teacher_outputs = {}  # drop the step's teacher outputs (with several teachers) before the next one
         batch_size = inputs.shape[0]
         # Tensors, no prog_bar: Lightning turns progress-bar values into Python numbers at every step (a host-device
         # sync on a GPU); logged values are read only every `log_every_n_steps`, and epoch means at the epoch's end.
@@ -303,7 +345,7 @@ class DistillationTask(pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("teacher.")]:
+        for key in [k for k in state if k.startswith(("teacher.", "teachers."))]:
             del state[key]
         # The class path lets `visiondistill.reporting.loader` rebuild this module from the file alone; LightningCLI
         # records it too, a Trainer started from Python does not.
@@ -317,6 +359,9 @@ class DistillationTask(pl.LightningModule):
         if self.teacher is not None:
             for key, value in self.teacher.state_dict().items():
                 state.setdefault(f"teacher.{key}", value)
+        if self.teachers is not None:
+            for key, value in self.teachers.state_dict().items():
+                state.setdefault(f"teachers.{key}", value)
         # Connectors are created by the distillation callbacks in `setup`; when a checkpoint is opened
         # without them (evaluation, export), its connector weights are not needed.
         if not len(self.distill_adapters):
