@@ -14,7 +14,7 @@ from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
 from visiondistill.core.maps import gradcam_map
 from visiondistill.core.recorder import resolve_layer
 from visiondistill.core.saliency import ClassificationSaliencyAdapter, LogitsModel
-from visiondistill.distill import LayerNotFoundError, ProtocolError, SaliencyAlignment
+from visiondistill.distill import AttentionTransfer, LayerNotFoundError, ProtocolError, SaliencyAlignment
 from visiondistill.distill.losses import saliency_alignment_loss
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask, SegmentationTask
@@ -278,3 +278,31 @@ def test_bad_layers_and_missing_teacher_fail_at_setup(tiny_loader, trainer_kwarg
     alone = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=4)
     with pytest.raises(ProtocolError, match="needs a teacher"):
         pl.Trainer(**trainer_kwargs, callbacks=[SaliencyAlignment()]).fit(alone, tiny_loader)
+
+
+class _TeacherFeatureSpy(pl.Callback):
+    """Notes whether the teacher features attention transfer reads still carry an autograd graph."""
+
+    def __init__(self, transfer: AttentionTransfer) -> None:
+        self.transfer = transfer
+        self.teacher_requires_grad: list[bool] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.teacher_requires_grad += [t.requires_grad for _, t in self.transfer.recorded_pairs()]
+
+
+def test_teacher_features_of_other_terms_survive_the_teacher_cam_forward(tiny_loader, trainer_kwargs):
+    """SaliencyAlignment runs the teacher a second time (with autograd from its layer on) for the teacher's CAM.
+
+    Attention transfer records a later teacher stage in that forward too. Those teacher features must be constants:
+    with the autograd graph of the CAM forward attached (and freed by its ``autograd.grad``), the step's backward
+    failed with "Trying to backward through the graph a second time".
+    """
+    task = make_task()
+    transfer = AttentionTransfer(student_layers=[-3, -2], teacher_layers=[-3, -2], weight=25.0)
+    spy = _TeacherFeatureSpy(transfer)
+    callbacks = [SaliencyAlignment(student_layer=-3, teacher_layer=-3), transfer, spy]
+    trainer = pl.Trainer(**{**trainer_kwargs, "max_steps": 2}, callbacks=callbacks)
+    trainer.fit(task, tiny_loader)
+    assert trainer.global_step == 2
+    assert spy.teacher_requires_grad == [False] * 4

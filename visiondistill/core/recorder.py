@@ -298,6 +298,9 @@ class FeatureRecorder:
         model: The model to record from.
         layers: Module paths or stage indices.
         role: Word used in error messages (``"student"``, ``"teacher"``).
+        detach: Store the outputs detached from autograd. A frozen teacher's features are constants; a teacher
+            forward run with gradients enabled (``SaliencyAlignment``'s CAM forward) must not hand another term a
+            feature map whose graph that forward frees.
 
     Raises:
         LayerNotFoundError: When a layer does not exist.
@@ -313,8 +316,11 @@ class FeatureRecorder:
         >>> recorder.remove()
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerSpec], *, role: str = "model") -> None:
+    def __init__(
+        self, model: nn.Module, layers: Sequence[LayerSpec], *, role: str = "model", detach: bool = False
+    ) -> None:
         self.role = role
+        self.detach = detach
         self.paths: dict[LayerSpec, str] = {}
         self._outputs: dict[str, object] = {}
         self._handles = []
@@ -327,7 +333,7 @@ class FeatureRecorder:
 
     def _make_hook(self, path: str):
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            self._outputs[path] = output
+            self._outputs[path] = _detached(output) if self.detach else output
 
         return hook
 
@@ -352,6 +358,17 @@ class FeatureRecorder:
             handle.remove()
         self._handles.clear()
         self.clear()
+
+
+def _detached(output: object) -> object:
+    """``output`` with every tensor in it (also inside tuples, lists and dicts) detached from autograd."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, tuple | list):
+        return type(output)(_detached(item) for item in output)
+    if isinstance(output, dict):
+        return {key: _detached(item) for key, item in output.items()}
+    return output
 
 
 @contextmanager

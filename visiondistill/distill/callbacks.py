@@ -237,7 +237,7 @@ class _FeatureDistillation(DistillationCallback):
         student, teacher = get_student(pl_module), self.teacher_network(pl_module)
         # Resolve names first: an unknown layer fails here with the valid choices, before any forward.
         self._student_recorder = FeatureRecorder(student, self.student_layers, role="student")
-        self._teacher_recorder = FeatureRecorder(teacher, self.teacher_layers, role="teacher")
+        self._teacher_recorder = FeatureRecorder(teacher, self.teacher_layers, role="teacher", detach=True)
         inputs = example_inputs(trainer, pl_module, stage)[:2].to(module_device(student))
         student_features = probe_features(student, inputs, self.student_layers, role="student")
         teacher_features = probe_features(teacher, inputs, self.teacher_layers, role="teacher")
