@@ -390,7 +390,9 @@ class TeacherOutputCache(Callback):
         assert self.directory is not None
         path = self.directory / "meta.json"
         if not path.is_file():
-            if self.directory.is_dir() and any(self.directory.iterdir()):
+            # another rank may be writing this very cache (its shards/ folder, its temporary meta file): not foreign
+            ours = ("shards", ".meta.json.")
+            if self.directory.is_dir() and any(not p.name.startswith(ours) for p in self.directory.iterdir()):
                 raise TeacherCacheError(
                     f"'{self.directory}' is not empty and holds no meta.json, so it is not a teacher cache; "
                     "point TeacherOutputCache.directory to a new or empty folder"
