@@ -7,13 +7,16 @@ replayable views (`visiondistill.data.views`, ``num_views`` on the datamodule) a
 view]`` ids, so the cache keys the teacher's output by (sample, view) and a cached output is the teacher's output on
 the very image the student sees (FKD, Shen & Xing, ECCV 2022, does the same with soft labels per replayable crop).
 
-What is stored, per (sample, view), in fp16: the full logits, or with ``top_k`` the k largest logits, their class
-indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*. A top-k entry is read back as dense
+What is stored, per (sample, view), in fp16: the full logits (classification ``[C]``, segmentation ``[C, H, W]`` at
+full resolution, a detector's per-location classification logits ``[A, K]``), or for classification with ``top_k``
+the k largest logits, their class indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*. A top-k entry is read back as dense
 logits whose other classes share that rest equally (each gets ``rest - log(C - k)``), so ``softmax`` at ``T = 1``
 gives the top-k classes their exact probabilities and the others their exact total; at another temperature the
 tail's split is approximate. ``k >= C`` keeps every class (exact).
 
-Which terms read it: `LogitDistillation` and `DecoupledDistillation` (their ``cacheable_teacher_output``). When every
+Which terms read it: `LogitDistillation`, `DecoupledDistillation`, `PixelwiseDistillation`, `ChannelWiseDistillation`
+on logits and `DetectionLogitDistillation` (their ``cacheable_teacher_output``; a detector's cached output is served
+as a `CachedDetectorOutput` holding ``cls_logits`` only). When every
 teacher consumer on the trainer is one of them, the cache serves each step: the teacher runs only on the batch's rows
 not cached yet (in the cache's ``on_train_batch_start``; eval mode, so rows are independent), their logits are
 stored, and the whole batch's logits go to the task as ``pl_module.cached_teacher_output``, which
@@ -315,8 +318,8 @@ def _images_and_ids(samples: list[tuple[Any, ...]]) -> tuple[Tensor, Tensor]:
 class TeacherOutputCache(Callback):
     """Stores the teacher's logits per (training image, augmentation view) and skips the teacher where it can.
 
-    Needs a datamodule with replayable views (``num_views: K`` on the classification datamodules). See the module
-    docstring for what is stored, which terms read it and the on-disk layout.
+    Needs a datamodule with replayable views (``num_views: K`` on the classification, segmentation and detection
+    datamodules). See the module docstring for what is stored, which terms read it and the on-disk layout.
 
     Args:
         directory: Cache folder (``meta.json`` + ``shards/``), kept across runs; ``None`` keeps the cache in memory.
