@@ -62,14 +62,21 @@ class HostReads(pl.Callback):
     def on_train_batch_start(self, *args) -> None:
         self.active = True
 
+
+class StopRecording(pl.Callback):
+    """Last on the trainer: the batch-end hooks of every other callback are recorded too."""
+
+    def __init__(self, probe: HostReads) -> None:
+        self.probe = probe
+
     def on_train_batch_end(self, *args) -> None:
-        self.active = False
+        self.probe.active = False
 
 
 def fit(task, callbacks, trainer_kwargs, monkeypatch, **data) -> HostReads:
     probe = HostReads(monkeypatch)
     kwargs = {**trainer_kwargs, "limit_val_batches": 0, "log_every_n_steps": 1000}
-    pl.Trainer(**kwargs, callbacks=[probe, *callbacks]).fit(task, **data)
+    pl.Trainer(**kwargs, callbacks=[probe, *callbacks, StopRecording(probe)]).fit(task, **data)
     return probe
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,12 @@ from visiondistill.core.adapters.detection import DetectionSaliencyAdapter
 from visiondistill.core.errors import ConfigError
 from visiondistill.models.detectors import DetectorOutput, DetectorSpec, create_detector
 from visiondistill.tasks.base import DistillationTask
+
+# DetectionTask checks label values in `on_before_batch_transfer`; Lightning notes on every fit with a datamodule that
+# the module's hook is the one used, which is the intent (our datamodules do not define it).
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a"
+)
 
 __all__ = ["DetectionTask", "box_map_vs_teacher", "detection_map"]
 
