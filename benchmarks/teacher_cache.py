@@ -142,11 +142,15 @@ def accuracy(args: argparse.Namespace) -> None:
     teacher_run = ClassificationTask(
         student={"name": args.teacher}, num_classes=6, lr=args.teacher_lr, weight_decay=0.05, warmup_epochs=1
     )
-    teacher_data = datamodule(args, size, None)
-    teacher_data.batch_size = args.teacher_batch_size
-    trainer(args.teacher_epochs, [], validate=False).fit(teacher_run, datamodule=teacher_data)
     weights = f"{args.data_dir}/teacher_{size}px.pt"
-    torch.save(teacher_run.student.state_dict(), weights)
+    if args.teacher_weights:  # a teacher this script trained before (its teacher_<size>px.pt), not trained again
+        teacher_run.student.load_state_dict(torch.load(args.teacher_weights, weights_only=True))
+        weights = args.teacher_weights
+    else:
+        teacher_data = datamodule(args, size, None)
+        teacher_data.batch_size = args.teacher_batch_size
+        trainer(args.teacher_epochs, [], validate=False).fit(teacher_run, datamodule=teacher_data)
+        torch.save(teacher_run.student.state_dict(), weights)
     teacher_time = time.perf_counter() - start
     print(
         f"\n== accuracy: {args.student} <- {args.teacher} at {size} px, {args.num_train} images, difficulty "
@@ -215,6 +219,7 @@ def main() -> None:
     parser.add_argument("--acc-size", type=int, default=32)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--teacher-lr", type=float, default=3e-3)
+    parser.add_argument("--teacher-weights", default=None, help="load this teacher_<size>px.pt instead of training")
     parser.add_argument("--teacher-batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="the students' peak learning rate")
     parser.add_argument("--epochs", type=int, default=6)
