@@ -14,11 +14,14 @@ Accuracy (``--acc-size`` px): a teacher is trained first (``--teacher-epochs``),
 online KD (fresh augmentation every step, ``num_views: null``) and with cached KD (``--views`` replayable views, the
 teacher's logits from the cache, filled on first sight), over ``--seeds`` seeds (the networks' initialisation; the
 generated data, its order and its views stay those of data seed 0); prints the final validation top-1
-accuracy as mean ± std, with a from-scratch student beside them.
+accuracy as mean ± std, with a from-scratch student beside them, and each mode's mean training epoch (validation
+excluded) with the cached/online and cached/student-only ratios. ``--teacher-weights`` loads a teacher trained by an
+earlier run (its ``teacher_<size>px.pt``). Settings whose teacher learns on a 2-core CPU: see docs/speed.md.
 
     python benchmarks/teacher_cache.py [--data-dir data/bench_teacher_cache] [--teacher resnet18]
         [--student test_resnet] [--views 4] [--time-size 64] [--acc-size 32] [--epochs 6] [--seeds 0 1 2]
-        [--difficulty 0.5] [--skip-timing] [--skip-accuracy] [--no-scratch] [--threads N]
+        [--difficulty 0.5] [--teacher-epochs 8] [--teacher-lr 3e-3] [--teacher-batch-size 64] [--lr 3e-3]
+        [--teacher-weights PATH] [--skip-timing] [--skip-accuracy] [--no-scratch] [--threads N]
 """
 
 from __future__ import annotations
@@ -155,9 +158,13 @@ def accuracy(args: argparse.Namespace) -> None:
     print(
         f"\n== accuracy: {args.student} <- {args.teacher} at {size} px, {args.num_train} images, difficulty "
         f"{args.difficulty:g}, {args.epochs} student epochs (lr {args.lr:g}, batch {args.batch_size}), teacher "
-        f"{args.teacher_epochs} epochs (lr {args.teacher_lr:g}, batch {args.teacher_batch_size}, "
-        f"{teacher_time:.0f} s), "
-        f"K = {args.views}, seeds {args.seeds}, {torch.get_num_threads()} threads =="
+        + (
+            f"loaded from {args.teacher_weights}, "
+            if args.teacher_weights
+            else f"{args.teacher_epochs} epochs (lr {args.teacher_lr:g}, batch {args.teacher_batch_size}, "
+            f"{teacher_time:.0f} s), "
+        )
+        + f"K = {args.views}, seeds {args.seeds}, {torch.get_num_threads()} threads =="
     )
     scores: dict[str, list[float]] = {"teacher": [], "scratch": [], "online KD": [], "cached KD": []}
     epoch_times: dict[str, list[float]] = {"scratch": [], "online KD": [], "cached KD": []}
