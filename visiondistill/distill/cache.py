@@ -9,10 +9,10 @@ the very image the student sees (FKD, Shen & Xing, ECCV 2022, does the same with
 
 What is stored, per (sample, view), in fp16: the full logits (classification ``[C]``, segmentation ``[C, H, W]`` at
 full resolution, a detector's per-location classification logits ``[A, K]``), or for classification with ``top_k``
-the k largest logits, their class indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*. A top-k entry is read back as dense
-logits whose other classes share that rest equally (each gets ``rest - log(C - k)``), so ``softmax`` at ``T = 1``
-gives the top-k classes their exact probabilities and the others their exact total; at another temperature the
-tail's split is approximate. ``k >= C`` keeps every class (exact).
+the k largest logits, their class indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*.
+A top-k entry is read back as dense logits whose other classes share that rest equally (each gets
+``rest - log(C - k)``), so ``softmax`` at ``T = 1`` gives the top-k classes their exact probabilities and the
+others their exact total; at another temperature the tail's split is approximate. ``k >= C`` keeps every class (exact).
 
 Which terms read it: `LogitDistillation`, `DecoupledDistillation`, `PixelwiseDistillation`, `ChannelWiseDistillation`
 on logits and `DetectionLogitDistillation` (their ``cacheable_teacher_output``; a detector's cached output is served
