@@ -14,11 +14,14 @@ Accuracy (``--acc-size`` px): a teacher is trained first (``--teacher-epochs``),
 online KD (fresh augmentation every step, ``num_views: null``) and with cached KD (``--views`` replayable views, the
 teacher's logits from the cache, filled on first sight), over ``--seeds`` seeds (the networks' initialisation; the
 generated data, its order and its views stay those of data seed 0); prints the final validation top-1
-accuracy as mean ± std, with a from-scratch student beside them.
+accuracy as mean ± std, with a from-scratch student beside them, and each mode's mean training epoch (validation
+excluded) with the cached/online and cached/student-only ratios. ``--teacher-weights`` loads a teacher trained by an
+earlier run (its ``teacher_<size>px.pt``). Settings whose teacher learns on a 2-core CPU: see docs/speed.md.
 
     python benchmarks/teacher_cache.py [--data-dir data/bench_teacher_cache] [--teacher resnet18]
         [--student test_resnet] [--views 4] [--time-size 64] [--acc-size 32] [--epochs 6] [--seeds 0 1 2]
-        [--difficulty 0.5] [--skip-timing] [--skip-accuracy] [--no-scratch] [--threads N]
+        [--difficulty 0.5] [--teacher-epochs 8] [--teacher-lr 3e-3] [--teacher-batch-size 64] [--lr 3e-3]
+        [--teacher-weights PATH] [--skip-timing] [--skip-accuracy] [--no-scratch] [--threads N]
 """
 
 from __future__ import annotations
@@ -39,16 +42,25 @@ warnings.filterwarnings("ignore")
 
 
 class EpochTimer(pl.Callback):
-    """Wall time of every training epoch."""
+    """Wall time of every training epoch, without its validation (which Lightning runs before the epoch's end)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self._start: float | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.times.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop()
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self._stop()
 
 
 def trainer(max_epochs: int, callbacks: list, validate: bool) -> pl.Trainer:
@@ -88,10 +100,10 @@ def datamodule(
     return module
 
 
-def task(args: argparse.Namespace, teacher: dict | None, seed: int, lr: float = 3e-3) -> ClassificationTask:
+def task(args: argparse.Namespace, teacher: dict | None, seed: int) -> ClassificationTask:
     pl.seed_everything(seed, verbose=False)
     return ClassificationTask(
-        student={"name": args.student}, teacher=teacher, num_classes=6, lr=lr, weight_decay=0.05, warmup_epochs=1
+        student={"name": args.student}, teacher=teacher, num_classes=6, lr=args.lr, weight_decay=0.05, warmup_epochs=1
     )
 
 
@@ -130,15 +142,36 @@ def accuracy(args: argparse.Namespace) -> None:
     size = args.acc_size
     start = time.perf_counter()
     pl.seed_everything(0, verbose=False)
-    teacher_run = ClassificationTask(student={"name": args.teacher}, num_classes=6, lr=3e-3, weight_decay=0.05)
-    trainer(args.teacher_epochs, [], validate=False).fit(teacher_run, datamodule=datamodule(args, size, None))
+    teacher_run = ClassificationTask(
+        student={"name": args.teacher}, num_classes=6, lr=args.teacher_lr, weight_decay=0.05, warmup_epochs=1
+    )
     weights = f"{args.data_dir}/teacher_{size}px.pt"
-    torch.save(teacher_run.student.state_dict(), weights)
-    print(f"\n== accuracy: {args.student} <- {args.teacher} at {size} px, {args.epochs} epochs, seeds {args.seeds} ==")
+    if args.teacher_weights:  # a teacher this script trained before (its teacher_<size>px.pt), not trained again
+        teacher_run.student.load_state_dict(torch.load(args.teacher_weights, weights_only=True))
+        weights = args.teacher_weights
+    else:
+        teacher_data = datamodule(args, size, None)
+        teacher_data.batch_size = args.teacher_batch_size
+        trainer(args.teacher_epochs, [], validate=False).fit(teacher_run, datamodule=teacher_data)
+        torch.save(teacher_run.student.state_dict(), weights)
+    teacher_time = time.perf_counter() - start
+    print(
+        f"\n== accuracy: {args.student} <- {args.teacher} at {size} px, {args.num_train} images, difficulty "
+        f"{args.difficulty:g}, {args.epochs} student epochs (lr {args.lr:g}, batch {args.batch_size}), teacher "
+        + (
+            f"loaded from {args.teacher_weights}, "
+            if args.teacher_weights
+            else f"{args.teacher_epochs} epochs (lr {args.teacher_lr:g}, batch {args.teacher_batch_size}, "
+            f"{teacher_time:.0f} s), "
+        )
+        + f"K = {args.views}, seeds {args.seeds}, {torch.get_num_threads()} threads =="
+    )
     scores: dict[str, list[float]] = {"teacher": [], "scratch": [], "online KD": [], "cached KD": []}
+    epoch_times: dict[str, list[float]] = {"scratch": [], "online KD": [], "cached KD": []}
     check = trainer(1, [], validate=True)
     check.validate(teacher_run, datamodule=datamodule(args, size, None), verbose=False)
     scores["teacher"].append(float(check.callback_metrics["val/acc_top1"]))
+    print(f"  teacher {scores['teacher'][-1]:.4f}", flush=True)
     for seed in args.seeds:
         for mode in ("online KD", "cached KD") if args.no_scratch else ("scratch", "online KD", "cached KD"):
             module = task(args, None if mode == "scratch" else {"name": args.teacher}, seed)
@@ -148,17 +181,32 @@ def accuracy(args: argparse.Namespace) -> None:
             cache = TeacherOutputCache()
             callbacks = [LogitDistillation(), cache] if callbacks is None else callbacks
             views = args.views if mode == "cached KD" else None
-            fit = trainer(args.epochs, callbacks, validate=True)
+            timer = EpochTimer()
+            fit = trainer(args.epochs, [*callbacks, timer], validate=True)
             fit.fit(module, datamodule=datamodule(args, size, views))  # the seed varies the networks' initialisation
             scores[mode].append(float(fit.callback_metrics["val/acc_top1"]))
+            epoch_times[mode] += timer.times  # training epochs only (the timer stops before validation)
             extra = f" (teacher: {cache.teacher_images} images, {cache.teacher_forwards} of {fit.global_step} steps)"
-            print(f"  seed {seed} {mode:<10} {scores[mode][-1]:.4f}{extra if mode == 'cached KD' else ''}")
+            print(
+                f"  seed {seed} {mode:<10} {scores[mode][-1]:.4f}  mean epoch {statistics.mean(timer.times):.1f} s"
+                f"{extra if mode == 'cached KD' else ''}",
+                flush=True,
+            )
     print("\n| run | val top-1 (mean ± std) |\n|---|---|")
     for mode, values in scores.items():
         if not values:
             continue
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"| {mode} | {statistics.mean(values):.4f} ± {spread:.4f} (n={len(values)}) |")
+    means = {mode: statistics.mean(times) for mode, times in epoch_times.items() if times}
+    print("\n| run | mean training epoch (all seeds) |\n|---|---|")
+    for mode, value in means.items():
+        print(f"| {mode} | {value:.2f} s |")
+    if "cached KD" in means and "online KD" in means:
+        ratios = f"cached / online = {means['cached KD'] / means['online KD']:.3f}"
+        if "scratch" in means:
+            ratios += f", cached / student-only = {means['cached KD'] / means['scratch']:.3f}"
+        print(ratios + " (the cache fills on first sight: its first epochs still run the teacher on new views)")
     print(f"accuracy part: {time.perf_counter() - start:.0f} s")
 
 
@@ -177,6 +225,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--acc-size", type=int, default=32)
     parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--teacher-lr", type=float, default=3e-3)
+    parser.add_argument("--teacher-weights", default=None, help="load this teacher_<size>px.pt instead of training")
+    parser.add_argument("--teacher-batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3, help="the students' peak learning rate")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--difficulty", type=float, default=0.5, help="shapes generator difficulty (1: benchmark)")

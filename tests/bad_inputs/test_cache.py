@@ -9,12 +9,13 @@ import pytest
 import yaml
 
 from visiondistill.core.errors import ConfigError
-from visiondistill.data import ShapesClassification
+from visiondistill.data import ShapesClassification, ShapesDetection, ShapesSegmentation
 from visiondistill.distill import TeacherCacheError, TeacherOutputCache
-from visiondistill.tasks import ClassificationTask
+from visiondistill.tasks import ClassificationTask, SegmentationTask
 
 from ..support.bad_inputs import expect_cli_error, expect_user_error, unchanged
 from ..support.cli import tiny_overrides
+from ..support.segmentation import TINY_STUDENT as TINY_SEGMENTER
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "classification" / "shapes_kd_cached.yaml"
 
@@ -53,6 +54,27 @@ def test_a_bad_num_views_is_refused(num_views, tmp_path):
         "num_views",
         repr(num_views),
         error_type=ConfigError,
+    )
+
+
+@pytest.mark.parametrize("module", [ShapesSegmentation, ShapesDetection], ids=["segmentation", "detection"])
+def test_a_bad_num_views_is_refused_by_the_dense_datamodules(module, tmp_path):
+    expect_user_error(lambda: module(str(tmp_path), num_views=0), "num_views", "0", error_type=ConfigError)
+
+
+def test_top_k_on_a_segmentation_teacher_is_refused(tmp_path):
+    data = ShapesSegmentation(
+        str(tmp_path / "shapes"), image_size=32, num_workers=0, num_train=4, num_val=2, num_test=0, num_views=1
+    )
+    data.prepare_data()
+    data.setup("fit")
+    segmenter = SegmentationTask(student=TINY_SEGMENTER, num_classes=7, ignore_index=None).student
+    expect_user_error(
+        lambda: TeacherOutputCache(top_k=3).fill(segmenter, data.train_dataset),
+        "top_k",
+        "segmentation map",
+        "top_k: null",
+        error_type=TeacherCacheError,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import pytorch_lightning as pl
@@ -304,3 +305,48 @@ def test_adaptive_state_saved_under_the_class_name_still_loads(tmp_path, tiny_lo
 def test_weight_schedules_with_other_specs_have_other_state_keys():
     a, b = WeightSchedule({"kd": {"warmup": 2}}), WeightSchedule({"kd": {"warmup": 3}})
     assert a.state_key != b.state_key and a.state_key == WeightSchedule({"kd": {"warmup": 2}}).state_key
+
+
+# -- loss balance without a host sync per step ------------------------------------------------------------------------
+
+
+def _old_shares(steps, names):
+    """The shares as the rule computed them before: Python floats, every step (one host sync per value)."""
+    sums, count = dict.fromkeys(names, 0.0), 0
+    for total, terms in steps:
+        total = float(total)
+        if total <= 0:
+            continue
+        for name in names:
+            sums[name] += abs(float(terms[name])) / total
+        count += 1
+    return {name: value / count for name, value in sums.items()}
+
+
+def test_balance_sums_shares_on_the_device_without_a_host_sync_per_step(monkeypatch):
+    rule = AdaptiveDistillationWeights(balance=["kd", "at"])
+    kd, at = LogitDistillation(), AttentionTransfer(weight=10.0)
+    kd.name, at.name = "kd", "at"
+    rule._targets = {"kd": kd, "at": at}
+    generator = torch.Generator().manual_seed(0)
+    steps = []
+    for step in range(40):
+        total = torch.rand((), generator=generator) * 3 - (0.5 if step % 7 == 0 else 0.0)  # some totals <= 0
+        steps.append((total, {"kd": torch.randn((), generator=generator), "at": torch.randn((), generator=generator)}))
+    module = types.SimpleNamespace(log=lambda *args, **kwargs: None)
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host during a training step")
+
+    with monkeypatch.context() as patch:
+        for method in ("item", "__float__", "__bool__", "tolist", "__int__"):
+            patch.setattr(torch.Tensor, method, no_sync)
+        for step, (total, terms) in enumerate(steps):
+            metrics = {"train/loss_step": total, **{f"train/distill/{n}_step": v for n, v in terms.items()}}
+            trainer = types.SimpleNamespace(callbacks=[rule], callback_metrics=metrics)
+            rule.on_train_batch_end(trainer, module, None, None, step)
+    state = rule.state_dict()  # folds the device sums: one sync, at the epoch's end
+    expected = _old_shares(steps, ["kd", "at"])
+    shares = {name: total / state["share_steps"] for name, total in state["share_sums"].items()}
+    assert shares == expected  # bit for bit: the same float64 operations in the same order
+    assert state["share_steps"] == sum(1 for total, _ in steps if float(total) > 0)

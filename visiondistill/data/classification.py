@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.data.channels import resolve_in_channels
@@ -20,7 +20,7 @@ from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import classification_transforms
-from visiondistill.data.views import ReplayableViews, ViewSampler, check_num_views
+from visiondistill.data.views import ReplayableViews, check_num_views
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderClassification", "ImageFolderDataset", "ShapesClassification"]
 
@@ -293,20 +293,6 @@ class ImageFolderClassification(SplitFolderDataModule):
         if self.verify_images:
             dataset.verify()
         return ReplayableViews(dataset, transform, self.num_views, seed=self.seed) if views else dataset
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches; with ``num_views``, ``(images, labels, view ids)`` of epoch views."""
-        if not isinstance(self.train_dataset, ReplayableViews):
-            return super().train_dataloader()
-        if getattr(self, "unlabeled_dataset", None) is not None:
-            raise ConfigError(
-                f"{type(self).__name__}: num_views (replayable views for a teacher-output cache) does not cover "
-                "unlabeled images yet; drop num_views or unlabeled_dir"
-            )
-        sampler = ViewSampler(len(self.train_dataset), self.train_dataset.num_views, seed=self.seed)
-        return DataLoader(
-            self.train_dataset, batch_size=self.batch_size, sampler=sampler, **self.loader_settings(), drop_last=False
-        )
 
 
 class ShapesClassification(GeneratedShapes, ImageFolderClassification):

@@ -53,6 +53,7 @@ from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import resolve_normalization
+from visiondistill.data.views import ReplayableViews, check_num_views
 
 __all__ = [
     "CocoDetection",
@@ -168,10 +169,16 @@ def seed_augmentation_worker(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
-def detection_collate(samples: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
-    """Stacks the images and keeps the targets as a list (their box counts differ)."""
-    images = torch.stack([image for image, _ in samples])
-    return images, [target for _, target in samples]
+def detection_collate(samples: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Stacks the images and keeps the targets as a list (their box counts differ).
+
+    Samples of replayable views, ``(image, target, view_id)``, give ``(images, targets, view_ids [N, 2])``.
+    """
+    images = torch.stack([sample[0] for sample in samples])
+    targets = [sample[1] for sample in samples]
+    if all(len(sample) > 2 for sample in samples):
+        return images, targets, torch.stack([sample[2] for sample in samples])
+    return images, targets
 
 
 class CocoDetectionDataset(Dataset):
@@ -361,6 +368,9 @@ class CocoDetection(SplitFolderDataModule):
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
         intensity_window: ``[low, high]`` in the image files' units, mapped to [0, 1] instead of each file's type
             range (see `visiondistill.data.images`).
+        num_views: Replayable augmentation views per training image (K, `visiondistill.data.views`; boxes move
+            with the image): training batches are ``(images, targets, view_ids)`` for a teacher-output cache.
+            ``None``: a fresh random augmentation every time.
 
     Raises:
         ValueError: For non-positive sizes, negative workers or a bad ``invalid_boxes``.
@@ -386,9 +396,11 @@ class CocoDetection(SplitFolderDataModule):
         seed: int = 0,
         in_chans: int | None = None,
         intensity_window: list[float] | None = None,
+        num_views: int | None = None,
     ) -> None:
         super().__init__()
         num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        self.num_views = check_num_views(num_views, owner=type(self).__name__)
         if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
                 f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
@@ -426,8 +438,9 @@ class CocoDetection(SplitFolderDataModule):
             f"{self.annotations_pattern.format(split='<split>')} for train and val."
         )
 
-    def _dataset(self, split: str, train: bool) -> CocoDetectionDataset:
+    def _dataset(self, split: str, train: bool) -> CocoDetectionDataset | ReplayableViews:
         folder = self._require_split(split)
+        views = train and self.num_views is not None
         dataset = CocoDetectionDataset(
             self.annotation_file(split),
             folder,
@@ -451,7 +464,7 @@ class CocoDetection(SplitFolderDataModule):
             f"{counts['annotations']} boxes; {counts['clipped']} clipped to the image, {counts['dropped']} dropped "
             f"(zero area), {counts['crowd']} crowd annotations left out"
         )
-        return dataset
+        return ReplayableViews(dataset, None, self.num_views, seed=self.seed) if views else dataset
 
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
@@ -459,11 +472,10 @@ class CocoDetection(SplitFolderDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            **self.loader_order(dataset, shuffle),
             **self.loader_settings(),
             collate_fn=detection_collate,  # targets stay a list: their box counts differ
-            worker_init_fn=seed_augmentation_worker,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            worker_init_fn=seed_augmentation_worker,  # replayable views reseed per sample: harmless there
         )
 
 
@@ -487,6 +499,8 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         difficulty: Generator difficulty (0 clean, 1 benchmark).
         seed: Data-set seed (also seeds the shuffle order).
         in_chans: Deprecated spelling of ``in_channels`` (configs written before the rename).
+        num_views: Replayable augmentation views per training image, for a teacher-output cache (see
+            `CocoDetection`); ``None``: fresh augmentation every time.
 
     Example::
 
@@ -511,6 +525,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
         difficulty: float = 0.0,
         seed: int = 0,
         in_chans: int | None = None,
+        num_views: int | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -521,6 +536,7 @@ class ShapesDetection(GeneratedShapes, CocoDetection):
             augment=augment,
             seed=seed,
             in_chans=in_chans,
+            num_views=num_views,
         )
         self.class_names = list(SHAPE_CLASSES)
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -31,6 +31,7 @@ from visiondistill.data.loading import NumWorkers, check_num_workers
 from visiondistill.data.shapes import SHAPE_CLASSES
 from visiondistill.data.splits import SplitFolderDataModule
 from visiondistill.data.transforms import augmentation_pipeline, resolve_normalization
+from visiondistill.data.views import ReplayableViews, check_num_views
 
 __all__ = [
     "MASK_EXTENSIONS",
@@ -50,6 +51,8 @@ def segmentation_transforms(
     in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    *,
+    replayable: bool = False,
 ) -> A.Compose:
     """Build the joint image + mask pipeline for segmentation.
 
@@ -63,6 +66,8 @@ def segmentation_transforms(
         in_channels: 1 for ``H x W`` grayscale input, 3 for RGB.
         mean: Per-channel mean in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
         std: Per-channel std in [0, 1] units; ``None`` = ImageNet (averaged for grayscale).
+        replayable: Return a plain ``Compose`` whose draws follow ``set_random_seed`` (replayable views,
+            `visiondistill.data.views`) instead of one reseeded from torch on each call.
 
     Returns:
         A pipeline called as ``pipeline(image=array, mask=array)`` that returns a ``float32`` image tensor
@@ -78,7 +83,7 @@ def segmentation_transforms(
         >>> tuple(out["image"].shape), tuple(out["mask"].shape), int(out["mask"].max())
         ((1, 32, 32), (32, 32), 255)
     """
-    return augmentation_pipeline(image_size, train, in_channels, mean, std)
+    return augmentation_pipeline(image_size, train, in_channels, mean, std, torch_seeded=not replayable)
 
 
 class MaskFolderDataset(Dataset):
@@ -253,11 +258,16 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
             rest are used as unlabeled images. 1 keeps every label.
         labeled_seed: Seed of that draw (default: ``seed``).
+        num_views: Replayable augmentation views per training image (K, `visiondistill.data.views`; image and mask
+            move together): each epoch shows every image in one of its K views, and training batches are
+            ``(images, masks, view_ids)`` for a teacher-output cache (`visiondistill.distill.TeacherOutputCache`).
+            ``None``: a fresh random augmentation every time.
 
     Raises:
         ValueError: For non-positive sizes, negative workers, ``in_channels`` other than 1 or 3, no class count,
             or a ``class_names`` list that disagrees with ``num_classes``.
-        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``.
+        ConfigError: For an ``intensity_window`` that is not ``[low, high]`` with ``low < high``, or a bad
+            ``num_views``.
 
     Example::
 
@@ -284,9 +294,11 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         unlabeled_dir: str | None = None,
         labeled_fraction: float = 1.0,
         labeled_seed: int | None = None,
+        num_views: int | None = None,
     ) -> None:
         super().__init__()
         num_workers = check_num_workers(num_workers, owner=type(self).__name__)
+        self.num_views = check_num_views(num_views, owner=type(self).__name__)
         if image_size <= 0 or batch_size <= 0:
             raise ConfigError(
                 f"need image_size > 0 and batch_size > 0, got image_size={image_size!r}, batch_size={batch_size!r}"
@@ -320,21 +332,24 @@ class MaskFolderSegmentation(SplitFolderDataModule):
         """How to create missing data; appended to `MissingDataError` messages."""
         return "Check data_dir: it must hold train/{images,masks}/ and val/{images,masks}/ folders."
 
-    def _dataset(self, split: str, train: bool) -> MaskFolderDataset:
+    def _dataset(self, split: str, train: bool) -> MaskFolderDataset | ReplayableViews:
         folder = self.split_dir(split)
         if not folder.is_dir():
             raise MissingDataError(f"Split folder '{folder}' does not exist. {self.missing_data_hint()}", path=folder)
+        views = train and getattr(self, "num_views", None) is not None
         dataset = MaskFolderDataset(
             folder,
             num_classes=self.num_classes,
-            transform=segmentation_transforms(self.image_size, train and self.augment, self.in_channels),
+            transform=segmentation_transforms(
+                self.image_size, train and self.augment, self.in_channels, replayable=views
+            ),
             in_channels=self.in_channels,
             ignore_index=self.ignore_index,
             intensity_window=self.intensity_window,
         )
         if self.verify:
             dataset.verify()
-        return dataset
+        return ReplayableViews(dataset, None, self.num_views, seed=self.seed) if views else dataset
 
 
 class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
@@ -365,6 +380,8 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         labeled_fraction: Share of the training images that keep their labels (a seeded, stratified draw); the
             rest are used as unlabeled images. 1 keeps every label.
         labeled_seed: Seed of that draw (default: ``seed``).
+        num_views: Replayable augmentation views per training image, for a teacher-output cache (see
+            `MaskFolderSegmentation`); ``None``: fresh augmentation every time.
 
     Raises:
         ValueError: For invalid counts or sizes.
@@ -396,6 +413,7 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
         unlabeled_dir: str | None = None,
         labeled_fraction: float = 1.0,
         labeled_seed: int | None = None,
+        num_views: int | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -412,5 +430,6 @@ class ShapesSegmentation(GeneratedShapes, MaskFolderSegmentation):
             unlabeled_dir=unlabeled_dir,
             labeled_fraction=labeled_fraction,
             labeled_seed=labeled_seed,
+            num_views=num_views,
         )
         self.init_generation(generate, num_train, num_val, num_test, difficulty)

@@ -12,9 +12,11 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
+from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import MissingDataError
 from visiondistill.data.loading import NumWorkers, loader_kwargs, local_world_size
 from visiondistill.data.unlabeled import attach_unlabeled, check_labeled_fraction
+from visiondistill.data.views import ReplayableViews, ViewSampler
 
 
 class SplitFolderDataModule(pl.LightningDataModule):
@@ -126,16 +128,33 @@ class SplitFolderDataModule(pl.LightningDataModule):
         except RuntimeError:  # some Lightning versions raise for a datamodule that is not attached
             return None
 
+    def loader_order(self, dataset: Dataset, shuffle: bool) -> dict[str, Any]:
+        """The DataLoader's order arguments: a seeded shuffle, or a `ViewSampler` over replayable views.
+
+        A `ReplayableViews` training set is read through a `ViewSampler` (every sample once per epoch, in the
+        epoch's view; Lightning calls its ``set_epoch``), so its batches carry ``[index, view]`` ids.
+
+        Raises:
+            ConfigError: For replayable views together with unlabeled images (not covered yet).
+        """
+        if isinstance(dataset, ReplayableViews):
+            if getattr(self, "unlabeled_dataset", None) is not None:
+                raise ConfigError(
+                    f"{type(self).__name__}: num_views (replayable views for a teacher-output cache) does not cover "
+                    "unlabeled images yet; drop num_views or unlabeled_dir"
+                )
+            return {"sampler": ViewSampler(len(dataset), dataset.num_views, seed=self.seed, shuffle=shuffle)}
+        return {"shuffle": shuffle, "generator": torch.Generator().manual_seed(self.seed) if shuffle else None}
+
     def _loader(self, dataset: Dataset | None, stage: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its {stage} dataloader.")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            **self.loader_order(dataset, shuffle),
             **self.loader_settings(),
             drop_last=False,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:

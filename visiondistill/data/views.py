@@ -6,8 +6,9 @@ A teacher-output cache is only consistent when the teacher's stored output belon
 albumentations' generators seeded with ``view_seed(seed, i, v)`` (`Compose.set_random_seed`, albumentations 2.x), so it
 is the same in any process: the main process, a DataLoader worker, a later run. `ViewSampler` picks one view per
 sample per epoch (seeded by the data seed and the epoch, in the main process, so persistent workers need no state) and
-yields ``(index, view)`` keys; `ReplayableViews` returns ``(image, label, view_id)`` with ``view_id`` the
-``int64`` tensor ``[index, view]``, which a batch carries as its third item (``[B, 2]``).
+yields ``(index, view)`` keys; `ReplayableViews` returns ``(image, target, view_id)`` (target: a label, a mask moved
+with the image, or a box dict moved with it) with ``view_id`` the ``int64`` tensor ``[index, view]``, which a batch
+carries as its third item (``[B, 2]``).
 
 Example::
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import albumentations as A
@@ -33,7 +35,7 @@ from torch.utils.data import Dataset, Sampler
 
 from visiondistill.core.errors import ConfigError
 
-__all__ = ["ReplayableViews", "ViewSampler", "check_num_views", "epoch_views", "view_seed"]
+__all__ = ["ReplayableViews", "ViewSampler", "check_num_views", "data_digest", "epoch_views", "view_seed"]
 
 
 def check_num_views(value: Any, owner: str = "datamodule") -> int | None:
@@ -106,59 +108,119 @@ class ViewSampler(Sampler[tuple[int, int]]):
 
 
 class ReplayableViews(Dataset):
-    """A classification data set whose training views are replayed from seeds.
+    """A training data set whose views are replayed from seeds: classification, segmentation or detection.
+
+    Two ways to wrap a data set:
+
+    - ``transform`` given (classification): the data set's ``load_image(index)`` (an ``H x W x C`` array) goes
+      through ``transform(image=…)``, and the label is ``samples[index][1]``;
+    - ``transform=None`` (segmentation, detection): the data set applies its own ``transform`` in ``__getitem__``
+      (image and mask, or image and boxes, moved together), and ``dataset[index]`` is returned with the view id
+      appended; its ``transform`` is reseeded before each call.
+
+    Either way the transform must be an albumentations ``Compose`` not reseeded on its own (not
+    ``TorchSeededCompose``): the view's seed is set before each call, so geometry and the mask or boxes replay
+    together.
 
     Args:
-        dataset: The images: ``load_image(index)`` (an ``H x W x C`` array) and ``samples`` (``(path, label)``
-            pairs), as `visiondistill.data.classification.ImageFolderDataset` has.
-        transform: An albumentations ``Compose`` not reseeded on its own (not ``TorchSeededCompose``): the view's seed
-            is set before each call.
+        dataset: The images (``load_image`` and ``samples`` for the first way; ``__getitem__`` and ``transform``
+            for the second).
+        transform: The classification pipeline, or ``None`` to use ``dataset.transform``.
         num_views: Views per sample (K).
         seed: The data seed.
 
     Raises:
-        ConfigError: For a bad ``num_views``.
+        ConfigError: For a bad ``num_views``, or ``transform=None`` with a data set without an albumentations
+            ``transform``.
     """
 
-    def __init__(self, dataset: Any, transform: A.Compose, num_views: int, seed: int = 0) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(self, dataset: Any, transform: A.Compose | None, num_views: int, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.own_transform = transform is None
+        self.transform = dataset.transform if transform is None else transform
+        if not isinstance(self.transform, A.Compose):
+            raise ConfigError(
+                f"ReplayableViews: {type(dataset).__name__} has no albumentations transform to replay "
+                f"(got {type(self.transform).__name__})"
+            )
         self.num_views = check_num_views(num_views, owner="ReplayableViews") or 1
         self.seed = int(seed)
 
     def __len__(self) -> int:
         """Number of samples (not of views)."""
-        return len(self.dataset.samples)
+        return len(self.dataset)
+
+    def sample(self, index: int, view: int) -> tuple[Any, ...]:
+        """View ``view`` of sample ``index`` with its target: the same, bit for bit, whenever and wherever drawn."""
+        self.transform.set_random_seed(view_seed(self.seed, index, view))
+        if self.own_transform:
+            return tuple(self.dataset[index])
+        return self.transform(image=self.dataset.load_image(index))["image"], self.dataset.samples[index][1]
 
     def view(self, index: int, view: int) -> torch.Tensor:
-        """View ``view`` of sample ``index``: the same tensor, bit for bit, whenever and wherever it is drawn."""
-        self.transform.set_random_seed(view_seed(self.seed, index, view))
-        return self.transform(image=self.dataset.load_image(index))["image"]
+        """The image of view ``view`` of sample ``index`` (`sample` without the target)."""
+        return self.sample(index, view)[0]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """``(image, label, view_id)`` for a ``(index, view)`` key (`ViewSampler`); a plain index means view 0."""
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
+        """``(image, target, view_id)`` for a ``(index, view)`` key (`ViewSampler`); a plain index means view 0."""
         index, view = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), 0)
         if not 0 <= view < self.num_views:
             raise IndexError(f"view {view} of sample {index}: this data set has {self.num_views} views per sample")
-        return self.view(index, view), self.dataset.samples[index][1], torch.tensor([index, view], dtype=torch.int64)
+        return (*self.sample(index, view), torch.tensor([index, view], dtype=torch.int64))
 
     def view_fingerprint(self) -> dict[str, Any]:
         """What a stored teacher output depends on besides the teacher: the images, K, the seed and the transform.
 
         Returns:
-            ``{"data": sha256 of (relative path, label, file size) per sample, "num_samples", "num_views", "seed",
-            "transform": sha256 of the pipeline's albumentations serialisation}``.
+            ``{"data": `data_digest` of the data set, "num_samples", "num_views", "seed", "transform": sha256 of
+            the pipeline's albumentations serialisation}``.
         """
-        root = getattr(self.dataset, "root", None)
-        data = hashlib.sha256()
-        for path, label in self.dataset.samples:
-            name = str(path.relative_to(root)) if root is not None else str(path)
-            size = path.stat().st_size if hasattr(path, "stat") else -1
-            data.update(f"{name}\0{label}\0{size}\n".encode())
         transform = json.dumps(A.to_dict(self.transform), sort_keys=True, default=str)
         return {
-            "data": data.hexdigest(),
+            "data": data_digest(self.dataset),
             "num_samples": len(self),
             "num_views": self.num_views,
             "seed": self.seed,
             "transform": hashlib.sha256(transform.encode()).hexdigest(),
         }
+
+
+def _file_row(path: Any, root: Any) -> str:
+    """A file as ``relative name + size`` (the size catches a rewritten file of the same name)."""
+    if not isinstance(path, Path):
+        return str(path)
+    try:
+        name = str(path.relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        name = str(path)
+    return f"{name}:{path.stat().st_size if path.exists() else -1}"
+
+
+def _sample_row(image: Any, target: Any, root: Any) -> str:
+    if isinstance(target, Path):  # a mask file
+        return f"{_file_row(image, root)}\0{_file_row(target, root)}"
+    name = str(image.relative_to(root)) if root is not None else str(image)
+    size = image.stat().st_size if hasattr(image, "stat") else -1
+    return f"{name}\0{target}\0{size}"  # the row of a classification sample (format of the first caches)
+
+
+def data_digest(dataset: Any) -> str:
+    """sha256 of what a data set's training samples are made of: files (relative names, sizes) and targets.
+
+    ``samples`` of ``(image, label)`` (classification) or ``(image, mask)`` (segmentation) pairs are read row by
+    row; a COCO detection data set (``images`` entries and an ``annotation_file``) adds the annotation file's bytes
+    (boxes and labels) and each image's file name and size.
+    """
+    digest = hashlib.sha256()
+    root = getattr(dataset, "root", None)
+    annotation = getattr(dataset, "annotation_file", None)
+    if annotation is not None and Path(annotation).is_file():
+        digest.update(b"annotations\0" + Path(annotation).read_bytes())
+    if hasattr(dataset, "samples"):
+        rows = (_sample_row(image, target, root) for image, target in dataset.samples)
+    else:
+        folder = Path(getattr(dataset, "image_dir", "."))
+        rows = (_file_row(folder / entry["file_name"], folder) for entry in getattr(dataset, "images", []))
+    for row in rows:
+        digest.update(row.encode() + b"\n")
+    return digest.hexdigest()

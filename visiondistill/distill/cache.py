@@ -7,13 +7,16 @@ replayable views (`visiondistill.data.views`, ``num_views`` on the datamodule) a
 view]`` ids, so the cache keys the teacher's output by (sample, view) and a cached output is the teacher's output on
 the very image the student sees (FKD, Shen & Xing, ECCV 2022, does the same with soft labels per replayable crop).
 
-What is stored, per (sample, view), in fp16: the full logits, or with ``top_k`` the k largest logits, their class
-indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*. A top-k entry is read back as dense
-logits whose other classes share that rest equally (each gets ``rest - log(C - k)``), so ``softmax`` at ``T = 1``
-gives the top-k classes their exact probabilities and the others their exact total; at another temperature the
-tail's split is approximate. ``k >= C`` keeps every class (exact).
+What is stored, per (sample, view), in fp16: the full logits (classification ``[C]``, segmentation ``[C, H, W]`` at
+full resolution, a detector's per-location classification logits ``[A, K]``), or for classification with ``top_k``
+the k largest logits, their class indices, and the log-sum-exp of the other logits (fp32), the *rest of the mass*.
+A top-k entry is read back as dense logits whose other classes share that rest equally (each gets
+``rest - log(C - k)``), so ``softmax`` at ``T = 1`` gives the top-k classes their exact probabilities and the
+others their exact total; at another temperature the tail's split is approximate. ``k >= C`` keeps every class (exact).
 
-Which terms read it: `LogitDistillation` and `DecoupledDistillation` (their ``cacheable_teacher_output``). When every
+Which terms read it: `LogitDistillation`, `DecoupledDistillation`, `PixelwiseDistillation`, `ChannelWiseDistillation`
+on logits and `DetectionLogitDistillation` (their ``cacheable_teacher_output``; a detector's cached output is served
+as a `CachedDetectorOutput` holding ``cls_logits`` only). When every
 teacher consumer on the trainer is one of them, the cache serves each step: the teacher runs only on the batch's rows
 not cached yet (in the cache's ``on_train_batch_start``; eval mode, so rows are independent), their logits are
 stored, and the whole batch's logits go to the task as ``pl_module.cached_teacher_output``, which
@@ -38,6 +41,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +59,12 @@ from visiondistill.core.protocol import batch_inputs, freeze_teacher, get_teache
 from visiondistill.core.teachers import teacher_ids
 
 __all__ = [
+    "CachedDetectorOutput",
     "TeacherCacheError",
     "TeacherOutputCache",
     "TeacherOutputStore",
     "batch_view_ids",
+    "cacheable_tensor",
     "dense_logits",
     "teacher_fingerprint",
     "topk_logits",
@@ -146,35 +152,77 @@ def dense_logits(values: Tensor, indices: Tensor, rest: Tensor, num_classes: int
     return dense.scatter(1, indices.long(), values.float())
 
 
+@dataclass(frozen=True)
+class CachedDetectorOutput:
+    """What the cache serves for a detector teacher: the per-location classification logits ``N×A×K`` only.
+
+    `visiondistill.distill.detection.DetectionLogitDistillation` reads nothing else of the teacher's
+    `visiondistill.models.detectors.DetectorOutput`; the FPN terms read its ``features`` and keep the live teacher.
+    """
+
+    cls_logits: Tensor
+
+
+def cacheable_tensor(output: Any) -> Tensor:
+    """The tensor of a teacher output that the cache stores: a detector's ``cls_logits``, else the logits.
+
+    Classification ``[B, C]`` and segmentation ``[B, C, H, W]`` logits are stored whole; of a detector's output
+    (FPN features, box regression, …) only the classification logits ``[B, A, K]``, which the detection logit KD reads.
+    """
+    logits = getattr(output, "cls_logits", None)
+    return logits if isinstance(logits, Tensor) else output_logits(output)
+
+
 class TeacherOutputStore:
-    """The teacher's logits per (sample, view): fp16 tensors ``[N, K, C]`` (or top-k), and which are filled.
+    """The teacher's outputs per (sample, view): fp16 tensors ``[N, K, *shape]`` (or top-k), and which are filled.
+
+    ``shape`` is that of one image's output: ``[C]`` (classification logits), ``[C, H, W]`` (segmentation logits,
+    full resolution) or ``[A, K]`` (a detector's per-location classification logits). The tensor is allocated
+    uninitialised on the first output, so memory pages are touched only as entries are filled; filled in full it
+    takes ``N · K · prod(shape) · 2`` bytes.
 
     Args:
         num_samples: Training images (N).
         num_views: Views per image (K).
-        top_k: Keep the k largest logits and the rest's log-sum-exp; ``None`` keeps all logits.
+        top_k: Keep the k largest logits and the rest's log-sum-exp (classification logits only); ``None`` keeps
+            all logits.
     """
 
     def __init__(self, num_samples: int, num_views: int, top_k: int | None = None) -> None:
         self.num_samples, self.num_views, self.top_k = int(num_samples), int(num_views), top_k
         self.filled = torch.zeros(self.num_samples, self.num_views, dtype=torch.bool)
-        self.num_classes: int | None = None
+        self.shape: tuple[int, ...] | None = None
+        #: The teacher returns detector outputs: entries are served as `CachedDetectorOutput`.
+        self.detector = False
         self.values: Tensor | None = None
         self.indices: Tensor | None = None
         self.rest: Tensor | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of one output (its last dimension for detectors, its first otherwise); ``None`` while empty."""
+        if self.shape is None:
+            return None
+        return self.shape[-1] if self.detector else self.shape[0]
 
     def __len__(self) -> int:
         """Filled (sample, view) entries."""
         return int(self.filled.sum())
 
-    def _allocate(self, num_classes: int) -> None:
-        self.num_classes = int(num_classes)
-        shape = (self.num_samples, self.num_views)
-        width = num_classes if self.top_k is None else min(self.top_k, num_classes)
-        self.values = torch.zeros(*shape, width, dtype=torch.float16)
+    def _allocate(self, shape: tuple[int, ...]) -> None:
+        if self.top_k is not None and (len(shape) != 1 or self.detector):
+            what = "a detector's per-location logits" if self.detector else "a segmentation map"
+            raise TeacherCacheError(
+                f"TeacherOutputCache: top_k keeps the k largest of one image's class logits [C], but the teacher's "
+                f"outputs are {what} {list(shape)} per image; set top_k: null (full maps, fp16)"
+            )
+        self.shape = tuple(int(d) for d in shape)
+        rows = (self.num_samples, self.num_views)
+        width = self.shape if self.top_k is None else (min(self.top_k, self.shape[0]),)
+        self.values = torch.empty(*rows, *width, dtype=torch.float16)  # read only where `filled`
         if self.top_k is not None:
-            self.indices = torch.zeros(*shape, width, dtype=torch.int32)
-            self.rest = torch.zeros(*shape, dtype=torch.float32)
+            self.indices = torch.empty(*rows, *width, dtype=torch.int32)
+            self.rest = torch.empty(*rows, dtype=torch.float32)
 
     def _check_ids(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         ids = ids.detach().cpu().long()
@@ -185,14 +233,23 @@ class TeacherOutputStore:
             )
         return index, view
 
+    def store_output(self, ids: Tensor, output: Any) -> None:
+        """Stores what the cache keeps of a teacher output (`cacheable_tensor`) for the ids."""
+        if self.shape is None:
+            self.detector = isinstance(getattr(output, "cls_logits", None), Tensor)
+        self.store(ids, cacheable_tensor(output))
+
     def store(self, ids: Tensor, logits: Tensor) -> None:
-        """Stores the teacher's ``[B, C]`` logits for the ``[B, 2]`` ``(index, view)`` ids."""
+        """Stores the teacher's ``[B, *shape]`` logits for the ``[B, 2]`` ``(index, view)`` ids."""
         index, view = self._check_ids(ids)
         logits = logits.detach().float().cpu()
-        if self.num_classes is None:
-            self._allocate(logits.shape[1])
-        if logits.shape[1] != self.num_classes:
-            raise TeacherCacheError(f"teacher logits have {logits.shape[1]} classes, the cache {self.num_classes}")
+        if self.shape is None:
+            self._allocate(tuple(logits.shape[1:]))
+        if tuple(logits.shape[1:]) != self.shape:
+            raise TeacherCacheError(
+                f"teacher outputs of shape {list(logits.shape[1:])} per image, but the cache holds {list(self.shape)}"
+                " (another teacher, image size or number of classes); fill a new cache"
+            )
         assert self.values is not None
         if self.top_k is None:
             self.values[index, view] = logits.half()
@@ -211,8 +268,13 @@ class TeacherOutputStore:
         index, view = self._check_ids(ids)
         return self.filled[index, view]
 
+    def serve(self, ids: Tensor) -> Any:
+        """What the terms read for the ids: the `lookup` tensor, or a `CachedDetectorOutput` of it for a detector."""
+        logits = self.lookup(ids)
+        return CachedDetectorOutput(logits) if self.detector and logits is not None else logits
+
     def lookup(self, ids: Tensor) -> Tensor | None:
-        """Dense ``float32`` ``[B, C]`` logits for the ids when every one is filled, else ``None``."""
+        """Dense ``float32`` ``[B, *shape]`` logits for the ids when every one is filled, else ``None``."""
         index, view = self._check_ids(ids)
         if self.values is None or not bool(self.filled[index, view].all()):
             return None
@@ -231,12 +293,15 @@ class TeacherOutputStore:
             assert self.indices is not None and self.rest is not None
             shard["indices"], shard["rest"] = self.indices[index, view].clone(), self.rest[index, view].clone()
         shard["num_classes"] = torch.tensor(self.num_classes)
+        assert self.shape is not None
+        shard["shape"], shard["detector"] = torch.tensor(self.shape), torch.tensor(self.detector)
         return shard
 
     def load_entries(self, shard: Mapping[str, Tensor]) -> None:
         """Adds a shard's entries (`entries`)."""
-        if self.num_classes is None:
-            self._allocate(int(shard["num_classes"]))
+        if self.shape is None:
+            self.detector = bool(shard["detector"]) if "detector" in shard else False
+            self._allocate(tuple(shard["shape"].tolist()) if "shape" in shard else (int(shard["num_classes"]),))
         index, view = self._check_ids(shard["ids"])
         assert self.values is not None
         self.values[index, view] = shard["values"]
@@ -246,11 +311,16 @@ class TeacherOutputStore:
         self.filled[index, view] = True
 
 
+def _images_and_ids(samples: list[tuple[Any, ...]]) -> tuple[Tensor, Tensor]:
+    """Collates what the pre-pass needs of ``(image, target, view_id)`` samples: images and ids (any target type)."""
+    return torch.stack([sample[0] for sample in samples]), torch.stack([sample[-1] for sample in samples])
+
+
 class TeacherOutputCache(Callback):
     """Stores the teacher's logits per (training image, augmentation view) and skips the teacher where it can.
 
-    Needs a datamodule with replayable views (``num_views: K`` on the classification datamodules). See the module
-    docstring for what is stored, which terms read it and the on-disk layout.
+    Needs a datamodule with replayable views (``num_views: K`` on the classification, segmentation and detection
+    datamodules). See the module docstring for what is stored, which terms read it and the on-disk layout.
 
     Args:
         directory: Cache folder (``meta.json`` + ``shards/``), kept across runs; ``None`` keeps the cache in memory.
@@ -324,7 +394,9 @@ class TeacherOutputCache(Callback):
         assert self.directory is not None
         path = self.directory / "meta.json"
         if not path.is_file():
-            if self.directory.is_dir() and any(self.directory.iterdir()):
+            # another rank may be writing this very cache (its shards/ folder, its temporary meta file): not foreign
+            ours = ("shards", ".meta.json.")
+            if self.directory.is_dir() and any(not p.name.startswith(ours) for p in self.directory.iterdir()):
                 raise TeacherCacheError(
                     f"'{self.directory}' is not empty and holds no meta.json, so it is not a teacher cache; "
                     "point TeacherOutputCache.directory to a new or empty folder"
@@ -404,12 +476,12 @@ class TeacherOutputCache(Callback):
         store = self.open(teacher, dataset)
         teacher.eval()
         missing = [tuple(pair) for pair in (~store.filled).nonzero().tolist()]
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=missing, num_workers=num_workers)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=missing, num_workers=num_workers, collate_fn=_images_and_ids
+        )
         device = module_device(teacher)
-        for batch in loader:
-            ids = batch_view_ids(batch)
-            assert ids is not None
-            store.store(ids, output_logits(teacher(batch[0].to(device))))
+        for images, ids in loader:
+            store.store_output(ids, teacher(images.to(device)))
             self._unsaved.append(ids)
         self.flush()
         return len(missing)
@@ -440,7 +512,8 @@ class TeacherOutputCache(Callback):
             rank_zero_warn(
                 f"TeacherOutputCache: the teacher still runs on every step, because {live} read the teacher's layers "
                 "or run it themselves, which the cache does not store; only the logit terms (LogitDistillation, "
-                "DecoupledDistillation) are served from it. The cache is filled all the same."
+                "DecoupledDistillation, PixelwiseDistillation, ChannelWiseDistillation on logits, "
+                "DetectionLogitDistillation) are served from it. The cache is filled all the same."
             )
 
     @override
@@ -454,7 +527,7 @@ class TeacherOutputCache(Callback):
 
     def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._pending is not None and self._captured is None:  # the step's own teacher forward, not a later one
-            self._captured = output_logits(output).detach()
+            self._captured = output
 
     @override
     def on_train_batch_start(
@@ -480,16 +553,21 @@ class TeacherOutputCache(Callback):
             freeze_teacher(teacher)
             inputs = batch_inputs(batch)
             with torch.no_grad():
-                live = output_logits(teacher(inputs[missing.to(inputs.device)]))
-            self.store.store(ids[missing], live)
+                live = teacher(inputs[missing.to(inputs.device)])
+            self.store.store_output(ids[missing], live)
             self._unsaved.append(ids[missing].cpu())
             self.teacher_forwards += 1
             self.teacher_images += len(missing)
         else:
             self.cached_steps += 1
-        cached = self.store.lookup(ids)
+        cached = self.store.serve(ids)
         assert cached is not None
-        pl_module.cached_teacher_output = cached.to(module_device(pl_module))
+        device = module_device(pl_module)
+        pl_module.cached_teacher_output = (
+            CachedDetectorOutput(cached.cls_logits.to(device))
+            if isinstance(cached, CachedDetectorOutput)
+            else cached.to(device)
+        )
 
     @override
     def on_train_batch_end(
@@ -497,7 +575,7 @@ class TeacherOutputCache(Callback):
     ) -> None:
         pl_module.cached_teacher_output = None
         if self._pending is not None and self._captured is not None and self.store is not None:
-            self.store.store(self._pending, self._captured)
+            self.store.store_output(self._pending, self._captured)
             self._unsaved.append(self._pending.cpu())
         self._pending = self._captured = None
 

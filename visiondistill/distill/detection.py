@@ -268,6 +268,9 @@ class DetectionLogitDistillation(DistillationCallback):
     """
 
     default_name = "det_kd"
+    #: Reads only the teacher's ``cls_logits``, which `visiondistill.distill.cache.TeacherOutputCache` can serve
+    #: (FCOS is dense: a location's logits depend on the image alone, not on proposals or on the student).
+    cacheable_teacher_output = True
 
     def __init__(
         self,

@@ -79,6 +79,8 @@ class PixelwiseDistillation(DistillationCallback):
     """
 
     default_name = "pixelwise_kd"
+    #: Reads only the teacher's logits, which `visiondistill.distill.cache.TeacherOutputCache` can serve.
+    cacheable_teacher_output = True
 
     def __init__(
         self,
@@ -176,6 +178,8 @@ class ChannelWiseDistillation(_FeatureDistillation):
             self.student_layers, self.teacher_layers = [], []
             self._student_recorder = self._teacher_recorder = None
         self.source = source
+        #: On the logits it reads only the teacher's output, which `TeacherOutputCache` can serve.
+        self.cacheable_teacher_output = source == "logits"
         self.tau = float(tau)
         self._connector: nn.Module | None = None
 

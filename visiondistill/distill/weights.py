@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
@@ -325,6 +326,10 @@ class AdaptiveDistillationWeights(_WeightController):
         self.share_steps = 0
         self.updates = 0
         self._warned: set[str] = set()
+        # This epoch's shares, summed on the loss's device (float64): folded into `share_sums` at validation, so a
+        # training step never waits for the device (`_fold_shares`).
+        self._step_shares: dict[str, Tensor] = {}
+        self._step_count: Tensor | None = None
 
     @override
     def controlled_names(self) -> list[str]:
@@ -400,21 +405,36 @@ class AdaptiveDistillationWeights(_WeightController):
         if not self.balance:
             return
         metrics = trainer.callback_metrics  # this step's values (rank-local; rank zero's are the ones used)
-        total = _scalar(metrics.get("train/loss_step", metrics.get("train/loss")))
-        if total is None or total <= 0:
+        total = _double(metrics.get("train/loss_step", metrics.get("train/loss")))
+        if total is None:
             self._warn_once("train/loss", "the total loss 'train/loss' is not logged; loss balance is skipped")
             return
+        # Tensor arithmetic only (no float(), no branch on a value): a step with a total <= 0 counts for nothing.
+        counted = total > 0
+        safe_total = torch.where(counted, total, torch.ones_like(total))
         for name in self.balance:
-            term = _scalar(metrics.get(f"train/distill/{name}_step", metrics.get(f"train/distill/{name}")))
-            if self._targets[name].effective_weight(trainer) == 0 or term is None:
-                term = 0.0
-            self.share_sums[name] += abs(term) / total
-        self.share_steps += 1
+            term = _double(metrics.get(f"train/distill/{name}_step", metrics.get(f"train/distill/{name}")))
+            share = torch.zeros_like(total)
+            if term is not None and self._targets[name].effective_weight(trainer) != 0:
+                share = torch.where(counted, term.to(total.device).abs() / safe_total, share)
+            previous = self._step_shares.get(name)
+            self._step_shares[name] = share if previous is None else previous + share
+        count = counted.to(total.dtype)
+        self._step_count = count if self._step_count is None else self._step_count + count
+
+    def _fold_shares(self) -> None:
+        """Adds the shares summed on the device since the last fold to ``share_sums`` (one host sync)."""
+        if self._step_count is not None:
+            for name, value in self._step_shares.items():
+                self.share_sums[name] += float(value)
+            self.share_steps += int(self._step_count)
+        self._step_shares, self._step_count = {}, None
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
+        self._fold_shares()
         if trainer.is_global_zero:
             metrics = trainer.callback_metrics
             for key, needed in ((self.agreement_metric, self.raise_on_lag), (self.task_metric, self.decay_on_progress)):
@@ -450,6 +470,7 @@ class AdaptiveDistillationWeights(_WeightController):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._fold_shares()
         return {
             "factors": dict(self.factors),
             "best_agreement": self.best_agreement,
@@ -471,7 +492,20 @@ class AdaptiveDistillationWeights(_WeightController):
         sums = state_dict.get("share_sums", {})
         self.share_sums = {name: float(sums.get(name, 0.0)) for name in self.balance}
         self.share_steps = int(state_dict.get("share_steps", self.share_steps))
+        self._step_shares, self._step_count = {}, None
         self.updates = int(state_dict.get("updates", self.updates))
+
+
+def _double(value: object) -> Tensor | None:
+    """A logged scalar as a float64 tensor on its device (no host sync), or ``None`` when missing or not a scalar."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            return None
+        dtype = torch.float32 if value.device.type == "mps" else torch.float64  # MPS has no float64
+        return value.detach().to(dtype).reshape(())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.float64)
+    return None
 
 
 def _scalar(value: object) -> float | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,6 +15,12 @@ from visiondistill.core.adapters.detection import DetectionSaliencyAdapter
 from visiondistill.core.errors import ConfigError
 from visiondistill.models.detectors import DetectorOutput, DetectorSpec, create_detector
 from visiondistill.tasks.base import DistillationTask
+
+# DetectionTask checks label values in `on_before_batch_transfer`; Lightning notes on every fit with a datamodule that
+# the module's hook is the one used, which is the intent (our datamodules do not define it).
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a"
+)
 
 __all__ = ["DetectionTask", "box_map_vs_teacher", "detection_map"]
 
@@ -98,6 +105,13 @@ class DetectionTask(DistillationTask):
                 "detection batches must be (images, targets) with one {'boxes', 'labels'} dict per image; use "
                 "visiondistill.data.CocoDetection or its detection_collate"
             )
+        # Under a Trainer the label values were checked on the host copy of the batch (`on_before_batch_transfer`):
+        # reading them here, on the device, would wait for the accelerator at every step.
+        if self._trainer is None:
+            self._check_labels(targets)
+        return list(targets)
+
+    def _check_labels(self, targets: Iterable[Mapping[str, Tensor]]) -> None:
         for target in targets:
             labels = target["labels"]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
@@ -105,7 +119,15 @@ class DetectionTask(DistillationTask):
                     f"a target has labels {sorted(set(labels.tolist()))} but the model has {self.num_classes} "
                     f"classes (labels 0..{self.num_classes - 1}); set model.init_args.num_classes"
                 )
-        return list(targets)
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The label check reads values: on the host copy it costs nothing, on the device it would wait for the
+        # accelerator at every step.
+        targets = batch[1] if isinstance(batch, list | tuple) and len(batch) > 1 else None
+        if isinstance(targets, list | tuple) and all(isinstance(t, Mapping) and "labels" in t for t in targets):
+            self._check_labels(targets)
+        return batch
 
     def _loss(self, output: DetectorOutput, batch: Any, stage: str) -> Tensor:
         terms = self.student.compute_loss(output, self._targets(batch))
