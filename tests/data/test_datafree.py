@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import CSVLogger
 
 from visiondistill.data import DataFreeClassification
+from visiondistill.data.datafree import save_image_grid
 from visiondistill.distill import LogitDistillation
 from visiondistill.tasks import ClassificationTask
 
@@ -22,14 +25,17 @@ class RecordBatches(pl.Callback):
 
 
 def test_training_batches_are_synthesised_from_the_teachers_statistics(trainer_kwargs, tmp_path):
-    task = ClassificationTask(student={"name": "test_resnet"}, teacher={"name": "test_resnet"}, num_classes=3)
+    task = ClassificationTask(
+        student={"name": "test_resnet"}, teacher={"name": "test_resnet"}, num_classes=3, task_weight=0.0
+    )
     task.teacher.load_state_dict(bn_teacher().state_dict())  # a sharp teacher, so the target classes can be reached
     datamodule = DataFreeClassification(
         num_classes=3, image_size=32, batch_size=6, batches_per_epoch=2, iterations=15, bn_weight=1.0
     )
     recorder = RecordBatches()
     trainer_kwargs.update(logger=CSVLogger(tmp_path, name="run", version=""), callbacks=[recorder, LogitDistillation()])
-    pl.Trainer(**trainer_kwargs).fit(task, datamodule=datamodule)
+    trainer = pl.Trainer(**trainer_kwargs)
+    trainer.fit(task, datamodule=datamodule)
 
     assert len(recorder.batches) == 2
     (first, targets), (second, _) = recorder.batches
@@ -38,5 +44,10 @@ def test_training_batches_are_synthesised_from_the_teachers_statistics(trainer_k
     with torch.no_grad():
         confidence = task.teacher.eval()(first).softmax(1)[range(6), targets].mean()
     assert confidence > 0.5, confidence  # 3 classes: chance is 1/3
-    assert (tmp_path / "run" / "data_free" / "epoch_000.png").is_file()
+    saved = np.asarray(Image.open(tmp_path / "run" / "data_free" / "epoch_000.png"))
+    expected = save_image_grid(first, tmp_path / "first.png", datamodule.settings.mean, datamodule.settings.std)
+    assert np.array_equal(saved, np.asarray(Image.open(expected)))  # the grid shows the epoch's first batch
     assert datamodule.class_names == ["0", "1", "2"]
+    # task_weight 0: the cross-entropy on the target classes is off, the KD term alone teaches
+    assert float(trainer.callback_metrics["train/task_loss"]) == 0.0
+    assert float(trainer.callback_metrics["train/loss"]) > 0.0
