@@ -1,8 +1,10 @@
 """Data: the synthetic shapes generator and writers, albumentations pipelines and Lightning data modules."""
 
 from visiondistill.data.classification import ImageFolderClassification, ImageFolderDataset, ShapesClassification
+from visiondistill.data.datafree import DataFreeClassification
 from visiondistill.data.detection import CocoDetection, CocoDetectionDataset, ShapesDetection, detection_transforms
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
+from visiondistill.data.inversion import DeepInversion, InversionSettings, TeacherWithoutBatchNormError
 from visiondistill.data.keypoints import COCOKeypoints, KeypointCrops, ShapesKeypoints
 from visiondistill.data.medical import LesionGenerator, SyntheticLesions
 from visiondistill.data.segmentation import (
@@ -23,8 +25,11 @@ __all__ = [
     "CocoDetectionDataset",
     "CorruptImageError",
     "DataError",
+    "DataFreeClassification",
+    "DeepInversion",
     "ImageFolderClassification",
     "ImageFolderDataset",
+    "InversionSettings",
     "KeypointCrops",
     "LesionGenerator",
     "MaskFolderDataset",
@@ -38,6 +43,7 @@ __all__ = [
     "ShapesSample",
     "ShapesSegmentation",
     "SyntheticLesions",
+    "TeacherWithoutBatchNormError",
     "classification_transforms",
     "detection_transforms",
     "segmentation_transforms",

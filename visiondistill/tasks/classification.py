@@ -29,6 +29,8 @@ class ClassificationTask(DistillationTask):
         num_classes: Number of classes; checked against the datamodule at setup.
         class_names: Class names for per-class metrics; read from the datamodule when ``None``.
         label_smoothing: Label smoothing of the cross-entropy.
+        task_weight: Multiplier of the cross-entropy (0: the distillation terms alone teach, as in data-free
+            distillation on synthesised images, docs/data_free.md).
         weight_decay: Weight decay (0.05, AdamW's usual value for classifiers; the other tasks default to 1e-4).
         **kwargs: The optimiser arguments of `DistillationTask`: ``optimizer``, ``lr``, ``warmup_epochs``,
             ``scheduler``.
@@ -56,16 +58,20 @@ class ClassificationTask(DistillationTask):
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
         weight_decay: float = 0.05,
+        task_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+        if not (isinstance(task_weight, int | float) and task_weight >= 0):
+            raise ConfigError(f"task_weight must be a number >= 0, got {task_weight!r}")
         super().__init__(
             student, teacher, weight_decay=weight_decay, num_outputs=num_classes, output_names=class_names, **kwargs
         )
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.label_smoothing = label_smoothing
+        self.task_weight = float(task_weight)
         self.val_metrics = self._metrics("val")
         self.test_metrics = self._metrics("test")
         self.val_per_class = MulticlassAccuracy(num_classes, average=None)
@@ -84,7 +90,8 @@ class ClassificationTask(DistillationTask):
     @override
     def task_loss(self, student_out: Tensor, batch: Any) -> Tensor:
         _, targets = batch[0], batch[1]
-        return F.cross_entropy(student_out, targets, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(student_out, targets, label_smoothing=self.label_smoothing)
+        return loss * self.task_weight if self.task_weight != 1.0 else loss
 
     @override
     def evaluate_batch(self, batch: Any, stage: str) -> Tensor:
