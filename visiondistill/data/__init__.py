@@ -5,6 +5,7 @@ from visiondistill.data.detection import CocoDetection, CocoDetectionDataset, Sh
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.keypoints import COCOKeypoints, KeypointCrops, ShapesKeypoints
 from visiondistill.data.medical import LesionGenerator, SyntheticLesions
+from visiondistill.data.multitask import ShapesMultiTask
 from visiondistill.data.segmentation import (
     MaskFolderDataset,
     MaskFolderSegmentation,
@@ -35,6 +36,7 @@ __all__ = [
     "ShapesDetection",
     "ShapesGenerator",
     "ShapesKeypoints",
+    "ShapesMultiTask",
     "ShapesSample",
     "ShapesSegmentation",
     "SyntheticLesions",
