@@ -41,6 +41,7 @@ class MultiTaskNet(nn.Module):
 
     Example::
 
+        >>> import torch
         >>> net = MultiTaskNet("test_resnet", num_classes=6, num_seg_classes=7)
         >>> {k: tuple(v.shape) for k, v in net.eval()(torch.zeros(1, 3, 32, 32)).items()}
         {'cls': (1, 6), 'seg': (1, 7, 32, 32)}
@@ -114,6 +115,7 @@ class MultiTaskModule(DistillationTask):
 
     Example::
 
+        >>> import torch
         >>> module = MultiTaskModule(backbone="test_resnet", num_classes=6, num_seg_classes=7)
         >>> sorted(module.eval()(torch.zeros(1, 3, 32, 32)))
         ['cls', 'seg']
