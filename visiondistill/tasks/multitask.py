@@ -140,6 +140,8 @@ class MultiTaskModule(DistillationTask):
         scheduler: str = "cosine",
         **recorded: Any,
     ) -> None:
+        # Recorded explicitly: Lightning's frame inspection needs `super().__init__`, which this class skips (below).
+        arguments = {key: value for key, value in locals().items() if key not in ("self", "recorded", "__class__")}
         if num_classes < 2 or num_seg_classes < 2:
             raise ConfigError(
                 f"num_classes and num_seg_classes must be >= 2, got num_classes={num_classes}, "
@@ -168,10 +170,18 @@ class MultiTaskModule(DistillationTask):
                     f"{in_channels}; they see the same images, so set the same in_channels"
                 )
             teacher_specs[teacher_id], heads[teacher_id] = spec, head
+        # `visiondistill.reporting.loader.load_task_module` hands the recorded student back (without own weights).
+        backbone, in_channels, pretrained = _recorded_student(
+            recorded.get("student"), backbone, in_channels, pretrained
+        )
         # DistillationTask.__init__ builds one kind of network for student and teachers; here they differ in kind, so
         # this module builds them itself and sets the same attributes the base class's methods read.
         pl.LightningModule.__init__(self)
-        self.save_hyperparameters()
+        student = {"backbone": backbone, "in_channels": in_channels, "pretrained": pretrained}
+        self.save_hyperparameters(arguments | student)
+        # The student as the report, the export and `load_task_module` read it (``hparams["student"]``).
+        self.hparams["student"] = student
+        self.hparams["teacher"] = None
         self.student = MultiTaskNet(backbone, num_classes, num_seg_classes, in_channels, pretrained, decoder_channels)
         built = {
             tid: HEADS[heads[tid]][1](spec, counts[heads[tid]], f"teachers.{tid}")
@@ -281,6 +291,17 @@ class MultiTaskModule(DistillationTask):
         probabilities = out["cls"].softmax(dim=1)
         confidence, prediction = probabilities.max(dim=1)
         return {"class": prediction, "class_confidence": confidence, "mask": out["seg"].argmax(dim=1)}
+
+
+def _recorded_student(recorded: Any, backbone: str, in_channels: int, pretrained: bool) -> tuple[str, int, bool]:
+    """Backbone, channels and ``pretrained`` from a recorded ``student`` mapping (a checkpoint's), else as given."""
+    if not isinstance(recorded, Mapping):
+        return backbone, in_channels, pretrained
+    return (
+        str(recorded.get("backbone", backbone)),
+        int(recorded.get("in_channels", in_channels)),
+        bool(recorded.get("pretrained", pretrained)),
+    )
 
 
 def _check_head(head: Any, key: str) -> None:
