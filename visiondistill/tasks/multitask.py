@@ -11,6 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import timm
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
@@ -22,7 +23,7 @@ from visiondistill.core.protocol import batch_inputs, freeze_teacher
 from visiondistill.core.teachers import parse_teacher_entries
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
-from visiondistill.tasks.base import DistillationTask
+from visiondistill.tasks.base import DistillationTask, OptimizerName, SchedulerName, _channels_last_input
 
 #: The heads of the student: the kind of network that teaches each, and the factory that builds its teacher.
 HEADS: dict[str, tuple[type, Any]] = {
@@ -107,7 +108,15 @@ class MultiTaskModule(DistillationTask):
         in_channels: Input channels of the student (and of every teacher).
         pretrained: Load timm's pretrained backbone weights (needs them cached locally).
         decoder_channels: Width of the segmentation decoder.
-        **kwargs: The optimiser arguments of `DistillationTask` (``optimizer``, ``lr``, ``weight_decay``, …).
+        optimizer: ``"adamw"`` or ``"sgd"``, as in `DistillationTask`.
+        lr: Peak learning rate.
+        weight_decay: Weight decay.
+        warmup_epochs: Linear warm-up length, in epochs.
+        scheduler: ``"cosine"`` or ``"constant"``.
+        channels_last: Keep student, teachers and inputs in the ``channels_last`` memory format (docs/speed.md).
+        compile: Compile student and teachers in place with ``torch.compile``.
+        **recorded: Keys that come back from a checkpoint's hyper-parameters (``student``, ``teacher``,
+            ``_class_path``); a recorded ``student`` mapping sets ``backbone``, ``in_channels`` and ``pretrained``.
 
     Raises:
         ConfigError: For an unknown head (in ``teachers`` or ``task_weights``), two teachers of one head, a teacher
@@ -133,11 +142,13 @@ class MultiTaskModule(DistillationTask):
         in_channels: int = 3,
         pretrained: bool = False,
         decoder_channels: int = 32,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        warmup_epochs: float = 0.0,
-        scheduler: str = "cosine",
+        warmup_epochs: float = 1.0,
+        scheduler: SchedulerName = "cosine",
+        channels_last: bool = False,
+        compile: bool = False,
         **recorded: Any,
     ) -> None:
         # Recorded explicitly: Lightning's frame inspection needs `super().__init__`, which this class skips (below).
@@ -198,7 +209,13 @@ class MultiTaskModule(DistillationTask):
         self.distill_adapters = nn.ModuleDict()
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs, self.scheduler_name = warmup_epochs, scheduler
-        self.channels_last = self.compile_networks = False
+        self.channels_last, self.compile_networks = bool(channels_last), bool(compile)
+        for network in (self.student, *(self.teachers.values() if self.teachers is not None else [])):
+            if self.channels_last:  # as DistillationTask does
+                network.to(memory_format=torch.channels_last)
+                network.register_forward_pre_hook(_channels_last_input)
+            if self.compile_networks:
+                network.compile()
         self.student_spec = self.teacher_spec = None
         self.num_classes, self.num_seg_classes, self.task_weights = num_classes, num_seg_classes, weights
         self.class_names = list(class_names) if class_names is not None else None
