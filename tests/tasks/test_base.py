@@ -13,7 +13,14 @@ import yaml
 
 from visiondistill.cli import VisionDistillCLI, main
 from visiondistill.models import ClassifierSpec
-from visiondistill.tasks import ClassificationTask, DetectionTask, DistillationTask, KeypointTask, SegmentationTask
+from visiondistill.tasks import (
+    ClassificationTask,
+    DetectionTask,
+    DistillationTask,
+    KeypointTask,
+    MultiTaskModule,
+    SegmentationTask,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -80,7 +87,7 @@ def test_print_config_shows_every_argument_of_the_task(config: Path, capsys):
     written = yaml.safe_load(config.read_text())["model"]
     printed = printed_config(["--config", str(config)], capsys)["model"]
     assert printed["class_path"] == written["class_path"]
-    task = next(t for t in TASKS if written["class_path"].endswith(t.__name__))
+    task = next(t for t in (*TASKS, MultiTaskModule) if written["class_path"].endswith(t.__name__))
     arguments = printed["init_args"]
     expected = own_arguments(task) | set(OPTIMISER_DEFAULTS) | {"weight_decay"}
     assert expected <= set(arguments), f"missing from --print_config: {sorted(expected - set(arguments))}"

@@ -23,7 +23,13 @@ from visiondistill.core.protocol import (
     get_teacher,
     module_device,
 )
-from visiondistill.core.teachers import check_teacher_id, every_teacher, select_teacher, select_teacher_output
+from visiondistill.core.teachers import (
+    check_teacher_id,
+    every_teacher,
+    head_output,
+    select_teacher,
+    select_teacher_output,
+)
 
 #: The LightningModule attribute that holds the (epoch, batch) at which the teacher was last frozen.
 _FROZEN_AT = "_visiondistill_teacher_frozen_at"
@@ -317,7 +323,9 @@ def distillation_loss(pl_module: pl.LightningModule, batch: Any, student_out: An
     student_out, teacher_out = full_precision(student_out), full_precision(teacher_out)
     with autocast_off(device):
         for callback, weight in callbacks:
-            term = weight * callback.compute_loss(pl_module, batch, student_out, teacher_out)
+            # On a multi-head student (docs/multitask.md) each term reads the head of the teacher it names.
+            head_out = head_output(pl_module, callback.teacher_id, student_out, f"{type(callback).__name__}.teacher")
+            term = weight * callback.compute_loss(pl_module, batch, head_out, teacher_out)
             pl_module.log(
                 f"train/distill/{callback.name}", term.detach(), on_step=True, on_epoch=True, batch_size=batch_size
             )

@@ -24,6 +24,7 @@ from visiondistill.core.protocol import get_teacher
 __all__ = [
     "ensemble_logits",
     "explained_teacher",
+    "head_output",
     "select_teacher",
     "select_teacher_output",
     "teacher_ids",
@@ -111,6 +112,35 @@ def select_teacher_output(pl_module: Any, teacher_id: str | None, teacher_out: A
             "run every teacher (DistillationTask.teacher_forward does)"
         )
     return outputs[teacher_id]
+
+
+def head_output(pl_module: Any, teacher_id: str | None, student_out: Any, who: str) -> Any:
+    """The part of the student's output a term reads: the head of its teacher on a multi-head module.
+
+    A module whose student has several heads, each distilled from its own teacher (docs/multitask.md), declares
+    ``teacher_heads``: a dict teacher id -> head name, the head being a key of the student's output dict. A term that
+    names its teacher (``teacher: <id>``) then reads that teacher's head. Any other module: ``student_out`` itself.
+
+    Raises:
+        ConfigError: On a multi-head module, when the term names no teacher or an unknown one, or when the student's
+            output lacks the teacher's head.
+    """
+    heads = getattr(pl_module, "teacher_heads", None)
+    if not heads:
+        return student_out
+    pairs = ", ".join(f"{tid} -> {head}" for tid, head in heads.items())
+    if teacher_id is None:
+        raise ConfigError(
+            f"{who}: {type(pl_module).__name__} has several heads, each distilled from its own teacher ({pairs}); "
+            "name the teacher this term reads with `teacher: <id>` (the term then reads that teacher's head)"
+        )
+    if teacher_id not in heads:
+        raise ConfigError(f"{who}: unknown teacher {teacher_id!r}; the model's teachers and their heads are {pairs}")
+    head = heads[teacher_id]
+    if not isinstance(student_out, Mapping) or head not in student_out:
+        keys = list(student_out) if isinstance(student_out, Mapping) else type(student_out).__name__
+        raise ConfigError(f"{who}: teacher {teacher_id!r} teaches head {head!r}, but the student's outputs are {keys}")
+    return student_out[head]
 
 
 def ensemble_logits(logits: Sequence[Tensor], weights: Sequence[float], temperature: float = 1.0) -> Tensor:

@@ -7,6 +7,7 @@ from visiondistill.data.errors import CorruptImageError, DataError, MissingDataE
 from visiondistill.data.inversion import DeepInversion, InversionSettings, TeacherWithoutBatchNormError
 from visiondistill.data.keypoints import COCOKeypoints, KeypointCrops, ShapesKeypoints
 from visiondistill.data.medical import LesionGenerator, SyntheticLesions
+from visiondistill.data.multitask import ShapesMultiTask
 from visiondistill.data.segmentation import (
     MaskFolderDataset,
     MaskFolderSegmentation,
@@ -40,6 +41,7 @@ __all__ = [
     "ShapesDetection",
     "ShapesGenerator",
     "ShapesKeypoints",
+    "ShapesMultiTask",
     "ShapesSample",
     "ShapesSegmentation",
     "SyntheticLesions",

@@ -165,6 +165,27 @@ def _detection(path: Path, checkpoint: Mapping[str, Any], image_size: int | None
     return ExportSpec(wrapper, torch.rand(1, channels, size, size), output_names=["boxes", "scores"], task="detection")
 
 
+class _MultiTaskForExport(nn.Module):
+    """A multi-task student's heads as a tuple of tensors (``cls`` logits ``N×C``, ``seg`` logits ``N×K×H×W``)."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        output = self.student(images)
+        return output["cls"], output["seg"]
+
+
+@register_exporter("MultiTaskModule")
+def _multitask(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
+    module = load_task_module(path)
+    channels = _input_channels(module.hparams)
+    size = _image_size(checkpoint, image_size)
+    wrapper = _MultiTaskForExport(module.student).eval()
+    return ExportSpec(wrapper, torch.rand(1, channels, size, size), output_names=["cls", "seg"], task="multitask")
+
+
 def load_export_spec(checkpoint_path: str | Path, image_size: int | None = None) -> ExportSpec:
     """Rebuilds the student of a visiondistill checkpoint and an example input, dispatching on the task.
 
