@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -19,9 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from visiondistill.cli import main
+from visiondistill.reporting.document import to_markdown
 from visiondistill.reporting.export import export_onnx, load_export_spec
 from visiondistill.reporting.quantize import quantize_export, run_datamodule
-from visiondistill.tasks import SegmentationTask
+from visiondistill.reporting.sections import TASK_SECTIONS
+from visiondistill.reporting.sections.quantized import quantization_section
+from visiondistill.tasks import DistillationTask, SegmentationTask
 
 from ..support import segmentation
 
@@ -81,12 +85,21 @@ def test_teacher_checkpoint_is_measured_next_to_the_student(trained_run, tmp_pat
     data["hyper_parameters"]["teacher"] = {"name": "test_resnet", "checkpoint": str(run / "checkpoints" / "last.ckpt")}
     torch.save(data, checkpoint)
     spec = load_export_spec(checkpoint)
-    export_onnx(spec, tmp_path / "student.onnx")
-    summary = quantize_export(checkpoint, spec, tmp_path / "student.onnx", run_datamodule(checkpoint), 4, 3)
+    fp32 = export_onnx(spec, checkpoint.with_suffix(".onnx")).path  # inside the run folder, where the report looks
+    summary = quantize_export(checkpoint, spec, fp32, run_datamodule(checkpoint), 4, 3)
     assert summary.teacher is not None and summary.notes == []
     assert "test/acc_top1" in summary.teacher.metrics and summary.teacher.latency_ms > 0
     assert "| teacher fp32 |" in summary.table()
-    assert (tmp_path / "student.teacher.onnx").is_file()
+    assert (run / "checkpoints" / "best.teacher.onnx").is_file()
+    # The report's section (registered for every task module) shows the three models from the JSON summary.
+    assert quantization_section in TASK_SECTIONS[DistillationTask]
+    blocks = quantization_section(SimpleNamespace(runs=[SimpleNamespace(name="kd", path=run)]))
+    markdown = to_markdown(blocks)
+    assert "INT8 on the edge runtime" in markdown and "best.quantization.json" in markdown
+    for label in ("student fp32", "student INT8", "teacher fp32"):
+        assert label in markdown
+    assert f"{summary.teacher.metrics['test/acc_top1']:.4g}" in markdown
+    assert quantization_section(SimpleNamespace(runs=[SimpleNamespace(name="kd", path=trained_run)])) == []
 
 
 class _Squares(pl.LightningDataModule):
