@@ -26,7 +26,7 @@ def _synth(argv: Sequence[str]) -> int:
 
 
 def _export(argv: Sequence[str]) -> int:
-    from visiondistill.reporting.export import main
+    from visiondistill.reporting.quantize import main  # `export` with `--quantize int8`
 
     return main(argv)
 
@@ -52,7 +52,11 @@ def _cache_teacher(argv: Sequence[str]) -> int:
 def _tools() -> dict[str, tuple[Callable[[Sequence[str]], int], str]]:
     return {
         "synth": (_synth, "write the synthetic shapes data set to disk in standard formats"),
-        "export": (_export, "export a checkpoint's student for the edge (ONNX), checked against PyTorch"),
+        "export": (
+            _export,
+            "export a checkpoint's student for the edge (ONNX), checked against PyTorch; --quantize int8 adds an INT8 "
+            "model with fp32/INT8 accuracy and latency",
+        ),
         "report": (_report, "compare teacher / scratch / distilled run folders: Markdown + HTML report, model cards"),
         "predict": (
             _predict,

@@ -1,0 +1,382 @@
+"""INT8 for the edge: ``visiondistill export CKPT --quantize int8``.
+
+The fp32 ONNX file that `visiondistill.reporting.export.export_onnx` wrote is quantized with onnxruntime's static
+quantization (``quantize_static``, QDQ format, per-channel INT8 weights, UINT8 activations) after
+``quant_pre_process`` (shape inference and graph optimisation), calibrated on the first ``calibration_images``
+training images of the run's own datamodule (rebuilt from the run's ``config.yaml``). Both files are then measured
+in onnxruntime on the CPU (``CPUExecutionProvider``):
+
+- the task's own test metrics on the run's test split: the task module rebuilt from the checkpoint runs Lightning's
+  test loop with its student replaced by the onnxruntime session (`OnnxStudent`), so the metric code is the task's;
+- batch-1 latency: the median of ``latency_runs`` runs after a warm-up, with ``threads`` intra-op threads;
+- INT8 against fp32 on the test images: the share of predictions (argmax over dimension 1: the class of an image,
+  or of each pixel) that agree, and the relative error ``‖int8 − fp32‖ / ‖fp32‖`` of the raw outputs.
+
+When the run distilled from a teacher checkpoint, the teacher is exported to fp32 ONNX and measured the same way.
+The summary is printed and written next to the ONNX file as ``<name>.quantization.json`` and ``.md``.
+
+Classification and segmentation students are supported: their networks return one logits tensor that the task's
+test loop can take from onnxruntime. Detection and keypoint students are refused with `ExportError` (their test
+loops need the network's structured outputs, not the exported tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from visiondistill.core.protocol import batch_inputs
+from visiondistill.models.checkpoints import read_checkpoint
+from visiondistill.reporting.export import ExportError, ExportSpec, export_onnx, load_export_spec
+from visiondistill.reporting.export import build_parser as export_parser
+from visiondistill.reporting.export import main as export_main
+from visiondistill.reporting.loader import load_task_module
+from visiondistill.reporting.measure import test_metrics
+from visiondistill.reporting.runs import build_datamodule, read_run
+
+__all__ = [
+    "QUANTIZABLE_TASKS",
+    "QUANTIZE_MODES",
+    "OnnxStudent",
+    "QuantizationSummary",
+    "Variant",
+    "build_parser",
+    "calibration_batches",
+    "check_quantizable",
+    "run_datamodule",
+    "quantize_int8",
+    "main",
+    "quantize_export",
+]
+
+QUANTIZE_MODES = ("int8",)
+QUANTIZABLE_TASKS = ("classification", "segmentation")
+DEFAULT_CALIBRATION_IMAGES = 256
+
+
+class OnnxStudent(nn.Module):
+    """An onnxruntime session in place of a task module's student: ``forward(images)`` returns its first output."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, images: Tensor) -> Tensor:  # noqa: D102
+        array = images.detach().cpu().numpy().astype(np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+@dataclass
+class Variant:
+    """One ONNX file as measured: ``metrics`` (the task's ``test/*``), batch-1 ``latency_ms``, ``size_mb``."""
+
+    path: str
+    metrics: dict[str, float]
+    latency_ms: float
+    size_mb: float
+
+
+@dataclass
+class QuantizationSummary:
+    """fp32 and INT8 students (and the teacher's fp32, when measured) and how far INT8 is from fp32."""
+
+    task: str
+    calibration_images: int
+    threads: int
+    latency_runs: int
+    fp32: Variant
+    int8: Variant
+    agreement: float
+    relative_error: float
+    teacher: Variant | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The summary as a Markdown table, one row per model."""
+        rows = [("student fp32", self.fp32), ("student INT8", self.int8)]
+        rows += [("teacher fp32", self.teacher)] if self.teacher is not None else []
+        # The headline metrics (``test/acc_top1``, ``test/miou``); per-class ones and the loss stay in the JSON.
+        keys = sorted({k for _, v in rows for k in v.metrics if k.count("/") == 1 and not k.endswith("loss")})
+        lines = [
+            "| model | " + " | ".join(keys) + " | latency (ms, batch 1) | size (MB) |",
+            "|---|" + "---|" * len(keys) + "---|---|",
+        ]
+        for label, variant in rows:
+            values = " | ".join(f"{variant.metrics[k]:.4f}" if k in variant.metrics else "–" for k in keys)
+            lines.append(f"| {label} | {values} | {variant.latency_ms:.3f} | {variant.size_mb:.3f} |")
+        lines.append("")
+        lines.append(
+            f"INT8 vs fp32 on the test images: prediction agreement {self.agreement:.4f}, relative error "
+            f"{self.relative_error:.4f}; {self.calibration_images} calibration images; onnxruntime "
+            f"CPUExecutionProvider, {self.threads} thread(s), median of {self.latency_runs} runs."
+        )
+        lines += [f"Note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _session(path: str | Path, threads: int = 1) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _latency_ms(session: Any, shape: tuple[int, ...], runs: int, warmup: int = 5) -> float:
+    name = session.get_inputs()[0].name
+    image = np.random.default_rng(0).random((1, *shape[1:]), dtype=np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: image})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {name: image})
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def calibration_batches(datamodule: Any, count: int) -> list[np.ndarray]:
+    """The first ``count`` training images of a datamodule (its ``train_dataloader``), as float32 arrays by batch.
+
+    Raises:
+        ExportError: When ``count`` is below 1 or the training split has no images.
+    """
+    if not isinstance(count, int) or count < 1:
+        raise ExportError(f"--calibration-images must be a whole number >= 1, got {count!r}")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batches, seen = [], 0
+    for batch in datamodule.train_dataloader():
+        images = batch_inputs(batch)[: count - seen]
+        batches.append(images.detach().cpu().numpy().astype(np.float32))
+        seen += images.shape[0]
+        if seen >= count:
+            break
+    if not seen:
+        raise ExportError("the run's training split has no images to calibrate the INT8 model on")
+    return batches
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: list[np.ndarray]) -> Path:
+    """Static INT8 quantization (QDQ, per-channel weights) of an ONNX file, calibrated on ``batches``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, input_name: str) -> None:
+            self.items = iter([{input_name: batch} for batch in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            quantize_static(
+                str(prepared),
+                str(int8_path),
+                Reader(_session(prepared).get_inputs()[0].name),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
+    return int8_path
+
+
+def _measure(module: Any, path: Path, datamodule: Any, shape: tuple[int, ...], threads: int, runs: int) -> Variant:
+    session = _session(path, threads)
+    student = module.student
+    module.student = OnnxStudent(session)
+    try:
+        metrics = test_metrics(module, datamodule)
+    finally:
+        module.student = student
+    return Variant(str(path), metrics, _latency_ms(session, shape, runs), path.stat().st_size / 1e6)
+
+
+def _compare(fp32: Path, int8: Path, datamodule: Any) -> tuple[float, float]:
+    """Prediction agreement and relative error of INT8 against fp32 outputs over the test split."""
+    first, second = _session(fp32), _session(int8)
+    name = first.get_inputs()[0].name
+    agree = total = 0
+    squared_diff = squared_ref = 0.0
+    datamodule.setup("test")
+    for batch in datamodule.test_dataloader():
+        images = batch_inputs(batch).numpy().astype(np.float32)
+        want, got = first.run(None, {name: images})[0], second.run(None, {name: images})[0]
+        agree += int((want.argmax(axis=1) == got.argmax(axis=1)).sum())
+        total += want.argmax(axis=1).size
+        squared_diff += float(np.sum((got - want) ** 2))
+        squared_ref += float(np.sum(want**2))
+    if not total:
+        raise ExportError("the run's test split has no images to measure the INT8 model on")
+    return agree / total, float(np.sqrt(squared_diff / max(squared_ref, 1e-12)))
+
+
+def _teacher_checkpoint(hparams: Mapping[str, Any]) -> Path | None:
+    teacher = hparams.get("teacher")
+    checkpoint = teacher.get("checkpoint") if isinstance(teacher, Mapping) else None
+    return Path(checkpoint) if checkpoint else None
+
+
+def check_quantizable(spec: ExportSpec) -> None:
+    """Raises `ExportError` when the spec's task has no INT8 measurement (detection, keypoints)."""
+    if spec.task not in QUANTIZABLE_TASKS:
+        raise ExportError(
+            f"--quantize int8 supports {' and '.join(QUANTIZABLE_TASKS)} students, not {spec.task or 'this task'} "
+            "(its test loop needs the network's structured outputs); export it in fp32 without --quantize"
+        )
+
+
+def run_datamodule(checkpoint_path: str | Path) -> Any:
+    """The datamodule of the run that wrote a checkpoint (``<run>/checkpoints/X.ckpt`` → ``<run>/config.yaml``).
+
+    Raises:
+        ExportError: When no ``config.yaml`` is next to the checkpoint or one folder up.
+    """
+    path = Path(checkpoint_path).expanduser()
+    for folder in (path.parent.parent, path.parent):
+        if (folder / "config.yaml").is_file():
+            return build_datamodule(read_run(folder))
+    raise ExportError(
+        f"--quantize needs the run's data to calibrate and test on, but no config.yaml is next to {str(path)!r} or "
+        "one folder up; export a checkpoint inside its `visiondistill fit` run folder (<run>/checkpoints/*.ckpt)"
+    )
+
+
+def quantize_export(
+    checkpoint_path: str | Path,
+    spec: ExportSpec,
+    fp32_path: str | Path,
+    datamodule: Any,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    latency_runs: int = 50,
+    threads: int = 1,
+) -> QuantizationSummary:
+    """Quantizes an exported student to INT8 and measures fp32, INT8 (and the teacher's fp32) in onnxruntime.
+
+    Args:
+        checkpoint_path: The student's checkpoint (`visiondistill.reporting.export.load_export_spec`).
+        spec: Its export spec (the task name and input shape).
+        fp32_path: The fp32 ONNX file `export_onnx` wrote; the INT8 file goes next to it as ``<name>.int8.onnx``.
+        datamodule: The run's datamodule: training images calibrate, the test split is measured.
+        calibration_images: How many training images calibrate the activation ranges.
+        latency_runs: Timed batch-1 runs per model (after 5 warm-up runs).
+        threads: onnxruntime intra-op threads.
+
+    Returns:
+        The summary, also written as ``<name>.quantization.json`` and ``.md`` next to ``fp32_path``.
+
+    Raises:
+        ExportError: For a task whose student cannot be measured in INT8, or bad counts.
+    """
+    check_quantizable(spec)
+    for name, value in (("--latency-runs", latency_runs), ("--threads", threads)):
+        if not isinstance(value, int) or value < 1:
+            raise ExportError(f"{name} must be a whole number >= 1, got {value!r}")
+    fp32_path = Path(fp32_path)
+    batches = calibration_batches(datamodule, calibration_images)
+    int8_path = quantize_int8(fp32_path, fp32_path.with_suffix(".int8.onnx"), batches)
+    shape = tuple(spec.example.shape)
+    module = load_task_module(checkpoint_path)
+    fp32 = _measure(module, fp32_path, datamodule, shape, threads, latency_runs)
+    int8 = _measure(module, int8_path, datamodule, shape, threads, latency_runs)
+    agreement, relative_error = _compare(fp32_path, int8_path, datamodule)
+    summary = QuantizationSummary(
+        spec.task, sum(len(b) for b in batches), threads, latency_runs, fp32, int8, agreement, relative_error
+    )
+    # The rebuilt module's hparams have no teacher (the loader drops it): the checkpoint's own record names it.
+    teacher_checkpoint = _teacher_checkpoint(read_checkpoint(Path(checkpoint_path)).get("hyper_parameters") or {})
+    if teacher_checkpoint is not None:
+        teacher, note = _measure_teacher(teacher_checkpoint, fp32_path, datamodule, shape, threads, latency_runs)
+        summary.teacher, summary.notes = teacher, [note] if note else []
+    fp32_path.with_suffix(".quantization.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    fp32_path.with_suffix(".quantization.md").write_text(summary.table() + "\n")
+    return summary
+
+
+def _measure_teacher(
+    checkpoint: Path, student_path: Path, datamodule: Any, shape: tuple[int, ...], threads: int, runs: int
+) -> tuple[Variant | None, str]:
+    """The teacher checkpoint's fp32 ONNX figures (its file: ``<student name>.teacher.onnx``), or why there are none."""
+    from visiondistill.core.errors import VisionDistillError
+
+    try:
+        spec = load_export_spec(checkpoint, image_size=shape[-1])
+        path = export_onnx(spec, student_path.with_suffix(".teacher.onnx")).path
+        return _measure(load_task_module(checkpoint), path, datamodule, shape, threads, runs), ""
+    except VisionDistillError as error:
+        return None, f"the teacher ({checkpoint}) was not measured: {error}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`visiondistill export`'s parser with the ``--quantize`` options."""
+    parser = export_parser()
+    parser.add_argument(
+        "--quantize",
+        help="also write a statically quantized model (supported: int8; QDQ, calibrated on the run's training images) "
+        "and measure fp32 vs INT8 accuracy and latency in onnxruntime (docs/export.md)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"training images that calibrate INT8 (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    parser.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs per model (default 50)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for latency (default 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``visiondistill export`` (`visiondistill.reporting.export.main` plus ``--quantize int8``).
+
+    Returns:
+        0 on success, 1 when the export or quantization fails, 2 on bad arguments (printed to stderr).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quantize is None:
+        return export_main(argv, parser)
+    if str(args.quantize).lower() not in QUANTIZE_MODES:
+        print(f"visiondistill export: unknown --quantize {args.quantize!r}; supported: int8", file=sys.stderr)
+        return 2
+    for name in ("calibration_images", "latency_runs", "threads"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            print(f"visiondistill export: {flag} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    data: dict[str, Any] = {}
+
+    def before(args: argparse.Namespace, spec: ExportSpec, output: Path) -> None:
+        check_quantizable(spec)  # refused before the fp32 file is written, as is a checkpoint without its run
+        data["datamodule"] = run_datamodule(args.checkpoint)
+
+    def after(args: argparse.Namespace, spec: ExportSpec, output: Path) -> None:
+        summary = quantize_export(
+            args.checkpoint, spec, output, data["datamodule"], args.calibration_images, args.latency_runs, args.threads
+        )
+        print(f"quantized to INT8: {summary.int8.path}; summary in {output.with_suffix('.quantization.md')}")
+        print(summary.table())
+
+    return export_main(argv, parser, before=before, after=after)
