@@ -39,9 +39,14 @@ def edited_config(config: Path, tmp_path: Path, **model_args) -> Path:
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
 def test_every_shipped_config_instantiates(config: Path, tmp_path: Path):
     text = config.read_text()
-    if "checkpoint:" in text:  # distilled runs need a trained teacher; any weights will do to instantiate
-        teacher = yaml.safe_load(text)["model"]["init_args"]["teacher"]
-        config = edited_config(config, tmp_path, teacher={k: v for k, v in teacher.items() if k != "checkpoint"})
+    if "checkpoint:" in text:  # distilled runs need trained teachers; any weights will do to instantiate
+        model_args = yaml.safe_load(text)["model"]["init_args"]
+        edits = {}
+        if "teacher" in model_args:
+            edits["teacher"] = {k: v for k, v in model_args["teacher"].items() if k != "checkpoint"}
+        if "teachers" in model_args:  # several teachers (docs/teachers.md), e.g. one per head of a multi-task student
+            edits["teachers"] = [{k: v for k, v in t.items() if k != "checkpoint"} for t in model_args["teachers"]]
+        config = edited_config(config, tmp_path, **edits)
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"]
     cli = VisionDistillCLI(args=args, run=False)
     assert isinstance(cli.model, DistillationTask)
