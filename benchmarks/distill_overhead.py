@@ -31,7 +31,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,29 +40,11 @@ from visiondistill.distill import AttentionTransfer, LogitDistillation
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask
 
+from _common import StepTimer, quiet_trainer, synchronize
+
 warnings.filterwarnings("ignore")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class StepTimer(pl.Callback):
-    """Wall time of every training step, synchronised on CUDA."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        synchronize()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        synchronize()
-        self.times.append(time.perf_counter() - self._start)
 
 
 def lightning_steps(
@@ -71,18 +52,7 @@ def lightning_steps(
 ) -> list[float]:
     """The step times (after ``warmup``) of ``steps`` training steps of ``task`` under a Lightning Trainer."""
     timer = StepTimer()
-    trainer = pl.Trainer(
-        max_steps=steps + warmup,
-        accelerator=DEVICE.type,
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[*callbacks, timer],
-    )
+    trainer = quiet_trainer([*callbacks, timer], max_steps=steps + warmup, accelerator=DEVICE.type, precision=precision)
     trainer.fit(task, loader)
     return timer.times[warmup:]
 

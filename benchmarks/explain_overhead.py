@@ -37,12 +37,9 @@ from visiondistill.explain import FeatureMapCallback, GradCAMCallback, ProbeCall
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask
 
+from _common import quiet_trainer, synchronize
+
 warnings.filterwarnings("ignore")
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class EpochTimer(pl.Callback):
@@ -53,7 +50,7 @@ class EpochTimer(pl.Callback):
         self._validated = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        _sync()
+        synchronize()
         self._validated = False
         self._start = time.perf_counter()
 
@@ -61,7 +58,7 @@ class EpochTimer(pl.Callback):
         self._validated = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        _sync()
+        synchronize()
         self.times.append(time.perf_counter() - self._start)
         if not self._validated:
             raise RuntimeError("validation did not run inside the timed epoch; this benchmark needs Lightning >= 2.0")
@@ -98,10 +95,10 @@ def time_probes(callback: ProbeCallback, clock: RenderClock) -> list[tuple[float
     probe = callback.probe
 
     def timed(*args, **kwargs) -> None:
-        _sync()
+        synchronize()
         start, rendered = time.perf_counter(), clock.seconds
         probe(*args, **kwargs)
-        _sync()
+        synchronize()
         times.append((time.perf_counter() - start, clock.seconds - rendered))
 
     callback.probe = timed
@@ -129,18 +126,13 @@ def epoch_times(args: argparse.Namespace, explain: bool, out_dir: Path) -> tuple
         explainers = [GradCAMCallback(), FeatureMapCallback()]
         probe_times = [time_probes(callback, clock) for callback in explainers]
         callbacks += explainers
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        [*callbacks, timer],
         max_epochs=args.epochs,
         limit_train_batches=math.ceil(args.num_train / args.batch_size) if args.num_train else None,
         limit_val_batches=math.ceil(args.num_val / args.batch_size) if args.num_val else None,
         accelerator="auto",
-        devices=1,
         logger=TensorBoardLogger(save_dir=out_dir, name="with" if explain else "without", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[*callbacks, timer],
     )
     with clock.installed():
         trainer.fit(task, datamodule=data)

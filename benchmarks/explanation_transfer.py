@@ -65,6 +65,8 @@ from visiondistill.models import ClassifierSpec
 from visiondistill.reporting.sections.explanations import bootstrap_ci
 from visiondistill.tasks import ClassificationTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)  # one line per trained model is enough
@@ -196,18 +198,7 @@ DATASETS = {"shapes": shapes_tensors, "digits": digits_tensors}
 
 
 def _trainer(steps: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    return quiet_trainer(callbacks, max_steps=steps, limit_val_batches=0)
 
 
 def _loader(images: Tensor, labels: Tensor, batch_size: int, seed: int) -> DataLoader:

@@ -50,6 +50,8 @@ from visiondistill.distill import (
 from visiondistill.models import ClassifierSpec, DetectorSpec
 from visiondistill.tasks import ClassificationTask, DetectionTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 
@@ -135,18 +137,12 @@ class EpochTimer(pl.Callback):
 
 def run_ours(task: pl.LightningModule, datamodule, callbacks: list, args: argparse.Namespace, device) -> Result:
     timer = EpochTimer(device)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        [*callbacks, timer],
         max_epochs=args.epochs,
         accelerator=device.type,
-        devices=1,
         precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[*callbacks, timer],
     )
     trainer.fit(task, datamodule=datamodule)
     windows = timer.windows[1:]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -30,40 +29,17 @@ from visiondistill.models import ClassifierSpec
 from visiondistill.reporting.document import markdown_table
 from visiondistill.tasks import ClassificationTask
 
+from _common import StepTimer, quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 
-class StepTimer(pl.Callback):
-    """Wall time of every training step (forward, backward, optimizer step), synchronised on CUDA."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def _sync(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync()
-        self.times.append(time.perf_counter() - self._start)
-
-
 def trainer_for(args: argparse.Namespace, epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
+    return quiet_trainer(
+        callbacks,
         max_epochs=epochs,
         accelerator=args.accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_train_batches=args.limit_train_batches,
-        callbacks=callbacks,
         deterministic=False,
     )
 

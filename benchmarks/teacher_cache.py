@@ -38,6 +38,8 @@ from visiondistill.data import ShapesClassification
 from visiondistill.distill import LogitDistillation, TeacherOutputCache
 from visiondistill.tasks import ClassificationTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 
@@ -64,18 +66,7 @@ class EpochTimer(pl.Callback):
 
 
 def trainer(max_epochs: int, callbacks: list, validate: bool) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0,
-        callbacks=callbacks,
-    )
+    return quiet_trainer(callbacks, max_epochs=max_epochs, limit_val_batches=1.0 if validate else 0)
 
 
 def datamodule(

@@ -40,6 +40,8 @@ from visiondistill.data import ShapesClassification, SyntheticLesions
 from visiondistill.distill import LogitDistillation, PixelwiseDistillation
 from visiondistill.tasks import ClassificationTask, SegmentationTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 ARMS = ("scratch", "KD, labels", "KD + unlabeled")
@@ -55,18 +57,8 @@ LESION_TASK = {"num_classes": 4, "loss": "ce+dice", "class_weights": [1.0, 10.0,
 
 
 def trainer(steps: int | None = None, epochs: int | None = None, callbacks: list | None = None) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps if steps is not None else -1,
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
+    return quiet_trainer(
+        callbacks or [], max_steps=steps if steps is not None else -1, max_epochs=epochs, limit_val_batches=0
     )
 
 
