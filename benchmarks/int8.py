@@ -6,13 +6,14 @@ images and epochs and without the explanation callbacks), or takes a given stude
 TASK=FOLDER``), then runs ``visiondistill export <run>/checkpoints/best.ckpt --quantize int8``
 (`visiondistill.reporting.quantize`) and prints one table: the task's headline test metric of the fp32 and INT8
 student, their batch-1 latency in onnxruntime and its ratio, the agreement of INT8 with fp32, and the teacher's fp32
-metric and latency.
+metric and latency. The latencies in the table are timed again after the export, round-robin (one run of each
+model per round, `interleaved_latency`), so that fp32, INT8 and the teacher see the same load.
 
 The students are briefly trained: the table compares INT8 with fp32 of the same network, not a good network with a
-bad one. Latencies come from one process, model after model, on a CPU that may be shared: compare the ratio within a
-row rather than absolute milliseconds across machines.
+bad one. Latencies come from one process on a CPU that may be shared: compare the ratio within a row rather than
+absolute milliseconds across machines.
 
-    nice -n 5 python benchmarks/int8.py [--tasks classification detection] [--epochs 3] [--teacher-epochs 3]
+    nice -n 5 python benchmarks/int8.py [--tasks classification detection] [--epochs 3] [--teacher-epochs 2]
         [--num-train 400] [--num-test 100] [--out /tmp/visiondistill-int8] [--threads 1] [--run detection=runs/x]
 """
 
@@ -23,20 +24,19 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """One task's configs, its headline metric and the name of its image-size setting."""
 
     teacher: str
@@ -117,9 +117,43 @@ def export_int8(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(checkpoint.with_suffix(".quantization.json").read_text())
 
 
-def row(task: str, metric: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """The table's row of one task from its quantization summary."""
+def interleaved_latency(paths: list[Path], runs: int, threads: int, warmup: int = 10) -> list[float]:
+    """Median batch-1 latency (ms) of each ONNX file, timed round-robin: one run of each per round.
+
+    Timing the models in turn, rather than one after the other, exposes them to the same load of a shared CPU, so
+    their ratio holds even when the absolute times drift.
+    """
+    import numpy as np
+
+    from visiondistill.reporting.quantize import _session
+
+    sessions = [_session(path, threads) for path in paths]
+    feeds = []
+    for session in sessions:
+        shape = session.get_inputs()[0].shape
+        image = np.random.default_rng(0).random((1, *shape[1:]), dtype=np.float32)
+        feeds.append({session.get_inputs()[0].name: image})
+    for session, feed in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[index].append(1000.0 * (time.perf_counter() - start))
+    return [statistics.median(values) for values in times]
+
+
+def row(task: str, metric: str, summary: dict[str, Any], latency: list[float] | None = None) -> dict[str, Any]:
+    """The table's row of one task from its quantization summary.
+
+    ``latency``: the interleaved medians of fp32, INT8 (and teacher) in place of the summary's sequential ones.
+    """
     fp32, int8, teacher = summary["fp32"], summary["int8"], summary.get("teacher")
+    if latency is not None:
+        fp32, int8 = {**fp32, "latency_ms": latency[0]}, {**int8, "latency_ms": latency[1]}
+        teacher = {**teacher, "latency_ms": latency[2]} if teacher and len(latency) > 2 else teacher
     return {
         "task": task,
         "metric": metric,
@@ -167,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each distilled student")
-    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--num-train", type=int, default=400)
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--num-test", type=int, default=100)
@@ -196,17 +230,22 @@ def main(argv: list[str] | None = None) -> None:
             teacher = fit(config, args.threads, log)
             config = run_config(ROOT / spec.student, out, task, "student", args.epochs, data, teacher=teacher)
             checkpoint = fit(config, args.threads, log)
-        rows.append(row(task, spec.metric, export_int8(checkpoint, args)))
+        summary = export_int8(checkpoint, args)
+        paths = [checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")]
+        paths += [checkpoint.with_suffix(".teacher.onnx")] if summary.get("teacher") else []
+        rows.append(row(task, spec.metric, summary, interleaved_latency(paths, args.latency_runs, args.threads)))
         print(f"== {task}: {time.time() - begun:.0f} s", flush=True)
+        print(table(rows[-1:]), flush=True)
+        (out / "int8.json").write_text(json.dumps(rows, indent=2) + "\n")
     print()
     print(table(rows))
     print(f"\ncommand: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} logical CPUs (shared with other "
-        f"jobs: latencies are single runs, compare ratios), torch and onnxruntime {args.threads} thread(s); "
+        f"jobs, load average {os.getloadavg()[0]:.1f} at the end: compare the ratios), torch and onnxruntime "
+        f"{args.threads} thread(s); latency: median of {args.latency_runs} batch-1 runs per model, timed round-robin; "
         f"{time.time() - started:.0f} s in all"
     )
-    (out / "int8.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

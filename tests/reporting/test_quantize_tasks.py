@@ -42,7 +42,6 @@ def _relative(want: np.ndarray, got: np.ndarray) -> float:
 
 
 def _train(task, datamodule, tmp_path, steps: int):
-    torch.manual_seed(0)
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -63,6 +62,7 @@ def _train(task, datamodule, tmp_path, steps: int):
 
 @pytest.mark.slow
 def test_int8_detection_student_within_tolerance(tmp_path, coco_root):
+    pl.seed_everything(0, verbose=False)  # weights and augmentation: the tolerances hold for one fixed student
     datamodule = CocoDetection(str(coco_root), image_size=64, batch_size=4, num_workers=0)
     task = DetectionTask(student=detection.TINY_STUDENT, num_classes=2, lr=5e-3)
     checkpoint = _train(task, datamodule, tmp_path, steps=24)
@@ -104,9 +104,10 @@ def test_int8_detection_student_within_tolerance(tmp_path, coco_root):
 
 @pytest.mark.slow
 def test_int8_keypoint_student_within_tolerance(tmp_path, shapes_keypoints_dir):
+    pl.seed_everything(0, verbose=False)  # weights and augmentation: the tolerances hold for one fixed student
     datamodule = keypoints.shapes(shapes_keypoints_dir)
-    task = KeypointTask(student=keypoints.TINY_STUDENT, num_keypoints=4, lr=3e-3)
-    checkpoint = _train(task, datamodule, tmp_path, steps=20)
+    task = KeypointTask(student=keypoints.TINY_STUDENT, num_keypoints=4, lr=1e-2)
+    checkpoint = _train(task, datamodule, tmp_path, steps=60)
     spec = load_export_spec(checkpoint, image_size=keypoints.SHAPES_ARGS["input_size"])
     fp32 = export_onnx(spec, tmp_path / "kp.onnx").path
     summary = quantize_export(checkpoint, spec, fp32, datamodule, calibration_images=24, latency_runs=3)
