@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from visiondistill.data import CocoDetection
+from visiondistill.models.detectors import create_detector
 from visiondistill.reporting.export import export_onnx, load_export_spec
 from visiondistill.reporting.loader import load_task_module
 from visiondistill.reporting.measure import test_metrics as torch_test_metrics
@@ -125,6 +126,26 @@ def test_int8_keypoint_student_within_tolerance(tmp_path, shapes_keypoints_dir):
     assert close.mean() >= PEAK_AGREEMENT and abs(close.mean() - summary.agreement) < 1e-6
     assert _relative(want, have) <= HEATMAP_RELATIVE_ERROR
     assert abs(summary.int8.metrics["test/pck@0.1"] - summary.fp32.metrics["test/pck@0.1"]) <= PCK
+
+
+@pytest.mark.parametrize("topk", [3, 200], ids=["top-3-per-level", "top-200"])
+def test_postprocess_of_exported_tensors_is_fcos_postprocessing(topk):
+    """Score threshold, per-level top-k, clipping, class-wise NMS: the detections of the torch detector."""
+    torch.manual_seed(0)
+    detector = create_detector(detection.TINY_STUDENT, num_classes=2).eval()
+    for parameter in detector.parameters():  # boxes that leave the image and scores above the threshold
+        parameter.data.normal_(0.0, 0.2)
+    detector.topk_candidates, detector.detections_per_img = topk, 20
+    with torch.no_grad():
+        output = detector(torch.rand(2, 3, 64, 64))
+        scores = torch.sqrt(output.cls_logits.sigmoid() * output.bbox_ctrness.sigmoid())
+        expected = detector.postprocess(output)
+    got = postprocess(detector, detector.decode_boxes(output).numpy(), scores.numpy(), (64, 64))
+    assert all(len(d["labels"]) for d in expected)
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want["labels"], have["labels"])
+        torch.testing.assert_close(have["scores"], want["scores"])
+        torch.testing.assert_close(have["boxes"], want["boxes"], rtol=0, atol=1e-4)
 
 
 def test_heatmap_peaks_are_row_and_column():
