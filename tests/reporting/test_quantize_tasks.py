@@ -11,6 +11,9 @@ Stated tolerances on the test images (recomputed here from the ONNX files, indep
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -20,11 +23,13 @@ import torch
 
 from visiondistill.data import CocoDetection
 from visiondistill.models.detectors import create_detector
+from visiondistill.reporting.document import to_markdown
 from visiondistill.reporting.export import export_onnx, load_export_spec
 from visiondistill.reporting.loader import load_task_module
 from visiondistill.reporting.measure import test_metrics as torch_test_metrics
 from visiondistill.reporting.quantize import quantize_export
 from visiondistill.reporting.quantize_tasks import agreement_counts, heatmap_peaks, postprocess
+from visiondistill.reporting.sections.quantized import quantization_section
 from visiondistill.tasks import DetectionTask, KeypointTask
 
 from ..support import detection, keypoints
@@ -152,3 +157,13 @@ def test_heatmap_peaks_are_row_and_column():
     heatmaps = np.zeros((1, 2, 4, 5), np.float32)
     heatmaps[0, 0, 3, 1] = heatmaps[0, 1, 0, 4] = 1.0
     assert heatmap_peaks(heatmaps).tolist() == [[[3, 1], [0, 4]]]
+
+
+def test_report_section_shows_the_summary_notes(tmp_path):
+    variant = {"metrics": {"test/map": 0.5, "test/map/circle": 0.4}, "latency_ms": 2.0, "size_mb": 1.0}
+    summary = {"fp32": variant, "int8": variant, "teacher": None, "agreement": 0.9, "relative_error": 0.01}
+    summary |= {"calibration_images": 8, "threads": 1, "notes": ["113 node(s) left in fp32: the box decoding."]}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.quantization.json").write_text(json.dumps(summary))
+    markdown = to_markdown(quantization_section(SimpleNamespace(runs=[SimpleNamespace(name="det", path=tmp_path)])))
+    assert "113 node(s) left in fp32: the box decoding." in markdown and "test/map" in markdown
