@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--num-test", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="students' batch size (default: each config's)")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
@@ -226,9 +227,15 @@ def main(argv: list[str] | None = None) -> None:
             data["num_test"] = args.num_test
             log = out / f"{task}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            config = run_config(ROOT / spec.teacher, out, task, "teacher", args.teacher_epochs, data)
+            # Run names carry the settings that differ between runs on the same data: a later call with more student
+            # epochs reuses the teacher (and the generated data) and trains a new student.
+            config = run_config(
+                ROOT / spec.teacher, out, task, f"teacher_{args.teacher_epochs}ep", args.teacher_epochs, data
+            )
             teacher = fit(config, args.threads, log)
-            config = run_config(ROOT / spec.student, out, task, "student", args.epochs, data, teacher=teacher)
+            student = {"batch_size": args.batch_size} if args.batch_size else {}
+            name = f"student_{args.epochs}ep" + (f"_bs{args.batch_size}" if args.batch_size else "")
+            config = run_config(ROOT / spec.student, out, task, name, args.epochs, data | student, teacher=teacher)
             checkpoint = fit(config, args.threads, log)
         summary = export_int8(checkpoint, args)
         paths = [checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")]
