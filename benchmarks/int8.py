@@ -13,8 +13,9 @@ The students are briefly trained: the table compares INT8 with fp32 of the same 
 bad one. Latencies come from one process on a CPU that may be shared: compare the ratio within a row rather than
 absolute milliseconds across machines.
 
-    nice -n 5 python benchmarks/int8.py [--tasks classification detection] [--epochs 3] [--teacher-epochs 2]
-        [--num-train 400] [--num-test 100] [--out /tmp/visiondistill-int8] [--threads 1] [--run detection=runs/x]
+    nice -n 5 python benchmarks/int8.py [--tasks classification detection] [--epochs 3] [--batch-size 16]
+        [--teacher-epochs 2] [--num-train 400] [--num-test 100] [--out /tmp/visiondistill-int8] [--threads 1]
+        [--run detection=runs/x]
 """
 
 from __future__ import annotations
