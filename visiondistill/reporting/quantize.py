@@ -9,15 +9,17 @@ in onnxruntime on the CPU (``CPUExecutionProvider``):
 - the task's own test metrics on the run's test split: the task module rebuilt from the checkpoint runs Lightning's
   test loop with its student replaced by the onnxruntime session (`OnnxStudent`), so the metric code is the task's;
 - batch-1 latency: the median of ``latency_runs`` runs after a warm-up, with ``threads`` intra-op threads;
-- INT8 against fp32 on the test images: the share of predictions (argmax over dimension 1: the class of an image,
-  or of each pixel) that agree, and the relative error ``‖int8 − fp32‖ / ‖fp32‖`` of the raw outputs.
+- INT8 against fp32 on the test images: the share of predictions that agree (the class of an image or of each
+  pixel, the peak of each keypoint heatmap, or the detections: `quantize_tasks.agreement_counts`), and the relative
+  error ``‖int8 − fp32‖ / ‖fp32‖`` of the raw outputs (the largest over a graph's outputs).
 
 When the run distilled from a teacher checkpoint, the teacher is exported to fp32 ONNX and measured the same way.
 The summary is printed and written next to the ONNX file as ``<name>.quantization.json`` and ``.md``.
 
-Classification and segmentation students are supported: their networks return one logits tensor that the task's
-test loop can take from onnxruntime. Detection and keypoint students are refused with `ExportError` (their test
-loops need the network's structured outputs, not the exported tensors).
+Every task's student is supported (`visiondistill.reporting.quantize_tasks` holds what differs by task):
+classification, segmentation and keypoint networks return one tensor that the task's test loop takes from
+onnxruntime; a detector's exported boxes and scores are post-processed outside the graph (score threshold, top-k,
+NMS) and scored with the task's mAP, and its box decoding and score fusion are left in fp32 (``nodes_to_exclude``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from visiondistill.reporting.export import build_parser as export_parser
 from visiondistill.reporting.export import main as export_main
 from visiondistill.reporting.loader import load_task_module
 from visiondistill.reporting.measure import test_metrics
+from visiondistill.reporting.quantize_tasks import EXCLUDED_WHY, agreement_counts, detection_metrics, nodes_to_exclude
 from visiondistill.reporting.runs import build_datamodule, read_run
+from visiondistill.tasks.detection import DetectionTask
 
 __all__ = [
     "QUANTIZABLE_TASKS",
@@ -55,6 +59,7 @@ __all__ = [
     "Variant",
     "build_parser",
     "calibration_batches",
+    "check_image_size",
     "check_quantizable",
     "run_datamodule",
     "quantize_int8",
@@ -63,7 +68,7 @@ __all__ = [
 ]
 
 QUANTIZE_MODES = ("int8",)
-QUANTIZABLE_TASKS = ("classification", "segmentation")
+QUANTIZABLE_TASKS = ("classification", "segmentation", "detection", "keypoints")
 DEFAULT_CALIBRATION_IMAGES = 256
 
 
@@ -103,6 +108,7 @@ class QuantizationSummary:
     agreement: float
     relative_error: float
     teacher: Variant | None = None
+    excluded_nodes: int = 0
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -172,8 +178,12 @@ def calibration_batches(datamodule: Any, count: int) -> list[np.ndarray]:
     return batches
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: list[np.ndarray]) -> Path:
-    """Static INT8 quantization (QDQ, per-channel weights) of an ONNX file, calibrated on ``batches``."""
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: list[np.ndarray], task: str = "") -> int:
+    """Static INT8 quantization (QDQ, per-channel weights) of an ONNX file, calibrated on ``batches``.
+
+    Returns:
+        How many nodes were left in fp32 (`quantize_tasks.nodes_to_exclude` of ``task``).
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -190,6 +200,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: list[np
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            excluded = nodes_to_exclude(task, prepared)
             quantize_static(
                 str(prepared),
                 str(int8_path),
@@ -198,38 +209,49 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, batches: list[np
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                nodes_to_exclude=excluded,
             )
-    return int8_path
+    return len(excluded)
 
 
 def _measure(module: Any, path: Path, datamodule: Any, shape: tuple[int, ...], threads: int, runs: int) -> Variant:
     session = _session(path, threads)
     student = module.student
-    module.student = OnnxStudent(session)
-    try:
-        metrics = test_metrics(module, datamodule)
-    finally:
-        module.student = student
+    if isinstance(module, DetectionTask):  # its test loop needs the network's structured outputs
+        metrics = detection_metrics(session, student, datamodule, module.class_names)
+    else:
+        module.student = OnnxStudent(session)
+        try:
+            metrics = test_metrics(module, datamodule)
+        finally:
+            module.student = student
     return Variant(str(path), metrics, _latency_ms(session, shape, runs), path.stat().st_size / 1e6)
 
 
-def _compare(fp32: Path, int8: Path, datamodule: Any) -> tuple[float, float]:
-    """Prediction agreement and relative error of INT8 against fp32 outputs over the test split."""
+def _compare(fp32: Path, int8: Path, datamodule: Any, task: str = "", detector: Any = None) -> tuple[float, float]:
+    """Prediction agreement and relative error of INT8 against fp32 outputs over the test split.
+
+    The relative error is that of the output furthest from fp32; agreement is `quantize_tasks.agreement_counts`'s
+    (for detection the smaller of its two directions; 1 when neither model detects anything).
+    """
     first, second = _session(fp32), _session(int8)
     name = first.get_inputs()[0].name
-    agree = total = 0
-    squared_diff = squared_ref = 0.0
+    agree, total, images_seen = np.zeros(2), np.zeros(2), 0
+    squared_diff = np.zeros(len(first.get_outputs()))
+    squared_ref = np.zeros(len(first.get_outputs()))
     datamodule.setup("test")
     for batch in datamodule.test_dataloader():
         images = batch_inputs(batch).numpy().astype(np.float32)
-        want, got = first.run(None, {name: images})[0], second.run(None, {name: images})[0]
-        agree += int((want.argmax(axis=1) == got.argmax(axis=1)).sum())
-        total += want.argmax(axis=1).size
-        squared_diff += float(np.sum((got - want) ** 2))
-        squared_ref += float(np.sum(want**2))
-    if not total:
+        want, got = first.run(None, {name: images}), second.run(None, {name: images})
+        agreeing, count = agreement_counts(task, want, got, detector, tuple(images.shape[-2:]))
+        agree, total = agree + agreeing, total + count
+        squared_diff += [float(np.sum((b - a) ** 2)) for a, b in zip(want, got, strict=True)]
+        squared_ref += [float(np.sum(a**2)) for a in want]
+        images_seen += images.shape[0]
+    if not images_seen:
         raise ExportError("the run's test split has no images to measure the INT8 model on")
-    return agree / total, float(np.sqrt(squared_diff / max(squared_ref, 1e-12)))
+    agreement = min(1.0 if t == 0 and a == 0 else a / max(t, 1) for a, t in zip(agree, total, strict=True))
+    return float(agreement), float(np.max(np.sqrt(squared_diff / np.maximum(squared_ref, 1e-12))))
 
 
 def _teacher_checkpoint(hparams: Mapping[str, Any]) -> Path | None:
@@ -239,11 +261,21 @@ def _teacher_checkpoint(hparams: Mapping[str, Any]) -> Path | None:
 
 
 def check_quantizable(spec: ExportSpec) -> None:
-    """Raises `ExportError` when the spec's task has no INT8 measurement (detection, keypoints)."""
+    """Raises `ExportError` when the spec's task has no INT8 measurement (the multi-task student, an unknown task)."""
     if spec.task not in QUANTIZABLE_TASKS:
         raise ExportError(
-            f"--quantize int8 supports {' and '.join(QUANTIZABLE_TASKS)} students, not {spec.task or 'this task'} "
-            "(its test loop needs the network's structured outputs); export it in fp32 without --quantize"
+            f"--quantize int8 supports {', '.join(QUANTIZABLE_TASKS)} students, not {spec.task or 'this task'} "
+            "(no test loop on its exported tensors yet); export it in fp32 without --quantize"
+        )
+
+
+def check_image_size(spec: ExportSpec, batches: list[np.ndarray]) -> None:
+    """Raises `ExportError` when the run's images are not the size the model was exported for."""
+    if tuple(batches[0].shape[1:]) != tuple(spec.example.shape[1:]):
+        got, want = "×".join(map(str, batches[0].shape[1:])), "×".join(map(str, spec.example.shape[1:]))
+        raise ExportError(
+            f"the run's images are {got} (C×H×W) but the model was exported for {want}; export it at the run's "
+            f"image size (--image-size {batches[0].shape[-1]})"
         )
 
 
@@ -271,6 +303,7 @@ def quantize_export(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     latency_runs: int = 50,
     threads: int = 1,
+    batches: list[np.ndarray] | None = None,
 ) -> QuantizationSummary:
     """Quantizes an exported student to INT8 and measures fp32, INT8 (and the teacher's fp32) in onnxruntime.
 
@@ -282,6 +315,7 @@ def quantize_export(
         calibration_images: How many training images calibrate the activation ranges.
         latency_runs: Timed batch-1 runs per model (after 5 warm-up runs).
         threads: onnxruntime intra-op threads.
+        batches: The calibration images, when already read (`calibration_batches`).
 
     Returns:
         The summary, also written as ``<name>.quantization.json`` and ``.md`` next to ``fp32_path``.
@@ -294,21 +328,26 @@ def quantize_export(
         if not isinstance(value, int) or value < 1:
             raise ExportError(f"{name} must be a whole number >= 1, got {value!r}")
     fp32_path = Path(fp32_path)
-    batches = calibration_batches(datamodule, calibration_images)
-    int8_path = quantize_int8(fp32_path, fp32_path.with_suffix(".int8.onnx"), batches)
+    batches = batches if batches is not None else calibration_batches(datamodule, calibration_images)
+    check_image_size(spec, batches)
+    int8_path = fp32_path.with_suffix(".int8.onnx")
+    excluded = quantize_int8(fp32_path, int8_path, batches, spec.task)
     shape = tuple(spec.example.shape)
     module = load_task_module(checkpoint_path)
     fp32 = _measure(module, fp32_path, datamodule, shape, threads, latency_runs)
     int8 = _measure(module, int8_path, datamodule, shape, threads, latency_runs)
-    agreement, relative_error = _compare(fp32_path, int8_path, datamodule)
+    agreement, relative_error = _compare(fp32_path, int8_path, datamodule, spec.task, module.student)
     summary = QuantizationSummary(
         spec.task, sum(len(b) for b in batches), threads, latency_runs, fp32, int8, agreement, relative_error
     )
+    summary.excluded_nodes = excluded
+    why = [f"{excluded} node(s) left in fp32: {EXCLUDED_WHY[spec.task]}."] if excluded else []
     # The rebuilt module's hparams have no teacher (the loader drops it): the checkpoint's own record names it.
     teacher_checkpoint = _teacher_checkpoint(read_checkpoint(Path(checkpoint_path)).get("hyper_parameters") or {})
     if teacher_checkpoint is not None:
         teacher, note = _measure_teacher(teacher_checkpoint, fp32_path, datamodule, shape, threads, latency_runs)
         summary.teacher, summary.notes = teacher, [note] if note else []
+    summary.notes = why + summary.notes
     fp32_path.with_suffix(".quantization.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     fp32_path.with_suffix(".quantization.md").write_text(summary.table() + "\n")
     return summary
@@ -369,12 +408,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     data: dict[str, Any] = {}
 
     def before(args: argparse.Namespace, spec: ExportSpec, output: Path) -> None:
-        check_quantizable(spec)  # refused before the fp32 file is written, as is a checkpoint without its run
-        data["datamodule"] = run_datamodule(args.checkpoint)
+        check_quantizable(spec)  # refused before the fp32 file is written, as are a checkpoint without its run
+        data["datamodule"] = run_datamodule(args.checkpoint)  # and images of another size
+        data["batches"] = calibration_batches(data["datamodule"], args.calibration_images)
+        check_image_size(spec, data["batches"])
 
     def after(args: argparse.Namespace, spec: ExportSpec, output: Path) -> None:
         summary = quantize_export(
-            args.checkpoint, spec, output, data["datamodule"], args.calibration_images, args.latency_runs, args.threads
+            args.checkpoint,
+            spec,
+            output,
+            data["datamodule"],
+            args.calibration_images,
+            args.latency_runs,
+            args.threads,
+            batches=data["batches"],
         )
         print(f"quantized to INT8: {summary.int8.path}; summary in {output.with_suffix('.quantization.md')}")
         print(summary.table())

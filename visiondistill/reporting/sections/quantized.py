@@ -40,6 +40,7 @@ def quantization_section(context: SectionContext) -> list[Block]:
                 f"`{run.name}/checkpoints/{path.name}`: INT8 vs fp32 prediction agreement "
                 f"{summary['agreement']:.3f}, relative error {summary['relative_error']:.3f}, "
                 f"{summary['calibration_images']} calibration images, {summary['threads']} thread(s)."
+                + "".join(f" {note}" for note in summary.get("notes") or [])  # e.g. the nodes left in fp32
             )
     if not rows:
         return []
