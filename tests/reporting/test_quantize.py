@@ -127,3 +127,22 @@ def test_int8_segmentation_student_within_tolerance(tmp_path, seg_specs, trainer
     agreement, _ = _within_tolerance(fp32, tmp_path / "seg.int8.onnx", images, SEGMENTATION_RELATIVE_ERROR)
     assert abs(agreement - summary.agreement) < 1e-6
     assert abs(summary.int8.metrics["test/miou"] - summary.fp32.metrics["test/miou"]) <= 0.1
+
+
+def test_calibration_images_are_one_seeded_unaugmented_draw(tmp_path):
+    from visiondistill.data import ShapesClassification
+    from visiondistill.reporting.quantize import calibration_batches
+
+    data = ShapesClassification(
+        str(tmp_path / "shapes"), image_size=32, batch_size=4, num_workers=0, num_train=42, num_val=7, num_test=7
+    )
+    first, second = calibration_batches(data, 10), calibration_batches(data, 10)
+    assert sum(batch.shape[0] for batch in first) == 10
+    # Two exports of one checkpoint calibrate on the same images (the augmented training loader would differ).
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    # They are training images as the test transform reads them, drawn across the split, not its first files
+    # (ImageFolder sorts by class).
+    plain = data._dataset("train", train=False)
+    chosen = torch.randperm(len(plain), generator=torch.Generator().manual_seed(0))[:10].tolist()
+    assert np.array_equal(np.concatenate(first), torch.stack([plain[i][0] for i in chosen]).numpy())
+    assert len({plain[i][1] for i in chosen}) > 1

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.combined_loader import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.data.errors import MissingDataError
@@ -168,6 +168,21 @@ class SplitFolderDataModule(pl.LightningDataModule):
             return labeled
         unlabeled = self._loader(self.unlabeled_dataset, "fit", shuffle=True)
         return CombinedLoader({"labeled": labeled, "unlabeled": unlabeled}, mode="max_size_cycle")
+
+    def calibration_dataloader(self, count: int, seed: int = 0) -> DataLoader:
+        """``count`` training images drawn at random and read without augmentation: what a quantizer calibrates on.
+
+        Unaugmented, because the quantized model will see test-time images; a seeded draw rather than the first
+        files, because a folder sorted by class would calibrate on one class; so two exports of one checkpoint
+        calibrate on the same images and give the same INT8 model.
+
+        Args:
+            count: How many images (all of them when the split has fewer).
+            seed: Seed of the draw.
+        """
+        dataset = self._dataset("train", train=False)
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+        return self._loader(Subset(dataset, chosen.tolist()), "calibrate")
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order."""

@@ -2,9 +2,10 @@
 
 The fp32 ONNX file that `visiondistill.reporting.export.export_onnx` wrote is quantized with onnxruntime's static
 quantization (``quantize_static``, QDQ format, per-channel INT8 weights, UINT8 activations) after
-``quant_pre_process`` (shape inference and graph optimisation), calibrated on the first ``calibration_images``
-training images of the run's own datamodule (rebuilt from the run's ``config.yaml``). Both files are then measured
-in onnxruntime on the CPU (``CPUExecutionProvider``):
+``quant_pre_process`` (shape inference and graph optimisation), calibrated on ``calibration_images`` training
+images of the run's own datamodule, rebuilt from the run's ``config.yaml`` (a seeded draw, read without
+augmentation: `SplitFolderDataModule.calibration_dataloader`). Both files are then measured in onnxruntime on the
+CPU (``CPUExecutionProvider``):
 
 - the task's own test metrics on the run's test split: the task module rebuilt from the checkpoint runs Lightning's
   test loop with its student replaced by the onnxruntime session (`OnnxStudent`), so the metric code is the task's;
@@ -157,7 +158,11 @@ def _latency_ms(session: Any, shape: tuple[int, ...], runs: int, warmup: int = 5
 
 
 def calibration_batches(datamodule: Any, count: int) -> list[np.ndarray]:
-    """The first ``count`` training images of a datamodule (its ``train_dataloader``), as float32 arrays by batch.
+    """``count`` training images of a datamodule, as float32 arrays by batch.
+
+    A datamodule with a ``calibration_dataloader`` (every split-folder datamodule: a seeded draw, unaugmented) gives
+    the same images on every export; any other datamodule gives the first ``count`` images of its
+    ``train_dataloader``, augmented and shuffled as it trains.
 
     Raises:
         ExportError: When ``count`` is below 1 or the training split has no images.
@@ -165,9 +170,13 @@ def calibration_batches(datamodule: Any, count: int) -> list[np.ndarray]:
     if not isinstance(count, int) or count < 1:
         raise ExportError(f"--calibration-images must be a whole number >= 1, got {count!r}")
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    if hasattr(datamodule, "calibration_dataloader"):
+        loader = datamodule.calibration_dataloader(count)
+    else:
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
     batches, seen = [], 0
-    for batch in datamodule.train_dataloader():
+    for batch in loader:
         images = batch_inputs(batch)[: count - seen]
         batches.append(images.detach().cpu().numpy().astype(np.float32))
         seen += images.shape[0]
