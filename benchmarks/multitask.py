@@ -16,6 +16,8 @@ command that reproduced it.
 
     python benchmarks/multitask.py [--seeds 0 1 2] [--epochs 10] [--teacher-epochs 10] [--image-size 32]
         [--width 32] [--single-width 22.6] [--num-train 1000] [--data-dir /tmp/visiondistill-multitask] [--threads 1]
+        [--json FILE]
+    python benchmarks/multitask.py --merge FILE [FILE …]   # the table of several runs (e.g. one seed each)
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ class HeadLoader:
 
 def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str, Path]:
     """Both teachers' checkpoints (trained once, seed 0, kept under ``--data-dir``)."""
-    folder = Path(args.data_dir) / f"teachers_{args.image_size}px_{args.num_train}_{args.difficulty:g}_{args.teacher_epochs}ep"
+    name = f"teachers_{args.image_size}px_{args.num_train}_{args.difficulty:g}_{args.teacher_epochs}ep"
+    if (args.cls_teacher, args.seg_encoder) != ("resnet18", "resnet18"):
+        name += f"_{args.cls_teacher}_{args.seg_encoder}"
+    folder = Path(args.data_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"cls": folder / "cls.ckpt", "seg": folder / "seg.ckpt"}
     for head, task_class, spec, classes, key in (
@@ -121,7 +126,7 @@ def teacher_entries(paths: dict[str, Path], heads: tuple[str, ...]) -> list[dict
 def student(args: argparse.Namespace, width: float, paths: dict[str, Path], heads: tuple[str, ...]) -> MultiTaskModule:
     """A student distilled on ``heads`` (the others get loss weight 0 and no teacher)."""
     return MultiTaskModule(
-        backbone=BACKBONE,
+        backbone=args.backbone,
         backbone_kwargs=backbone_kwargs(width),
         num_classes=6,
         num_seg_classes=7,
@@ -166,7 +171,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, data: ShapesMultiTask
         networks = dict.fromkeys(heads, module.student)
         scores |= module.score_heads(networks, data.test_dataloader())
         params += head_parameters(module.student, heads)
-    return {"scores": scores, "params": params}
+    return {"seed": seed, "scores": scores, "params": params}
 
 
 def teacher_scores(args: argparse.Namespace, data: ShapesMultiTask, paths: dict[str, Path]) -> dict[str, Any]:
@@ -187,7 +192,8 @@ def table(results: dict[str, list[dict]], teachers: dict[str, Any], split: dict[
     lines = ["| network | parameters | test top-1 (cls head) | test mIoU (seg head) |", "| --- | ---: | ---: | ---: |"]
     t_scores, t_params = teachers["scores"], teachers["params"]
     lines.append(
-        f"| teachers (resnet18 classifier + U-Net resnet18) | {t_params['cls']:,} + {t_params['seg']:,} | "
+        f"| teachers ({CLS_TEACHER['name']} classifier + U-Net {SEG_TEACHER['encoder_name']}) | "
+        f"{t_params['cls']:,} + {t_params['seg']:,} | "
         f"{100 * t_scores[HEAD_KEYS['cls']]:.1f} | {100 * t_scores[HEAD_KEYS['seg']]:.1f} |"
     )
     for arm, runs in results.items():
@@ -195,6 +201,21 @@ def table(results: dict[str, list[dict]], teachers: dict[str, Any], split: dict[
         cells = [mean_std([run["scores"][HEAD_KEYS[h]] for run in runs]) for h in ("cls", "seg")]
         lines.append(f"| {arm} student{'s' if arm != 'multi-task' else ''} | {params} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def merge(paths: list[str]) -> dict:
+    """The table of several runs' JSON files (the same teachers and split; their seeds pooled)."""
+    loaded = [json.loads(Path(path).read_text()) for path in paths]
+    results: dict[str, list[dict]] = {"multi-task": [], "single-task": []}
+    for summary in loaded:
+        for arm in results:
+            results[arm] += summary["results"][arm]
+    seeds = sorted({run["seed"] for run in results["multi-task"]})
+    print(f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), from {', '.join(paths)}\n")
+    print(table(results, loaded[0]["teachers"], loaded[0]["split"]))
+    for summary in loaded:
+        print(f"\ncommand: {summary.get('command', '?')} ({summary.get('seconds', 0):.0f} s)")
+    return {"teachers": loaded[0]["teachers"], "results": results, "split": loaded[0]["split"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -215,7 +236,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default="/tmp/visiondistill-multitask")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no spinning when busy)")
+    parser.add_argument("--cls-teacher", default="resnet18", help="timm name of the classification teacher")
+    parser.add_argument("--seg-encoder", default="resnet18", help="encoder of the U-Net teacher (smp name)")
+    parser.add_argument("--backbone", default=BACKBONE, help="timm ResNet of the students (its `channels` are set)")
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="print the table of these --json files (e.g. one per seed), no runs"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
+    CLS_TEACHER["name"], SEG_TEACHER["encoder_name"] = args.cls_teacher, args.seg_encoder
     torch.set_num_threads(args.threads)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
