@@ -99,6 +99,7 @@ class HeadLoader:
 def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str, Path]:
     """Both teachers' checkpoints (trained once, seed 0, kept under ``--data-dir``)."""
     name = f"teachers_{args.image_size}px_{args.num_train}_{args.difficulty:g}_{args.teacher_epochs}ep"
+    name += f"_b{args.batch_size}_lr{args.teacher_lr:g}"
     if (args.cls_teacher, args.seg_encoder) != ("resnet18", "resnet18"):
         name += f"_{args.cls_teacher}_{args.seg_encoder}"
     folder = Path(args.data_dir) / name
@@ -108,7 +109,7 @@ def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str,
         ("cls", ClassificationTask, CLS_TEACHER, 6, "label"),
         ("seg", SegmentationTask, SEG_TEACHER, 7, "mask"),
     ):
-        if paths[head].is_file():
+        if paths[head].is_file() or args.teacher_only not in (None, head):
             continue
         pl.seed_everything(0, workers=True)
         task = task_class(student=spec, num_classes=classes, lr=args.teacher_lr, warmup_epochs=0.5)
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cls-teacher", default="resnet18", help="timm name of the classification teacher")
     parser.add_argument("--seg-encoder", default="resnet18", help="encoder of the U-Net teacher (smp name)")
     parser.add_argument("--backbone", default=BACKBONE, help="timm ResNet of the students (its `channels` are set)")
+    parser.add_argument("--teacher-only", choices=("cls", "seg"), default=None, help="train this teacher, then stop")
     parser.add_argument(
         "--merge", nargs="+", default=None, help="print the table of these --json files (e.g. one per seed), no runs"
     )
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     data = shapes(args)
     paths = train_teachers(args, data)
+    if args.teacher_only:  # one teacher trained (e.g. both at once in two processes); the students come later
+        return {"teacher": str(paths[args.teacher_only])}
     teachers = teacher_scores(args, data, paths)
     print(f"teachers ({time.perf_counter() - start:.0f} s): {teachers}", flush=True)
     split = {h: head_parameters(student(args, args.single_width, paths, (h,)).student, (h,)) for h in ("cls", "seg")}
