@@ -48,7 +48,6 @@ def test_table_gives_mean_and_sample_std_per_head(bench):
     assert "| single-task students | 40 + 55 | 70.0 ± 0.0 | 60.0 ± 0.0 |" in text
 
 
-@pytest.mark.slow  # about 13 s on the loaded 2-core CPU (two tiny teachers, four tiny students)
 def test_tiny_run_and_merge(bench, tmp_path, capsys):
     tiny = ["--epochs", "1", "--teacher-epochs", "1", "--num-train", "8", "--num-test", "8", "--batch-size", "8"]
     tiny += ["--width", "16", "--single-width", "11.3", "--decoder-channels", "8", "--data-dir", str(tmp_path)]
