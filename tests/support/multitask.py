@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from visiondistill.models.classifiers import ClassifierSpec, create_classifier
+from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
 from visiondistill.tasks import MultiTaskModule
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: One teacher per head: a tiny timm classifier and a tiny U-Net.
 CLS_TEACHER = {"id": "cls_t", "head": "cls", "name": "test_resnet"}
@@ -55,3 +61,42 @@ class SquaresWithClass(Dataset):
 def multitask_loader(n: int = 16, batch_size: int = 8) -> DataLoader:
     """Batches ``{"image", "mask", "label"}`` of `SquaresWithClass` (3 classes, 4 segmentation classes)."""
     return DataLoader(SquaresWithClass(n), batch_size=batch_size)
+
+
+def multitask_config(root: Path, name: str = "multitask_kd", distilled: bool = True, max_epochs: int = 1) -> Path:
+    """configs/multitask/shapes_multitask.yaml shrunk to seconds: the tiny teachers above (their weights saved as
+    plain state dicts under ``root/teachers``, so the run records real teacher checkpoints), 32-px shapes (8 train,
+    4 val, 8 test images), a TensorBoard run folder ``root/runs/<name>``; ``distilled=False``: no teachers, no terms.
+    """
+    data = yaml.safe_load((ROOT / "configs/multitask/shapes_multitask.yaml").read_text())
+    init = data["model"]["init_args"]
+    ids = [teacher["id"] for teacher in init["teachers"]]
+    teachers = []
+    if distilled:
+        torch.manual_seed(0)
+        folder = root / "teachers"
+        folder.mkdir(parents=True, exist_ok=True)
+        for spec, teacher_id, factory, classes in (
+            (CLS_TEACHER, ids[0], create_classifier, 6),
+            (SEG_TEACHER, ids[1], create_segmenter, 7),
+        ):
+            fields = {k: v for k, v in spec.items() if k not in ("id", "head")}
+            spec_class = ClassifierSpec if factory is create_classifier else SegmenterSpec
+            path = folder / f"{teacher_id}.pt"
+            torch.save(factory(spec_class.coerce(fields), classes, "teacher").state_dict(), path)
+            teachers.append(spec | {"id": teacher_id, "checkpoint": str(path)})
+    init.update(decoder_channels=8, teachers=teachers or None, warmup_epochs=0)
+    data["data"]["init_args"].update(
+        data_dir=str(root / "shapes"), image_size=32, batch_size=4, num_workers=0, num_train=8, num_val=4,
+        num_test=8,
+    )  # fmt: skip
+    data["trainer"].update(
+        max_epochs=max_epochs, log_every_n_steps=1, num_sanity_val_steps=0, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    data["trainer"]["logger"]["init_args"].update(save_dir=str(root / "runs"), name=name)
+    if not distilled:
+        data["trainer"]["callbacks"] = [c for c in data["trainer"]["callbacks"] if "distill" not in c["class_path"]]
+    config = root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(data))
+    return config

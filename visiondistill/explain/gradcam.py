@@ -16,8 +16,7 @@ from typing_extensions import override
 from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import get_student
 from visiondistill.core.recorder import LayerNotFoundError, LayerSpec, feature_stages, resolve_layer
-from visiondistill.core.saliency import TARGET_KINDS, SaliencyAdapter, TargetKind, saliency_adapter_for
-from visiondistill.core.teachers import explained_teacher
+from visiondistill.core.saliency import TARGET_KINDS, SaliencyAdapter, TargetKind
 from visiondistill.explain.attribution import (
     ATTRIBUTION_METHODS,
     attribution_method,
@@ -26,6 +25,7 @@ from visiondistill.explain.attribution import (
 )
 from visiondistill.explain.cam import cam_method, compute_cams, compute_layer_cams
 from visiondistill.explain.faithfulness import FAITHFULNESS_KEYS, faithfulness_scores, probability_targets
+from visiondistill.explain.heads import ExplainedHead, explained_head
 from visiondistill.explain.metrics import SALIENCY_KEYS, pointing_game_hits, saliency_agreement_per_image
 from visiondistill.explain.probe import ProbeBatch, ProbeCallback, layer_list, model_input, save_npz
 from visiondistill.explain.render import comparison_grid, saliency_grid
@@ -90,9 +90,13 @@ class GradCAMCallback(ProbeCallback):
         attribution_options: Settings of a Captum method (`visiondistill.explain.attribution.attribute`: ``n_steps``,
             ``baseline``, ``window``, ``stride``, ``grid``, ``n_samples``, …; and ``sign``).
         teacher: With several teachers (docs/teachers.md): the id of the teacher compared with; ``None``: the first.
+        head: On a multi-task student (docs/multitask.md): the head to explain (``cls``, ``seg``), with that head's
+            saliency adapter, against the teacher of that head (or ``teacher``, which must teach it). Required there;
+            refused on a single-output student.
 
     Raises:
-        ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts (a `ConfigError`).
+        ValueError: For an unknown method or target, a bad ``top_k``, or non-positive counts (a `ConfigError`); at
+            setup, for a missing or unknown ``head`` on a multi-task student (the message names its heads).
         LayerNotFoundError: At setup, for a layer a model does not have (the message lists the valid ones).
 
     Example::
@@ -125,6 +129,7 @@ class GradCAMCallback(ProbeCallback):
         faithfulness_every_n_epochs: int | None = None,
         attribution_options: dict[str, Any] | None = None,
         teacher: str | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, seed=seed, log_images=log_images, save_dir=save_dir
@@ -158,12 +163,15 @@ class GradCAMCallback(ProbeCallback):
         self._stage_pairs: list[tuple[str, str, str | None]] = []
         self._warned_target = False
         self.teacher_id = teacher
+        self.head = head
+        self._head: ExplainedHead | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._head = explained_head(pl_module, self.head, self.teacher_id, "GradCAMCallback")
         student = get_student(pl_module)
-        teacher = explained_teacher(pl_module, self.teacher_id, "GradCAMCallback.teacher")
+        teacher = self._head.teacher(pl_module, "GradCAMCallback.teacher")
         # Unknown layers fail here, before any epoch, with the valid choices in the message.
         for layer in self.student_layers:
             resolve_layer(student, layer, role="student")
@@ -171,7 +179,7 @@ class GradCAMCallback(ProbeCallback):
             for layer in self.teacher_layers:
                 resolve_layer(teacher, layer, role="teacher")
         self._stage_pairs = self._match_stages(student, teacher) if self.layerwise else []
-        self._adapter = saliency_adapter_for(pl_module)
+        self._adapter = self._head.adapter
 
     @staticmethod
     def _match_stages(student: nn.Module, teacher: nn.Module | None) -> list[tuple[str, str, str | None]]:
@@ -191,20 +199,22 @@ class GradCAMCallback(ProbeCallback):
 
     @override
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: ProbeBatch, out_dir: Path) -> None:
-        adapter = self._adapter or saliency_adapter_for(pl_module)
+        head = self._head or explained_head(pl_module, self.head, self.teacher_id, "GradCAMCallback")
+        adapter = self._adapter or head.adapter
         student = get_student(pl_module)
-        teacher = explained_teacher(pl_module, self.teacher_id, "GradCAMCallback.teacher")
+        teacher = head.teacher(pl_module, "GradCAMCallback.teacher")
         height, width = batch.images.shape[-2:]
-        student_model = adapter.cam_model(student).eval()
+        view = head.batch(pl_module, batch.batch)  # what the adapter reads: the explained head's targets
+        student_model = adapter.cam_model(head.student(student)).eval()
         teacher_model = adapter.cam_model(teacher).eval() if teacher is not None else None
         student_pred = adapter.predict(student_model, model_input(batch.images, student)).cpu()
         teacher_pred = None
         if teacher_model is not None:
             teacher_pred = adapter.predict(teacher_model, model_input(batch.images, teacher)).cpu()
-        truth = adapter.ground_truth(batch.batch)
+        truth = adapter.ground_truth(view)
         explained = self._explained(truth, student_pred, teacher_pred)
-        targets = adapter.targets(explained, batch.batch)
-        masks = adapter.masks(batch.batch, height, width)
+        targets = adapter.targets(explained, view)
+        masks = adapter.masks(view, height, width)
 
         student_group = tuple(resolve_layer(student, layer, role="student")[0] for layer in self.student_layers)
         student_all = self._maps(
@@ -254,7 +264,9 @@ class GradCAMCallback(ProbeCallback):
             arrays.update({f"layerwise_{key}": np.stack(values) for key, values in layerwise.items()})
 
         display = batch.display_images()
-        class_names = _class_names(adapter, trainer, pl_module, student_pred, teacher_pred, truth)
+        class_names = head.class_names(pl_module) or _class_names(
+            adapter, trainer, pl_module, student_pred, teacher_pred, truth
+        )
         kind = self._effective_target(truth, teacher_pred)
         arrays.update(
             images=display.numpy(),
@@ -278,7 +290,7 @@ class GradCAMCallback(ProbeCallback):
             return
         title = f"epoch {trainer.current_epoch} · {self.method} · target: {kind.replace('_', ' ')}"
         grid = saliency_grid(
-            adapter.annotate(display, batch.batch),
+            adapter.annotate(display, view),
             student_maps,
             teacher_maps,
             true_labels=truth.tolist() if truth is not None else None,

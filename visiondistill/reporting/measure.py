@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +47,23 @@ class Measurements:
     teachers: dict[str, float] = field(default_factory=dict)
 
 
+def metric_levels(key: str, heads: Sequence[str] = ()) -> int:
+    """Levels of a metric's name below its stage, a multi-task head not counted.
+
+    ``test/miou`` and ``test/seg/miou`` (``seg`` in ``heads``): 1, a headline metric; ``test/iou/cat`` and
+    ``test/seg/iou/cat``: 2, a per-class metric.
+    """
+    parts = key.split("/")
+    return len(parts) - (2 if len(parts) > 2 and parts[1] in heads else 1)
+
+
 @torch.no_grad()
 def teacher_prediction_agreement(
-    student: nn.Module, teachers: dict[str, nn.Module], weights: dict[str, float], images: Tensor
+    student: nn.Module,
+    teachers: dict[str, nn.Module],
+    weights: dict[str, float],
+    images: Tensor,
+    heads: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """How often the student predicts what each teacher, and what the teachers' ensemble, predicts.
 
@@ -63,16 +77,35 @@ def teacher_prediction_agreement(
         teachers: The teachers by id (eval mode).
         weights: Their ensemble weights by id.
         images: The test images.
+        heads: On a multi-task student (docs/multitask.md): the head each teacher teaches, by id. Each teacher is
+            then compared with that head of the student's output dict, and there is no ensemble (the teachers
+            predict different things).
 
     Returns:
-        The agreement (0–1) with each teacher by id, and with their ensemble under ``"ensemble"``.
+        The agreement (0–1) with each teacher by id, and with their ensemble under ``"ensemble"`` (not with
+        ``heads``).
     """
-    predicted = output_logits(student(images)).argmax(dim=1)
+    out = student(images)
     logits = {teacher_id: output_logits(teacher(images)) for teacher_id, teacher in teachers.items()}
+    if heads:
+        return {tid: _agreement(out[heads[tid]], value) for tid, value in logits.items()}
+    predicted = output_logits(out).argmax(dim=1)
     result = {tid: float((predicted == value.argmax(dim=1)).float().mean()) for tid, value in logits.items()}
     ensemble = ensemble_logits(list(logits.values()), [weights[tid] for tid in logits], temperature=1.0)
     result["ensemble"] = float((predicted == ensemble.argmax(dim=1)).float().mean())
     return result
+
+
+def _agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
+    return float((student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean())
+
+
+def teacher_heads(run: Run) -> dict[str, str]:
+    """The head each of a run's teachers teaches, by id (multi-task runs, docs/multitask.md); empty otherwise."""
+    entries = run.hparams.get("teachers")
+    if not entries:
+        return {}
+    return {tid: str(fields["head"]) for tid, _, fields in parse_teacher_entries(entries) if fields.get("head")}
 
 
 def several_teachers(run: Run, module: Any) -> tuple[dict[str, nn.Module], dict[str, float]]:
@@ -80,7 +113,8 @@ def several_teachers(run: Run, module: Any) -> tuple[dict[str, nn.Module], dict[
 
     Args:
         run: The run (its recorded ``teachers`` hyper-parameter).
-        module: Its task module (`load_run_module`), whose class builds the networks.
+        module: Its task module (`load_run_module`), whose class builds the networks, or whose ``build_teachers``
+            does where it has one (`visiondistill.tasks.MultiTaskModule`: teachers of different kinds).
 
     Returns:
         The teachers by id (eval mode, CPU) and their weights; both empty when the run had one teacher or none.
@@ -91,13 +125,15 @@ def several_teachers(run: Run, module: Any) -> tuple[dict[str, nn.Module], dict[
     entries = run.hparams.get("teachers")
     if not entries:
         return {}, {}
+    weights = {teacher_id: weight for teacher_id, weight, _ in parse_teacher_entries(entries)}
+    if hasattr(module, "build_teachers"):  # a module whose teachers differ in kind builds them itself (multi-task)
+        return {tid: network.eval().cpu() for tid, network in module.build_teachers(entries).items()}, weights
     task = type(module)
-    teachers, weights = {}, {}
-    for teacher_id, weight, fields in parse_teacher_entries(entries):
+    teachers = {}
+    for teacher_id, _, fields in parse_teacher_entries(entries):
         role = f"teachers.{teacher_id}"
         spec = task.spec_class.coerce(fields, role=role)
         teachers[teacher_id] = task.model_factory(spec, getattr(module, task.outputs_arg), role).eval().cpu()
-        weights[teacher_id] = weight
     return teachers, weights
 
 
@@ -258,4 +294,6 @@ def _measure_several_teachers(
     for run in runs:
         if run.role != "teacher":
             student = modules[run.name].student.eval()
-            measured[run.name].teachers = teacher_prediction_agreement(student, teachers, weights, images)
+            measured[run.name].teachers = teacher_prediction_agreement(
+                student, teachers, weights, images, teacher_heads(source)
+            )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import platform
 import statistics
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from visiondistill.reporting.document import Heading, Paragraph, Table, to_markdown
-from visiondistill.reporting.measure import Measurements
+from visiondistill.reporting.measure import Measurements, metric_levels
 from visiondistill.reporting.runs import Run
 
 #: A class whose metric lies this many points below the mean over classes is flagged in the bias check.
@@ -35,18 +36,19 @@ def _fmt(value: float) -> str:
     return f"{100 * value:.1f}%" if 0.0 <= value <= 1.0 else f"{value:.4g}"
 
 
-def bias_check(test: dict[str, float]) -> list[dict[str, str]]:
+def bias_check(test: dict[str, float], heads: Sequence[str] = ()) -> list[dict[str, str]]:
     """Per-class metric families of a run with the classes lying ``BIAS_GAP_POINTS`` or more below their mean.
 
     Args:
         test: The run's ``test/*`` metrics (per-class ones have two levels: ``test/iou/<class>``).
+        heads: A multi-task student's heads: its metrics carry the head (``test/seg/iou/<class>``).
 
     Returns:
         One row per family: its mean over classes, worst class and the flagged classes.
     """
     families: dict[str, dict[str, float]] = {}
     for key, value in test.items():
-        if key.count("/") >= 2 and "loss" not in key:
+        if metric_levels(key, heads) >= 2 and "loss" not in key:
             family, name = key.rsplit("/", 1)
             families.setdefault(family, {})[name] = value
     rows = []
@@ -66,7 +68,12 @@ def bias_check(test: dict[str, float]) -> list[dict[str, str]]:
 
 
 def write_model_card(
-    run: Run, measured: dict[str, Measurements], teacher: Run | None, out: Path, data_dir: str | None = None
+    run: Run,
+    measured: dict[str, Measurements],
+    teacher: Run | None,
+    out: Path,
+    data_dir: str | None = None,
+    heads: Sequence[str] = (),
 ) -> Path:
     """Writes ``<out>/MODEL_CARD_<run name>.md`` for a (distilled) student run.
 
@@ -78,6 +85,7 @@ def write_model_card(
         teacher: The teacher's run, when it is part of the report.
         out: The folder the card is written to (the report's).
         data_dir: Data folder replacing the one in the config (as given to the report).
+        heads: A multi-task student's output heads (its metrics are named per head, ``test/<head>/<metric>``).
 
     Returns:
         The card's path.
@@ -92,7 +100,7 @@ def write_model_card(
     medical = data_class in _MEDICAL_DATA
     trained = datetime.fromtimestamp(run.checkpoint.stat().st_mtime, tz=UTC).strftime("%Y-%m-%d")
     monitor = run.monitor[0]
-    headline = {k: v for k, v in m.test.items() if k.count("/") == 1 and "loss" not in k}
+    headline = {k: v for k, v in m.test.items() if metric_levels(k, heads) == 1 and "loss" not in k}
     teacher_spec = run.hparams.get("teacher") or run.hparams.get("teachers") or {}  # one spec, or several
     distillation = [
         f"`{c['class_path'].rsplit('.', 1)[-1]}` {c.get('init_args') or {}}"
@@ -165,7 +173,7 @@ def write_model_card(
             f"Bias check: per-class metrics, flagging classes {BIAS_GAP_POINTS:g} or more points below the mean "
             "over classes."
         ),
-        Table(bias_check(m.test) or [{"metric": "no per-class metrics logged"}]),
+        Table(bias_check(m.test, heads) or [{"metric": "no per-class metrics logged"}]),
         Paragraph(
             "Explanation metrics — agreement with the teacher on test images (Grad-CAM for the same target; "
             "attention-map cosine and debiased CKA of features):"

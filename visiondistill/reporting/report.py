@@ -22,7 +22,7 @@ from typing import Any
 
 from visiondistill.core.errors import ConfigError
 from visiondistill.reporting.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from visiondistill.reporting.measure import Measurements, load_run_module, measure_runs, probe_batch
+from visiondistill.reporting.measure import Measurements, load_run_module, measure_runs, metric_levels, probe_batch
 from visiondistill.reporting.model_card import write_model_card
 from visiondistill.reporting.plots import plot_curves
 from visiondistill.reporting.runs import Run, RunError, assign_roles, build_datamodule, read_run
@@ -44,18 +44,22 @@ def _ratio(reference: float, value: float) -> str:
     return f"{reference / value:.1f}×" if value > 0 else "–"
 
 
-def headline_metrics(measured: dict[str, Measurements]) -> list[str]:
-    """Test metrics with one level (``test/miou``), the loss last; per-class metrics have two (``test/iou/cat``)."""
-    keys = sorted({k for m in measured.values() for k in m.test if k.count("/") == 1})
+def headline_metrics(measured: dict[str, Measurements], heads: Sequence[str] = ()) -> list[str]:
+    """Test metrics with one level (``test/miou``), the loss last; per-class metrics have two (``test/iou/cat``).
+
+    A multi-task run's metrics carry their head (``test/<head>/miou``, for each of ``heads``): those are headline
+    metrics too, and their per-class metrics have three levels (``test/seg/iou/cat``).
+    """
+    keys = sorted({k for m in measured.values() for k in m.test if metric_levels(k, heads) == 1})
     return [k for k in keys if "loss" not in k] + [k for k in keys if "loss" in k]
 
 
-def per_class_families(measured: dict[str, Measurements]) -> dict[str, list[str]]:
+def per_class_families(measured: dict[str, Measurements], heads: Sequence[str] = ()) -> dict[str, list[str]]:
     """Per-class test metrics grouped by family: ``{"test/iou": ["test/iou/background", …]}``."""
     families: dict[str, list[str]] = {}
     for m in measured.values():
         for key in m.test:
-            if key.count("/") >= 2:
+            if metric_levels(key, heads) >= 2:
                 family = key.rsplit("/", 1)[0]
                 if key not in families.setdefault(family, []):
                     families[family].append(key)
@@ -68,6 +72,7 @@ def build_report(
     out: Path,
     sections: Sequence[Block] = (),
     test_size: int | None = None,
+    heads: Sequence[str] = (),
 ) -> list[Block]:
     """The report's blocks; writes its plots and copied saliency grids into ``out``.
 
@@ -78,6 +83,7 @@ def build_report(
         sections: The blocks the task contributes (`visiondistill.reporting.sections.task_sections`), placed after
             the agreement with the teacher.
         test_size: Samples in the test split, stated above the metrics.
+        heads: The output heads of a multi-task student (``heads`` of its task module): its metrics are per head.
     """
     task = runs[0].task
     teacher = next((run for run in runs if run.role == "teacher"), None)
@@ -105,7 +111,7 @@ def build_report(
             f"`tensorboard --logdir {runs[0].path.parent}`."
         )
     )
-    headline = headline_metrics(measured)
+    headline = headline_metrics(measured, heads)
     blocks += [
         Heading("Task metrics (test split, best checkpoint)"),
         *([Paragraph(f"Test split: {test_size} samples.")] if test_size is not None else []),
@@ -197,11 +203,12 @@ def build_report(
     several = [r for r in runs if measured[r.name].teachers]
     if several:
         blocks += [
-            Heading("Agreement with each teacher and with their ensemble (test images)"),
+            Heading(f"Agreement with each teacher{'' if heads else ' and with their ensemble'} (test images)"),
             Paragraph(
                 "Share of test predictions (the top class of each image, or of each pixel for segmentation) that "
                 "each student shares with each teacher (by id) and with the teachers' weighted ensemble (the top "
                 "class of their weighted average of probabilities at T = 1, the soft target of ensemble KD), in %."
+                + (" A multi-task student is compared head by head, each teacher with its head." if heads else "")
             ),
             Table(
                 [
@@ -212,7 +219,7 @@ def build_report(
         ]
     blocks += list(sections)
     blocks += _curve_blocks(runs, out)
-    for family, keys in per_class_families(measured).items():
+    for family, keys in per_class_families(measured, heads).items():
         blocks += [
             Heading(f"Per-class `{family}` (test)", 3),
             Table(
@@ -345,14 +352,15 @@ def write_report(
             ceiling_run = read_run(ceiling)
             second = (ceiling_run.name, load_run_module(ceiling_run).student)
         sections += explanation_sections(context, settings, second)
-    blocks = build_report(runs, measured, out, sections=sections, test_size=test_size)
+    heads = tuple(getattr(modules[runs[0].name], "heads", ()))
+    blocks = build_report(runs, measured, out, sections=sections, test_size=test_size, heads=heads)
     blocks += _unread_curve_blocks(runs)
     if model_cards:
         teacher = next((run for run in runs if run.role == "teacher"), None)
         cards = []
         for run in runs:
             if run.role == "distilled":
-                card = write_model_card(run, measured, teacher, out, data_dir=data_dir)
+                card = write_model_card(run, measured, teacher, out, data_dir=data_dir, heads=heads)
                 cards.append(f"`{card}`")
         if cards:
             blocks.append(Paragraph("Model cards: " + ", ".join(cards) + "."))

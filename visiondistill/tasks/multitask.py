@@ -6,20 +6,23 @@ callback that names a teacher (``teacher: <id>``) reads that teacher's head of t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 from typing_extensions import override
 
+from visiondistill.core.adapters.segmentation import SegmentationSaliencyAdapter
 from visiondistill.core.callback import distillation_callbacks
 from visiondistill.core.errors import ConfigError
 from visiondistill.core.protocol import batch_inputs, freeze_teacher
+from visiondistill.core.saliency import ClassificationSaliencyAdapter, SaliencyAdapter
 from visiondistill.core.teachers import parse_teacher_entries
 from visiondistill.models.classifiers import ClassifierSpec, create_classifier
 from visiondistill.models.segmenters import SegmenterSpec, create_segmenter
@@ -30,6 +33,10 @@ HEADS: dict[str, tuple[type, Any]] = {
     "cls": (ClassifierSpec, create_classifier),
     "seg": (SegmenterSpec, create_segmenter),
 }
+#: The batch key of each head's targets.
+HEAD_TARGETS = {"cls": "label", "seg": "mask"}
+#: Each head's headline test metric, logged as ``<stage>/<head>/<metric>``.
+HEAD_METRICS = {"cls": "acc_top1", "seg": "miou"}
 
 
 class MultiTaskNet(nn.Module):
@@ -38,7 +45,8 @@ class MultiTaskNet(nn.Module):
     The classification head pools the deepest stage and applies a linear layer; the decoder projects every stage
     to ``decoder_channels`` with a 1×1 convolution, upsamples them to the finest stage and sums them (an FPN-like
     top-down sum without lateral refinement), then a 3×3 convolution, BatchNorm, ReLU and a 1×1 classifier, upsampled
-    to the input size. ``forward`` returns ``{"cls": N×C, "seg": N×K×H×W}``.
+    to the input size. ``forward`` returns ``{"cls": N×C, "seg": N×K×H×W}``. ``feature_info`` lists the backbone's
+    stages (module paths in this network), so stage indices (``-1``) name backbone stages.
 
     Example::
 
@@ -56,10 +64,19 @@ class MultiTaskNet(nn.Module):
         in_channels: int = 3,
         pretrained: bool = False,
         decoder_channels: int = 32,
+        backbone_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = timm.create_model(backbone, features_only=True, pretrained=pretrained, in_chans=in_channels)
+        self.backbone = timm.create_model(
+            backbone, features_only=True, pretrained=pretrained, in_chans=in_channels, **dict(backbone_kwargs or {})
+        )
         channels = self.backbone.feature_info.channels()
+        # The backbone's stages, by module path in this network, as segmenters and detectors declare theirs: feature
+        # and explanation callbacks address stages by index (-1: the deepest backbone stage, which both heads read).
+        self.feature_info = [
+            {**stage, "module": _stage_path(self.backbone, stage["module"])}
+            for stage in self.backbone.feature_info.get_dicts()
+        ]
         self.classifier = nn.Linear(channels[-1], num_classes)
         self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, kernel_size=1) for c in channels)
         self.decoder = nn.Sequential(
@@ -108,6 +125,8 @@ class MultiTaskModule(DistillationTask):
         in_channels: Input channels of the student (and of every teacher).
         pretrained: Load timm's pretrained backbone weights (needs them cached locally).
         decoder_channels: Width of the segmentation decoder.
+        backbone_kwargs: Extra arguments of the timm backbone (e.g. ``{channels: [32, 64, 128, 256]}`` for a
+            narrower timm ResNet), as for ``timm.create_model``.
         optimizer: ``"adamw"`` or ``"sgd"``, as in `DistillationTask`.
         lr: Peak learning rate.
         weight_decay: Weight decay.
@@ -130,6 +149,14 @@ class MultiTaskModule(DistillationTask):
         ['cls', 'seg']
     """
 
+    #: The student's output heads: its metrics are logged per head (``<stage>/<head>/<metric>``).
+    heads: tuple[str, ...] = tuple(HEADS)
+    #: The saliency adapter of each head (`visiondistill.explain.heads`: ``GradCAMCallback(head=…)``).
+    saliency_heads: ClassVar[dict[str, type[SaliencyAdapter]]] = {
+        "cls": ClassificationSaliencyAdapter,
+        "seg": SegmentationSaliencyAdapter,
+    }
+
     def __init__(
         self,
         backbone: str = "resnet18",
@@ -142,6 +169,7 @@ class MultiTaskModule(DistillationTask):
         in_channels: int = 3,
         pretrained: bool = False,
         decoder_channels: int = 32,
+        backbone_kwargs: Mapping[str, Any] | None = None,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -165,22 +193,7 @@ class MultiTaskModule(DistillationTask):
                 raise ConfigError(f"task_weights.{head} must be a number >= 0, got {weight!r}")
             weights[head] = float(weight)
         entries = parse_teacher_entries(teachers) if teachers is not None else []
-        teacher_specs: dict[str, Any] = {}
-        heads: dict[str, str] = {}
-        counts = {"cls": num_classes, "seg": num_seg_classes}
-        for teacher_id, _, fields in entries:
-            head = fields.pop("head", None)
-            _check_head(head, f"teachers.{teacher_id}.head")
-            if head in heads.values():
-                raise ConfigError(f"teachers.{teacher_id}: head {head!r} already has a teacher; give each head one")
-            spec_class = HEADS[head][0]
-            spec = spec_class.coerce(fields, role=f"teachers.{teacher_id}")
-            if spec.in_channels != in_channels:
-                raise ConfigError(
-                    f"teachers.{teacher_id} takes {spec.in_channels} input channels but the student takes "
-                    f"{in_channels}; they see the same images, so set the same in_channels"
-                )
-            teacher_specs[teacher_id], heads[teacher_id] = spec, head
+        teacher_specs, heads = _head_teacher_specs(entries, in_channels)
         # `visiondistill.reporting.loader.load_task_module` hands the recorded student back (without own weights).
         backbone, in_channels, pretrained = _recorded_student(
             recorded.get("student"), backbone, in_channels, pretrained
@@ -193,11 +206,11 @@ class MultiTaskModule(DistillationTask):
         # The student as the report, the export and `load_task_module` read it (``hparams["student"]``).
         self.hparams["student"] = student
         self.hparams["teacher"] = None
-        self.student = MultiTaskNet(backbone, num_classes, num_seg_classes, in_channels, pretrained, decoder_channels)
-        built = {
-            tid: HEADS[heads[tid]][1](spec, counts[heads[tid]], f"teachers.{tid}")
-            for tid, spec in teacher_specs.items()
-        }
+        self.student = MultiTaskNet(
+            backbone, num_classes, num_seg_classes, in_channels, pretrained, decoder_channels, backbone_kwargs
+        )
+        self.num_classes, self.num_seg_classes = num_classes, num_seg_classes
+        built = {tid: self._build_teacher(tid, spec, heads[tid]) for tid, spec in teacher_specs.items()}
         self.teachers = nn.ModuleDict(built) if built else None
         self.teacher = next(iter(self.teachers.values())) if self.teachers is not None else None
         self.teacher_weights = {teacher_id: weight for teacher_id, weight, _ in entries}
@@ -217,13 +230,13 @@ class MultiTaskModule(DistillationTask):
             if self.compile_networks:
                 network.compile()
         self.student_spec = self.teacher_spec = None
-        self.num_classes, self.num_seg_classes, self.task_weights = num_classes, num_seg_classes, weights
+        self.task_weights = weights
         self.class_names = list(class_names) if class_names is not None else None
         self.seg_class_names = list(seg_class_names) if seg_class_names is not None else None
         self.in_channels = in_channels
         for stage in ("val", "test"):
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
-            setattr(self, f"{stage}_iou", MulticlassJaccardIndex(num_seg_classes, average=None))
+            setattr(self, f"{stage}_acc", self.head_metric("cls"))
+            setattr(self, f"{stage}_iou", self.head_metric("seg"))
             setattr(self, f"{stage}_dice", MulticlassF1Score(num_seg_classes, average=None))
 
     @override
@@ -255,6 +268,75 @@ class MultiTaskModule(DistillationTask):
                         f"{type(callback).__name__} ({callback.name}) names no teacher; on a multi-task module every "
                         f"distillation term names the teacher of the head it distils with `teacher: <id>` ({pairs})"
                     )
+
+    # -- teachers and heads, as the report, the benchmark and the explanation callbacks read them -------------
+
+    def _build_teacher(self, teacher_id: str, spec: Any, head: str) -> nn.Module:
+        classes = self.num_classes if head == "cls" else self.num_seg_classes
+        return HEADS[head][1](spec, classes, f"teachers.{teacher_id}")
+
+    def build_teachers(self, teachers: Sequence[Mapping[str, Any]]) -> dict[str, nn.Module]:
+        """The networks of ``teachers`` entries (as the ``teachers`` argument: ``id``, ``head``, spec fields), by id.
+
+        Built as this module builds its own (weights from their checkpoints), in eval mode; each teaches the head
+        its entry names (``teacher_heads`` of a module built with these entries). Used by the report, which
+        rebuilds a run's teachers from its recorded hyper-parameters.
+
+        Raises:
+            ConfigError: For an entry the module itself would refuse.
+            CheckpointError: For a teacher checkpoint that is missing or does not fit.
+        """
+        specs, heads = _head_teacher_specs(parse_teacher_entries(list(teachers)), self.in_channels)
+        return {tid: self._build_teacher(tid, spec, heads[tid]).eval() for tid, spec in specs.items()}
+
+    def head_metric(self, head: str) -> Metric:
+        """A fresh metric of a head, the one its headline test metric (`HEAD_METRICS`) is computed with.
+
+        ``cls``: top-1 accuracy over images; ``seg``: the IoU of each class (its mean is ``miou``).
+        """
+        _check_head(head, "head")
+        if head == "cls":
+            return MulticlassAccuracy(self.num_classes, average="micro")
+        return MulticlassJaccardIndex(self.num_seg_classes, average=None)
+
+    @torch.no_grad()
+    def score_heads(self, networks: Mapping[str, nn.Module], loader: Iterable[Any]) -> dict[str, float]:
+        """Each head's headline metric (`HEAD_METRICS`) of the networks predicting it, over a loader's batches.
+
+        Args:
+            networks: By head name, the network whose output is that head's logits (a single-task teacher), or a
+                multi-head network (its output dict is read at the head): any mix, e.g. the teachers, or the student
+                for every head.
+            loader: Batches ``{"image", "label", "mask"}`` (a test loader of `visiondistill.data.ShapesMultiTask`).
+
+        Returns:
+            ``{"test/<head>/<metric>": value}`` for each head in ``networks``: the same numbers the module's own test
+            loop logs for its student.
+        """
+        metrics = {head: self.head_metric(head) for head in networks}
+        for network in networks.values():
+            network.eval()
+        for batch in loader:
+            for head, network in networks.items():
+                out = network(batch["image"])
+                logits = out[head] if isinstance(out, Mapping) else out
+                metrics[head].update(logits.argmax(dim=1), batch[HEAD_TARGETS[head]].long())
+        return {f"test/{head}/{HEAD_METRICS[head]}": float(metric.compute().mean()) for head, metric in metrics.items()}
+
+    def head_class_names(self, head: str) -> list[str] | None:
+        """The names of a head's classes (known after ``setup``, or when given)."""
+        _check_head(head, "head")
+        return self.class_names if head == "cls" else self.seg_class_names
+
+    def head_batch(self, batch: Mapping[str, Any], head: str) -> dict[str, Any]:
+        """A batch as one head's single-task view: ``image``, that head's targets as ``target``, and the ``mask``.
+
+        The explanation callbacks hand it to the head's saliency adapter (`saliency_heads`), which reads
+        ``target`` as a single-task batch's targets (and ``mask`` for the pointing game).
+        """
+        _check_head(head, "head")
+        view = {"image": batch["image"], "target": batch[HEAD_TARGETS[head]]}
+        return view | ({"mask": batch["mask"]} if "mask" in batch else {})
 
     # -- losses and metrics ---------------------------------------------------------------------
 
@@ -310,6 +392,17 @@ class MultiTaskModule(DistillationTask):
         return {"class": prediction, "class_confidence": confidence, "mask": out["seg"].argmax(dim=1)}
 
 
+def _stage_path(backbone: nn.Module, module: str) -> str:
+    """The path in `MultiTaskNet` of a backbone stage (timm's feature wrappers may join nested names with ``_``)."""
+    for candidate in (module, module.replace(".", "_")):
+        try:
+            backbone.get_submodule(candidate)
+        except AttributeError:
+            continue
+        return f"backbone.{candidate}"
+    return f"backbone.{module}"
+
+
 def _recorded_student(recorded: Any, backbone: str, in_channels: int, pretrained: bool) -> tuple[str, int, bool]:
     """Backbone, channels and ``pretrained`` from a recorded ``student`` mapping (a checkpoint's), else as given."""
     if not isinstance(recorded, Mapping):
@@ -319,6 +412,28 @@ def _recorded_student(recorded: Any, backbone: str, in_channels: int, pretrained
         int(recorded.get("in_channels", in_channels)),
         bool(recorded.get("pretrained", pretrained)),
     )
+
+
+def _head_teacher_specs(
+    entries: Sequence[tuple[str, float, dict[str, Any]]], in_channels: int
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The spec of each teacher entry and the head it teaches, both by id, checked (one teacher per head)."""
+    specs: dict[str, Any] = {}
+    heads: dict[str, str] = {}
+    for teacher_id, _, entry in entries:
+        fields = dict(entry)
+        head = fields.pop("head", None)
+        _check_head(head, f"teachers.{teacher_id}.head")
+        if head in heads.values():
+            raise ConfigError(f"teachers.{teacher_id}: head {head!r} already has a teacher; give each head one")
+        spec = HEADS[head][0].coerce(fields, role=f"teachers.{teacher_id}")
+        if spec.in_channels != in_channels:
+            raise ConfigError(
+                f"teachers.{teacher_id} takes {spec.in_channels} input channels but the student takes "
+                f"{in_channels}; they see the same images, so set the same in_channels"
+            )
+        specs[teacher_id], heads[teacher_id] = spec, head
+    return specs, heads
 
 
 def _check_head(head: Any, key: str) -> None:

@@ -12,9 +12,10 @@ from visiondistill.reporting.document import Block
 from visiondistill.reporting.sections.context import SectionBuilder, SectionContext
 from visiondistill.reporting.sections.detection import detection_section
 from visiondistill.reporting.sections.keypoints import keypoint_section
+from visiondistill.reporting.sections.multitask import multitask_section
 from visiondistill.reporting.sections.quantized import quantization_section
 from visiondistill.reporting.sections.segmentation import segmentation_section
-from visiondistill.tasks import DetectionTask, DistillationTask, KeypointTask, SegmentationTask
+from visiondistill.tasks import DetectionTask, DistillationTask, KeypointTask, MultiTaskModule, SegmentationTask
 
 __all__ = ["TASK_SECTIONS", "SectionBuilder", "SectionContext", "register_section", "task_sections"]
 
@@ -23,6 +24,7 @@ TASK_SECTIONS: dict[type, list[SectionBuilder]] = {
     SegmentationTask: [segmentation_section],
     DetectionTask: [detection_section],
     KeypointTask: [keypoint_section],
+    MultiTaskModule: [multitask_section],
     DistillationTask: [quantization_section],  # every task: the figures of `export --quantize int8`, when written
 }
 

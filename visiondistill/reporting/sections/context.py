@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.saliency import SaliencyAdapter
+from visiondistill.explain.heads import HeadView, explained_head
 from visiondistill.reporting.document import Block
 from visiondistill.reporting.measure import Measurements
 from visiondistill.reporting.runs import Run
@@ -28,6 +30,8 @@ class SectionContext:
         measured: The generic measurements by run name.
         out: The report's folder (pictures go here).
         log: Where progress lines go.
+        head: On a multi-task student, the head a section explains (`for_head`): `network` is then that head's
+            view of every run's network, ``batch`` the head's view of the batch; ``None``: the whole output.
     """
 
     runs: Sequence[Run]
@@ -37,6 +41,7 @@ class SectionContext:
     measured: Mapping[str, Measurements]
     out: Path
     log: Callable[[str], Any] = print
+    head: str | None = None
 
     @property
     def teacher(self) -> Run | None:
@@ -55,8 +60,22 @@ class SectionContext:
         return (distilled or self.students or [None])[-1]
 
     def network(self, run: Run) -> nn.Module:
-        """The trained network of a run (eval mode)."""
-        return self.modules[run.name].student.eval()
+        """The trained network of a run (eval mode); on a multi-task student given ``head``, that head's view."""
+        network = self.modules[run.name].student.eval()
+        return HeadView(network, self.head).eval() if self.head is not None else network
+
+    def for_head(self, head: str) -> SectionContext:
+        """This context for one head of a multi-task student: its networks, batch and saliency adapter."""
+        module = self.modules[self.runs[0].name]
+        return replace(self, head=head, batch=module.head_batch(self.batch, head))
+
+    def saliency_adapter(self) -> SaliencyAdapter:
+        """The saliency adapter of the runs' task (of ``head``, on a multi-task student).
+
+        Raises:
+            ConfigError: On a multi-task student without ``head`` (`visiondistill.explain.heads.explained_head`).
+        """
+        return explained_head(self.modules[self.runs[0].name], self.head, None, "visiondistill report").adapter
 
     def display(self, images: Tensor) -> Tensor:
         """Normalised input images back in [0, 1] for pictures (the datamodule's ``mean``/``std``, if it has them)."""

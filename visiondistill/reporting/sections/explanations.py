@@ -231,8 +231,10 @@ def explanation_sections(
         Report blocks (none when the runs have no saliency adapter or nothing to explain).
     """
     settings = settings or ExplanationSettings()
-    first = context.runs[0]
-    adapter = saliency_adapter_for(context.modules[first.name])
+    heads = tuple(getattr(context.modules[context.runs[0].name], "heads", ()) or ())
+    if heads and context.head is None:  # a multi-task student: each head explained on its own (docs/multitask.md)
+        return [block for head in heads for block in explanation_sections(context.for_head(head), settings, ceiling)]
+    adapter = context.saliency_adapter()
     models, notes = _models(context, ceiling, settings.seed)
     if not models:
         return []
@@ -242,7 +244,10 @@ def explanation_sections(
     targets = adapter.targets(explained, context.batch)
     count = min(settings.images, len(images))
     blocks: list[Block] = [
-        Heading("Explanations: agreement on a scale, faithfulness, sanity, robustness"),
+        Heading(
+            "Explanations: agreement on a scale, faithfulness, sanity, robustness"
+            + (f" — head `{context.head}`" if context.head else "")
+        ),
         Paragraph(
             f"Methods: {', '.join(f'`{m}`' for m in settings.methods)}. Every model explains the prediction of "
             f"`{explained_by.name}` on each image. Cells: mean over images [bootstrap 95 % CI, {settings.bootstrap} "

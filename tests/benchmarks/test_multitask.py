@@ -1,0 +1,68 @@
+"""benchmarks/multitask.py: the multi-task student against single-task students at the same parameter count."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from visiondistill.tasks.multitask import MultiTaskNet
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "multitask.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("multitask_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_single_task_student_counts_its_backbone_and_its_head_only(bench):
+    net = MultiTaskNet("resnet10t", 6, 7, decoder_channels=8, backbone_kwargs=bench.backbone_kwargs(8))
+    total = sum(p.numel() for p in net.parameters())
+    cls_head = sum(p.numel() for p in net.classifier.parameters())
+    assert bench.head_parameters(net, ("cls", "seg")) == total
+    assert bench.head_parameters(net, ("seg",)) == total - cls_head
+    assert bench.head_parameters(net, ("cls",)) == sum(
+        p.numel() for p in (*net.backbone.parameters(), *net.classifier.parameters())
+    )
+
+
+def _run(seed: int, cls: float, seg: float, params: int = 100) -> dict:
+    return {"seed": seed, "scores": {"test/cls/acc_top1": cls, "test/seg/miou": seg}, "params": params}
+
+
+def test_table_gives_mean_and_sample_std_per_head(bench):
+    results = {
+        "multi-task": [_run(0, 0.80, 0.50), _run(1, 0.90, 0.70)],
+        "single-task": [_run(0, 0.70, 0.60), _run(1, 0.70, 0.60)],
+    }
+    teachers = {"scores": {"test/cls/acc_top1": 0.95, "test/seg/miou": 0.8}, "params": {"cls": 1000, "seg": 2000}}
+    text = bench.table(results, teachers, {"cls": 40, "seg": 55})
+    assert "| 1,000 + 2,000 | 95.0 | 80.0 |" in text
+    # Sample std of (80, 90) = 7.1, of (50, 70) = 14.1.
+    assert "| multi-task student | 100 | 85.0 ± 7.1 | 60.0 ± 14.1 |" in text
+    assert "| single-task students | 40 + 55 | 70.0 ± 0.0 | 60.0 ± 0.0 |" in text
+
+
+def test_tiny_run_and_merge(bench, tmp_path, capsys):
+    tiny = ["--epochs", "1", "--teacher-epochs", "1", "--num-train", "8", "--num-test", "8", "--batch-size", "8"]
+    tiny += ["--width", "16", "--single-width", "11.3", "--decoder-channels", "8", "--data-dir", str(tmp_path)]
+    tiny += ["--cls-teacher", "test_resnet", "--seg-encoder", "tu-test_resnet"]
+    summary = bench.main([*tiny, "--seeds", "0", "1", "--json", str(tmp_path / "run.json")])
+    assert [len(summary["results"][arm]) for arm in ("multi-task", "single-task")] == [2, 2]
+    for run in (*summary["results"]["multi-task"], *summary["results"]["single-task"]):
+        assert set(run["scores"]) == {"test/cls/acc_top1", "test/seg/miou"}
+        assert all(0.0 <= value <= 1.0 for value in run["scores"].values())
+    # The single-task arm's parameters are the two students' (each counted without the head it does not train).
+    assert sum(summary["split"].values()) == summary["results"]["single-task"][0]["params"]
+    assert set(summary["teachers"]["scores"]) == {"test/cls/acc_top1", "test/seg/miou"}
+    out = capsys.readouterr().out
+    assert "2 seeds (0, 1)" in out and "| multi-task student |" in out and "command: python" in out
+    # --merge pools the seeds of saved runs and prints the same table.
+    merged = bench.main(["--merge", str(tmp_path / "run.json")])
+    assert [run["seed"] for run in merged["results"]["single-task"]] == [0, 1]
+    assert bench.table(summary["results"], summary["teachers"], summary["split"]) in capsys.readouterr().out
