@@ -41,6 +41,8 @@ from visiondistill.data import ShapesMultiTask
 from visiondistill.distill import LogitDistillation, PixelwiseDistillation
 from visiondistill.tasks import ClassificationTask, MultiTaskModule, SegmentationTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 HEAD_KEYS = {"cls": "test/cls/acc_top1", "seg": "test/seg/miou"}
@@ -50,18 +52,7 @@ BACKBONE = "resnet10t"
 
 
 def trainer(epochs: int, callbacks: list | None = None) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
-    )
+    return quiet_trainer(callbacks or [], max_epochs=epochs, limit_val_batches=0)
 
 
 def shapes(args: argparse.Namespace) -> ShapesMultiTask:

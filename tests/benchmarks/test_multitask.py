@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from visiondistill.tasks.multitask import MultiTaskNet
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "multitask.py"
+from ..support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("multitask_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multitask")
 
 
 def test_a_single_task_student_counts_its_backbone_and_its_head_only(bench):
