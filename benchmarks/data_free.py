@@ -82,10 +82,10 @@ def digits(args: argparse.Namespace) -> Split:
 
 
 def shapes(args: argparse.Namespace) -> Split:
-    root = Path(args.data_dir) / f"shapes{args.image_size}-{args.num_train}-{args.num_test}"
+    root = Path(args.data_dir) / f"shapes{args.image_size}-{args.num_train}-{args.num_test}-{args.difficulty:g}"
     data = ShapesClassification(
         str(root), image_size=args.image_size, num_workers=0, augment=False, num_train=args.num_train,
-        num_val=10, num_test=args.num_test,
+        num_val=10, num_test=args.num_test, difficulty=args.difficulty,
     )  # fmt: skip
     data.prepare_data()
     data.setup("fit")
@@ -111,11 +111,16 @@ def loader(images: Tensor, labels: Tensor, batch_size: int, seed: int) -> DataLo
 
 
 def train_teacher(name: str, split: Split, args: argparse.Namespace) -> Path:
-    path = Path(args.data_dir) / f"teacher_{name}_{args.teacher}_{args.image_size}px_{args.teacher_epochs}ep.ckpt"
+    settings = f"{args.teacher}_{args.image_size}px_{args.teacher_epochs}ep_lr{args.teacher_lr:g}" + (
+        f"_d{args.difficulty:g}" if name == "shapes" else ""
+    )
+    path = Path(args.data_dir) / f"teacher_{name}_{settings}.ckpt"
     if path.is_file():
         return path
     pl.seed_everything(0, workers=True)
-    task = ClassificationTask(student={"name": args.teacher}, num_classes=split[4], lr=0.002, warmup_epochs=0.5)
+    task = ClassificationTask(
+        student={"name": args.teacher}, num_classes=split[4], lr=args.teacher_lr, warmup_epochs=0.5
+    )
     fit = trainer(epochs=args.teacher_epochs)
     fit.fit(task, loader(split[0], split[1], args.batch_size, 0))
     fit.save_checkpoint(path)
@@ -162,9 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-test", type=int, default=300)
+    parser.add_argument("--difficulty", type=float, default=0.0, help="shapes generator difficulty (0: clean)")
     parser.add_argument("--teacher", default="resnet18")
     parser.add_argument("--student", default="test_resnet")
     parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--teacher-lr", type=float, default=0.002)
     parser.add_argument("--data-dir", default="/tmp/visiondistill-datafree")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no spinning when busy)")
     args = parser.parse_args(argv)

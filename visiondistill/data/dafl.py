@@ -137,6 +137,13 @@ class DAFLSettings:
                 raise ConfigError(f"DAFL {name} must be a finite number >= 0, got {value!r}")
 
 
+def check_image_size(image_size: object) -> None:
+    """Raises a `ConfigError` unless ``image_size`` is a multiple of 4, >= 8 (the generator upsamples twice)."""
+    whole = isinstance(image_size, int) and not isinstance(image_size, bool)
+    if not (whole and image_size >= 8 and image_size % 4 == 0):
+        raise ConfigError(f"DAFL image_size must be a multiple of 4 and >= 8 (two ×2 upsamplings), got {image_size!r}")
+
+
 def _classifier(teacher: nn.Module) -> nn.Module:
     get = getattr(teacher, "get_classifier", None)  # timm models name their head
     head = get() if callable(get) else None
@@ -172,10 +179,7 @@ class DAFL:
     """
 
     def __init__(self, image_size: int, channels: int = 3, settings: DAFLSettings | None = None, seed: int = 0) -> None:
-        if not (isinstance(image_size, int) and image_size >= 8 and image_size % 4 == 0):
-            raise ConfigError(
-                f"DAFL image_size must be a multiple of 4 and >= 8 (two ×2 upsamplings), got {image_size!r}"
-            )
+        check_image_size(image_size)
         self.settings = settings or DAFLSettings()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from visiondistill.data.dafl import DAFL, DAFLSettings
+from visiondistill.data.dafl import DAFL, DAFLSettings, check_image_size
 from visiondistill.data.datafree import DataFreeClassification
 
 __all__ = ["DAFLDataFreeClassification"]
@@ -75,6 +75,7 @@ class DAFLDataFreeClassification(DataFreeClassification):
         save_grid: bool = True,
         eval_data: pl.LightningDataModule | None = None,
     ) -> None:
+        check_image_size(image_size)  # before eval_data's size is compared with it: the more basic fix first
         super().__init__(
             num_classes=num_classes,
             class_names=class_names,
