@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("generator_lr", -0.1, ("generator_lr", "positive", "-0.1")),
         ("generator_lr", float("inf"), ("generator_lr", "inf")),
         ("entropy_weight", float("nan"), ("entropy_weight", "nan")),
+        ("entropy_weight", float("inf"), ("entropy_weight", "inf")),
         ("activation_weight", -1.0, ("activation_weight", ">= 0", "-1.0")),
         ("one_hot_weight", "1", ("one_hot_weight", "'1'")),
         ("generator_steps", 0, ("generator_steps", ">= 1")),
