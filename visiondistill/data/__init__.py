@@ -1,7 +1,9 @@
 """Data: the synthetic shapes generator and writers, albumentations pipelines and Lightning data modules."""
 
 from visiondistill.data.classification import ImageFolderClassification, ImageFolderDataset, ShapesClassification
+from visiondistill.data.dafl import DAFL, DAFLSettings, TeacherWithoutClassifierError
 from visiondistill.data.datafree import DataFreeClassification
+from visiondistill.data.datafree_dafl import DAFLDataFreeClassification
 from visiondistill.data.detection import CocoDetection, CocoDetectionDataset, ShapesDetection, detection_transforms
 from visiondistill.data.errors import CorruptImageError, DataError, MissingDataError
 from visiondistill.data.inversion import DeepInversion, InversionSettings, TeacherWithoutBatchNormError
@@ -26,6 +28,9 @@ __all__ = [
     "CocoDetectionDataset",
     "CorruptImageError",
     "DataError",
+    "DAFL",
+    "DAFLDataFreeClassification",
+    "DAFLSettings",
     "DataFreeClassification",
     "DeepInversion",
     "ImageFolderClassification",
@@ -46,6 +51,7 @@ __all__ = [
     "ShapesSegmentation",
     "SyntheticLesions",
     "TeacherWithoutBatchNormError",
+    "TeacherWithoutClassifierError",
     "classification_transforms",
     "detection_transforms",
     "segmentation_transforms",

@@ -170,11 +170,8 @@ class DataFreeClassification(pl.LightningDataModule):
 
     def synthesize(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
         """Batch ``index`` of ``epoch``: the images (on the teacher's device) and their target classes."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        teacher = get_teacher(module, required=True, who="DataFreeClassification") if module is not None else None
-        if teacher is None:
-            raise ConfigError("DataFreeClassification synthesises from the task's teacher: attach it to a Trainer")
-        student = get_student(module) if self.settings.competition_weight > 0 else None
+        teacher = self._teacher()
+        student = get_student(self.trainer.lightning_module) if self.settings.competition_weight > 0 else None
         seed = self.seed * 1_000_003 + epoch * 10_007 + index
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(self.batch_size, generator=generator)
@@ -182,10 +179,20 @@ class DataFreeClassification(pl.LightningDataModule):
         images, _ = DeepInversion(teacher, self.settings).synthesize(
             targets, image_size=self.image_size, in_channels=self.in_channels, student=student, seed=seed
         )
+        self._save_grid(epoch, index, images)
+        return images, targets.to(images.device)
+
+    def _save_grid(self, epoch: int, index: int, images: Tensor) -> None:
         if index == 0 and self.save_grid and self.trainer.log_dir is not None and self.trainer.is_global_zero:
             path = Path(self.trainer.log_dir) / "data_free" / f"epoch_{epoch:03d}.png"
             save_image_grid(images, path, self.settings.mean, self.settings.std)
-        return images, targets.to(images.device)
+
+    def _teacher(self) -> Any:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        teacher = get_teacher(module, required=True, who=type(self).__name__) if module is not None else None
+        if teacher is None:
+            raise ConfigError(f"{type(self).__name__} synthesises from the task's teacher: attach it to a Trainer")
+        return teacher
 
 
 class _SynthesisBatches(Dataset):
