@@ -39,6 +39,8 @@ from visiondistill.data.unlabeled import stratified_split
 from visiondistill.distill import LogitDistillation
 from visiondistill.tasks import ClassificationTask
 
+from _common import quiet_trainer
+
 warnings.filterwarnings("ignore")
 
 ARMS = ("scratch, no data", "DeepInversion KD", "DAFL KD", "KD, real data")
@@ -46,18 +48,8 @@ Split = tuple[Tensor, Tensor, Tensor, Tensor, int]
 
 
 def trainer(steps: int | None = None, epochs: int | None = None, callbacks: list | None = None) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps if steps is not None else -1,
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
+    return quiet_trainer(
+        callbacks or [], max_steps=steps if steps is not None else -1, max_epochs=epochs, limit_val_batches=0
     )
 
 
