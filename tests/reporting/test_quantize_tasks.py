@@ -47,19 +47,8 @@ def _relative(want: np.ndarray, got: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-def _train(task, datamodule, tmp_path, steps: int):
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+def _train(task, datamodule, trainer_kwargs, tmp_path, steps: int):
+    trainer = pl.Trainer(**{**trainer_kwargs, "max_epochs": None}, max_steps=steps, limit_val_batches=0)
     trainer.fit(task, datamodule)
     checkpoint = tmp_path / "student.ckpt"
     trainer.save_checkpoint(checkpoint)
@@ -67,11 +56,11 @@ def _train(task, datamodule, tmp_path, steps: int):
 
 
 @pytest.mark.slow
-def test_int8_detection_student_within_tolerance(tmp_path, coco_root):
+def test_int8_detection_student_within_tolerance(tmp_path, coco_root, trainer_kwargs):
     pl.seed_everything(0, verbose=False)  # weights and augmentation: the tolerances hold for one fixed student
     datamodule = CocoDetection(str(coco_root), image_size=64, batch_size=4, num_workers=0)
     task = DetectionTask(student=detection.TINY_STUDENT, num_classes=2, lr=5e-3)
-    checkpoint = _train(task, datamodule, tmp_path, steps=24)
+    checkpoint = _train(task, datamodule, trainer_kwargs, tmp_path, steps=24)
     spec = load_export_spec(checkpoint, image_size=64)
     fp32 = export_onnx(spec, tmp_path / "det.onnx").path
     summary = quantize_export(checkpoint, spec, fp32, datamodule, calibration_images=16, latency_runs=3)
@@ -109,11 +98,11 @@ def test_int8_detection_student_within_tolerance(tmp_path, coco_root):
 
 
 @pytest.mark.slow
-def test_int8_keypoint_student_within_tolerance(tmp_path, shapes_keypoints_dir):
+def test_int8_keypoint_student_within_tolerance(tmp_path, shapes_keypoints_dir, trainer_kwargs):
     pl.seed_everything(0, verbose=False)  # weights and augmentation: the tolerances hold for one fixed student
     datamodule = keypoints.shapes(shapes_keypoints_dir)
     task = KeypointTask(student=keypoints.TINY_STUDENT, num_keypoints=4, lr=1e-2)
-    checkpoint = _train(task, datamodule, tmp_path, steps=60)
+    checkpoint = _train(task, datamodule, trainer_kwargs, tmp_path, steps=60)
     spec = load_export_spec(checkpoint, image_size=keypoints.SHAPES_ARGS["input_size"])
     fp32 = export_onnx(spec, tmp_path / "kp.onnx").path
     summary = quantize_export(checkpoint, spec, fp32, datamodule, calibration_images=24, latency_runs=3)
