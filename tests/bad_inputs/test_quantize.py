@@ -43,7 +43,7 @@ def test_checkpoint_outside_its_run_folder_is_refused(trained_run, tmp_path, cap
     assert not checkpoint.with_suffix(".onnx").exists()
 
 
-@pytest.mark.parametrize("task", ["multitask", "pose"])  # detection and keypoints are measured since issue 18
+@pytest.mark.parametrize("task", ["pose", "depth"])  # detection, keypoints and multitask are measured (issue 18)
 def test_tasks_without_int8_measurement_are_refused(task):
     spec = ExportSpec(torch.nn.Identity(), torch.rand(1, 3, 32, 32), task=task)
     expect_user_error(lambda: check_quantizable(spec), task, "without --quantize", error_type=ExportError)

@@ -63,6 +63,28 @@ def multitask_loader(n: int = 16, batch_size: int = 8) -> DataLoader:
     return DataLoader(SquaresWithClass(n), batch_size=batch_size)
 
 
+def saved_teachers(
+    folder: Path, num_classes: int = 3, num_seg_classes: int = 4, ids: tuple[str, ...] | list[str] = ("cls_t", "seg_t")
+) -> list[dict[str, Any]]:
+    """`CLS_TEACHER` and `SEG_TEACHER` (as ``ids``), seeded random weights saved as plain state dicts in ``folder``.
+
+    Returns their ``teachers`` entries with a ``checkpoint`` each, which a run then records as its teachers'.
+    """
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    teachers = []
+    for spec, teacher_id, factory, classes in (
+        (CLS_TEACHER, ids[0], create_classifier, num_classes),
+        (SEG_TEACHER, ids[1], create_segmenter, num_seg_classes),
+    ):
+        fields = {k: v for k, v in spec.items() if k not in ("id", "head")}
+        spec_class = ClassifierSpec if factory is create_classifier else SegmenterSpec
+        path = folder / f"{teacher_id}.pt"
+        torch.save(factory(spec_class.coerce(fields), classes, "teacher").state_dict(), path)
+        teachers.append(spec | {"id": teacher_id, "checkpoint": str(path)})
+    return teachers
+
+
 def multitask_config(root: Path, name: str = "multitask_kd", distilled: bool = True, max_epochs: int = 1) -> Path:
     """configs/multitask/shapes_multitask.yaml shrunk to seconds: the tiny teachers above (their weights saved as
     plain state dicts under ``root/teachers``, so the run records real teacher checkpoints), 32-px shapes (8 train,
@@ -71,20 +93,7 @@ def multitask_config(root: Path, name: str = "multitask_kd", distilled: bool = T
     data = yaml.safe_load((ROOT / "configs/multitask/shapes_multitask.yaml").read_text())
     init = data["model"]["init_args"]
     ids = [teacher["id"] for teacher in init["teachers"]]
-    teachers = []
-    if distilled:
-        torch.manual_seed(0)
-        folder = root / "teachers"
-        folder.mkdir(parents=True, exist_ok=True)
-        for spec, teacher_id, factory, classes in (
-            (CLS_TEACHER, ids[0], create_classifier, 6),
-            (SEG_TEACHER, ids[1], create_segmenter, 7),
-        ):
-            fields = {k: v for k, v in spec.items() if k not in ("id", "head")}
-            spec_class = ClassifierSpec if factory is create_classifier else SegmenterSpec
-            path = folder / f"{teacher_id}.pt"
-            torch.save(factory(spec_class.coerce(fields), classes, "teacher").state_dict(), path)
-            teachers.append(spec | {"id": teacher_id, "checkpoint": str(path)})
+    teachers = saved_teachers(root / "teachers", 6, 7, ids) if distilled else []
     init.update(decoder_channels=8, teachers=teachers or None, warmup_epochs=0)
     data["data"]["init_args"].update(
         data_dir=str(root / "shapes"), image_size=32, batch_size=4, num_workers=0, num_train=8, num_val=4,

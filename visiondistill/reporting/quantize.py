@@ -17,10 +17,17 @@ CPU (``CPUExecutionProvider``):
 When the run distilled from a teacher checkpoint, the teacher is exported to fp32 ONNX and measured the same way.
 The summary is printed and written next to the ONNX file as ``<name>.quantization.json`` and ``.md``.
 
+A multi-task student (`visiondistill.tasks.MultiTaskModule`, docs/multitask.md) is exported with one output per head
+(``cls``, ``seg``); its test loop reads them by name (`OnnxStudent` with ``heads``), so the metrics are its own,
+per head (``test/cls/acc_top1``, ``test/seg/miou`` …). Agreement and relative error are given per head
+(`QuantizationSummary.heads`), and each head's teacher (one per head, from the run's recorded ``teachers``) is
+exported and scored on its head's metric (`MultiTaskModule.score_heads`, as the report's multi-task section does).
+
 Every task's student is supported (`visiondistill.reporting.quantize_tasks` holds what differs by task):
 classification, segmentation and keypoint networks return one tensor that the task's test loop takes from
-onnxruntime; a detector's exported boxes and scores are post-processed outside the graph (score threshold, top-k,
-NMS) and scored with the task's mAP, and its box decoding and score fusion are left in fp32 (``nodes_to_exclude``).
+onnxruntime, the multi-task network one per head; a detector's exported boxes and scores are post-processed
+outside the graph (score threshold, top-k, NMS) and scored with the task's mAP, and its box decoding and score
+fusion are left in fp32 (``nodes_to_exclude``).
 """
 
 from __future__ import annotations
@@ -41,13 +48,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from visiondistill.core.errors import VisionDistillError
 from visiondistill.core.protocol import batch_inputs
+from visiondistill.core.teachers import parse_teacher_entries
 from visiondistill.models.checkpoints import read_checkpoint
 from visiondistill.reporting.export import ExportError, ExportSpec, export_onnx, load_export_spec
 from visiondistill.reporting.export import build_parser as export_parser
 from visiondistill.reporting.export import main as export_main
 from visiondistill.reporting.loader import load_task_module
-from visiondistill.reporting.measure import test_metrics
+from visiondistill.reporting.measure import metric_levels, test_metrics
 from visiondistill.reporting.quantize_tasks import EXCLUDED_WHY, agreement_counts, detection_metrics, nodes_to_exclude
 from visiondistill.reporting.runs import build_datamodule, read_run
 from visiondistill.tasks.detection import DetectionTask
@@ -62,6 +71,9 @@ __all__ = [
     "calibration_batches",
     "check_image_size",
     "check_quantizable",
+    "head_figures",
+    "headline_keys",
+    "model_rows",
     "run_datamodule",
     "quantize_int8",
     "main",
@@ -69,21 +81,36 @@ __all__ = [
 ]
 
 QUANTIZE_MODES = ("int8",)
-QUANTIZABLE_TASKS = ("classification", "segmentation", "detection", "keypoints")
+QUANTIZABLE_TASKS = ("classification", "segmentation", "detection", "keypoints", "multitask")
 DEFAULT_CALIBRATION_IMAGES = 256
 
 
 class OnnxStudent(nn.Module):
-    """An onnxruntime session in place of a task module's student: ``forward(images)`` returns its first output."""
+    """An onnxruntime session in place of a task module's student: ``forward(images)`` returns its first output.
 
-    def __init__(self, session: Any) -> None:
+    Given ``heads`` (a multi-task student's: ``cls``, ``seg``), it returns ``{head: the graph's output of that
+    name}``, as the multi-task network returns its heads.
+
+    Raises:
+        ExportError: When the graph has no output named after one of ``heads``.
+    """
+
+    def __init__(self, session: Any, heads: Sequence[str] = ()) -> None:
         super().__init__()
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.heads = list(heads)
+        outputs = [output.name for output in session.get_outputs()]
+        if not set(self.heads) <= set(outputs):
+            raise ExportError(
+                f"the ONNX graph's outputs are {outputs} but the student's heads are {self.heads}; export the "
+                "multi-task student with `visiondistill export` (one output per head)"
+            )
 
-    def forward(self, images: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, images: Tensor) -> Tensor | dict[str, Tensor]:  # noqa: D102
         array = images.detach().cpu().numpy().astype(np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        outputs = [torch.from_numpy(out) for out in self.session.run(self.heads or None, {self.input_name: array})]
+        return dict(zip(self.heads, outputs, strict=True)) if self.heads else outputs[0]
 
 
 @dataclass
@@ -111,28 +138,67 @@ class QuantizationSummary:
     teacher: Variant | None = None
     excluded_nodes: int = 0
     notes: list[str] = field(default_factory=list)
+    #: A multi-task student's heads: INT8 against fp32 per head, ``{head: {"agreement", "relative_error"}}``;
+    #: ``agreement`` and ``relative_error`` are then the lowest and the highest of the heads'.
+    heads: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: A multi-task student's teachers in fp32, by id, each scored on its head's metric (``teacher_heads``: id -> head).
+    teachers: dict[str, Variant] = field(default_factory=dict)
+    teacher_heads: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
         """The summary as a Markdown table, one row per model."""
-        rows = [("student fp32", self.fp32), ("student INT8", self.int8)]
-        rows += [("teacher fp32", self.teacher)] if self.teacher is not None else []
-        # The headline metrics (``test/acc_top1``, ``test/miou``); per-class ones and the loss stay in the JSON.
-        keys = sorted({k for _, v in rows for k in v.metrics if k.count("/") == 1 and not k.endswith("loss")})
+        summary = asdict(self)
+        rows, keys = model_rows(summary), headline_keys(summary)
         lines = [
             "| model | " + " | ".join(keys) + " | latency (ms, batch 1) | size (MB) |",
             "|---|" + "---|" * len(keys) + "---|---|",
         ]
         for label, variant in rows:
-            values = " | ".join(f"{variant.metrics[k]:.4f}" if k in variant.metrics else "–" for k in keys)
-            lines.append(f"| {label} | {values} | {variant.latency_ms:.3f} | {variant.size_mb:.3f} |")
+            metrics = variant["metrics"]
+            values = " | ".join(f"{metrics[k]:.4f}" if k in metrics else "–" for k in keys)
+            lines.append(f"| {label} | {values} | {variant['latency_ms']:.3f} | {variant['size_mb']:.3f} |")
         lines.append("")
         lines.append(
             f"INT8 vs fp32 on the test images: prediction agreement {self.agreement:.4f}, relative error "
-            f"{self.relative_error:.4f}; {self.calibration_images} calibration images; onnxruntime "
-            f"CPUExecutionProvider, {self.threads} thread(s), median of {self.latency_runs} runs."
+            f"{self.relative_error:.4f}{head_figures(summary)}; {self.calibration_images} calibration images; "
+            f"onnxruntime CPUExecutionProvider, {self.threads} thread(s), median of {self.latency_runs} runs."
         )
         lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def model_rows(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The measured models of a summary (`QuantizationSummary` as written to JSON), with their table labels.
+
+    The fp32 and INT8 student, the teacher (``teacher fp32``) and, for a multi-task student, each head's teacher
+    (``teacher fp32: <id> (<head> head)``).
+    """
+    rows = [("student fp32", summary["fp32"]), ("student INT8", summary["int8"])]
+    rows += [("teacher fp32", summary["teacher"])] if summary.get("teacher") else []
+    heads = summary.get("teacher_heads") or {}
+    for tid, variant in (summary.get("teachers") or {}).items():
+        rows.append((f"teacher fp32: {tid} ({heads.get(tid, '?')} head)", variant))
+    return rows
+
+
+def headline_keys(summary: Mapping[str, Any]) -> list[str]:
+    """The headline metrics of a summary's models, e.g. ``test/acc_top1``, or ``test/cls/acc_top1`` per head.
+
+    Per-class metrics and losses stay in the JSON.
+    """
+    heads = tuple(summary.get("heads") or ())
+    metrics = [key for _, variant in model_rows(summary) for key in variant["metrics"]]
+    return sorted({key for key in metrics if metric_levels(key, heads) == 1 and not key.endswith("loss")})
+
+
+def head_figures(summary: Mapping[str, Any]) -> str:
+    """INT8 against fp32 per head of a multi-task summary, as a clause (``" (cls head: agreement …)"``); else ``""``."""
+    heads = summary.get("heads") or {}
+    figures = [
+        f"{head} head: agreement {values['agreement']:.4f}, relative error {values['relative_error']:.4f}"
+        for head, values in heads.items()
+    ]
+    return f" (the lowest and highest of the heads'; {'; '.join(figures)})" if figures else ""
 
 
 def _session(path: str | Path, threads: int = 1) -> Any:
@@ -229,7 +295,7 @@ def _measure(module: Any, path: Path, datamodule: Any, shape: tuple[int, ...], t
     if isinstance(module, DetectionTask):  # its test loop needs the network's structured outputs
         metrics = detection_metrics(session, student, datamodule, module.class_names)
     else:
-        module.student = OnnxStudent(session)
+        module.student = OnnxStudent(session, getattr(module, "heads", ()))  # a multi-task module reads its heads
         try:
             metrics = test_metrics(module, datamodule)
         finally:
@@ -237,15 +303,19 @@ def _measure(module: Any, path: Path, datamodule: Any, shape: tuple[int, ...], t
     return Variant(str(path), metrics, _latency_ms(session, shape, runs), path.stat().st_size / 1e6)
 
 
-def _compare(fp32: Path, int8: Path, datamodule: Any, task: str = "", detector: Any = None) -> tuple[float, float]:
+def _compare(
+    fp32: Path, int8: Path, datamodule: Any, task: str = "", detector: Any = None
+) -> tuple[list[float], list[float]]:
     """Prediction agreement and relative error of INT8 against fp32 outputs over the test split.
 
-    The relative error is that of the output furthest from fp32; agreement is `quantize_tasks.agreement_counts`'s
-    (for detection the smaller of its two directions; 1 when neither model detects anything).
+    Returns:
+        The agreements of `quantize_tasks.agreement_counts`'s counts (one for most tasks; for detection one per
+        direction, 1 when neither model detects anything; for the multi-task student one per head) and the
+        relative error of each graph output, in the graph's order.
     """
     first, second = _session(fp32), _session(int8)
     name = first.get_inputs()[0].name
-    agree, total, images_seen = np.zeros(2), np.zeros(2), 0
+    agree, total, images_seen = np.zeros(1), np.zeros(1), 0
     squared_diff = np.zeros(len(first.get_outputs()))
     squared_ref = np.zeros(len(first.get_outputs()))
     datamodule.setup("test")
@@ -259,8 +329,8 @@ def _compare(fp32: Path, int8: Path, datamodule: Any, task: str = "", detector: 
         images_seen += images.shape[0]
     if not images_seen:
         raise ExportError("the run's test split has no images to measure the INT8 model on")
-    agreement = min(1.0 if t == 0 and a == 0 else a / max(t, 1) for a, t in zip(agree, total, strict=True))
-    return float(agreement), float(np.max(np.sqrt(squared_diff / np.maximum(squared_ref, 1e-12))))
+    agreements = [1.0 if t == 0 and a == 0 else float(a / max(t, 1)) for a, t in zip(agree, total, strict=True)]
+    return agreements, np.sqrt(squared_diff / np.maximum(squared_ref, 1e-12)).tolist()
 
 
 def _teacher_checkpoint(hparams: Mapping[str, Any]) -> Path | None:
@@ -345,17 +415,27 @@ def quantize_export(
     module = load_task_module(checkpoint_path)
     fp32 = _measure(module, fp32_path, datamodule, shape, threads, latency_runs)
     int8 = _measure(module, int8_path, datamodule, shape, threads, latency_runs)
-    agreement, relative_error = _compare(fp32_path, int8_path, datamodule, spec.task, module.student)
+    agreements, errors = _compare(fp32_path, int8_path, datamodule, spec.task, module.student)
     summary = QuantizationSummary(
-        spec.task, sum(len(b) for b in batches), threads, latency_runs, fp32, int8, agreement, relative_error
+        spec.task, sum(len(b) for b in batches), threads, latency_runs, fp32, int8, min(agreements), max(errors)
     )
     summary.excluded_nodes = excluded
     why = [f"{excluded} node(s) left in fp32: {EXCLUDED_WHY[spec.task]}."] if excluded else []
     # The rebuilt module's hparams have no teacher (the loader drops it): the checkpoint's own record names it.
-    teacher_checkpoint = _teacher_checkpoint(read_checkpoint(Path(checkpoint_path)).get("hyper_parameters") or {})
+    recorded = read_checkpoint(Path(checkpoint_path)).get("hyper_parameters") or {}
+    teacher_checkpoint = _teacher_checkpoint(recorded)
     if teacher_checkpoint is not None:
         teacher, note = _measure_teacher(teacher_checkpoint, fp32_path, datamodule, shape, threads, latency_runs)
         summary.teacher, summary.notes = teacher, [note] if note else []
+    if getattr(module, "heads", ()):  # the graph's outputs are the heads, in the order of `_compare`'s figures
+        summary.heads = {
+            head: {"agreement": agreement, "relative_error": error}
+            for head, agreement, error in zip(spec.output_names, agreements, errors, strict=True)
+        }
+        # As for one teacher, only teachers read from a checkpoint are measured (not a random network).
+        entries = [entry for entry in recorded.get("teachers") or [] if entry.get("checkpoint")]
+        if entries:
+            _measure_head_teachers(summary, module, entries, fp32_path, datamodule, shape, threads, latency_runs)
     summary.notes = why + summary.notes
     fp32_path.with_suffix(".quantization.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     fp32_path.with_suffix(".quantization.md").write_text(summary.table() + "\n")
@@ -366,14 +446,50 @@ def _measure_teacher(
     checkpoint: Path, student_path: Path, datamodule: Any, shape: tuple[int, ...], threads: int, runs: int
 ) -> tuple[Variant | None, str]:
     """The teacher checkpoint's fp32 ONNX figures (its file: ``<student name>.teacher.onnx``), or why there are none."""
-    from visiondistill.core.errors import VisionDistillError
-
     try:
         spec = load_export_spec(checkpoint, image_size=shape[-1])
         path = export_onnx(spec, student_path.with_suffix(".teacher.onnx")).path
         return _measure(load_task_module(checkpoint), path, datamodule, shape, threads, runs), ""
     except VisionDistillError as error:
         return None, f"the teacher ({checkpoint}) was not measured: {error}"
+
+
+def _measure_head_teachers(
+    summary: QuantizationSummary,
+    module: Any,
+    entries: Sequence[Mapping[str, Any]],
+    student_path: Path,
+    datamodule: Any,
+    shape: tuple[int, ...],
+    threads: int,
+    runs: int,
+) -> None:
+    """A multi-task student's teachers (one per head) in fp32 ONNX, into ``summary.teachers`` (or a note why not).
+
+    Each is rebuilt from the run's recorded ``teachers`` (`MultiTaskModule.build_teachers`), exported to
+    ``<student name>.teacher.<id>.onnx`` and scored on the test split with its head's metric
+    (`MultiTaskModule.score_heads`: top-1 for ``cls``, mIoU for ``seg``), as the report's multi-task section scores
+    the teachers in PyTorch. A teacher that cannot be rebuilt or exported gets a note instead of a row.
+    """
+    heads = {tid: str(fields.get("head")) for tid, _, fields in parse_teacher_entries(list(entries))}
+    summary.teacher_heads = heads
+    try:
+        networks = module.build_teachers(entries)
+    except (VisionDistillError, OSError) as error:
+        summary.notes.append(f"the teachers of the heads were not measured: {error}")
+        return
+    datamodule.setup("test")
+    for tid, network in networks.items():
+        spec = ExportSpec(network, torch.rand(shape), task=f"{heads[tid]} teacher")
+        try:
+            path = export_onnx(spec, student_path.with_suffix(f".teacher.{tid}.onnx")).path
+        except VisionDistillError as error:
+            summary.notes.append(f"the teacher {tid} ({heads[tid]} head) was not measured: {error}")
+            continue
+        session = _session(path, threads)
+        metrics = module.score_heads({heads[tid]: OnnxStudent(session)}, datamodule.test_dataloader())
+        latency = _latency_ms(session, shape, runs)
+        summary.teachers[tid] = Variant(str(path), metrics, latency, path.stat().st_size / 1e6)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ for detection — the test loop on the exported tensors.
 
 - **Classification, segmentation**: the whole graph is quantized; a prediction is the argmax over dimension 1 (the
   class of an image, or of each pixel).
+- **Multi-task** (`visiondistill.tasks.MultiTaskModule`): the whole graph is quantized; its outputs are the heads
+  (``cls``, ``seg``), and agreement is counted per head as for classification and segmentation.
 - **Keypoints**: the whole graph is quantized; the exported heatmaps go through the task's own test loop (flip test,
   sub-pixel decoding, PCK and OKS AP) in place of the student. INT8 agrees on a keypoint when the peak of its
   heatmap is within one heatmap pixel (one stride of the input) of fp32's: on the flat heatmaps of a barely trained
@@ -93,7 +95,8 @@ def agreement_counts(
 
     Returns:
         ``(agreeing, total)``; for detection ``total`` is a pair (fp32 detections, INT8 detections) and ``agreeing``
-        the pair of matched counts in each direction.
+        the pair of matched counts in each direction; for the multi-task student one count per output (head), in
+        the graph's order.
     """
     if task == "detection":
         first, second = postprocess(detector, *want[:2], size), postprocess(detector, *got[:2], size)
@@ -104,6 +107,9 @@ def agreement_counts(
     if task == "keypoints":
         first, second = heatmap_peaks(want[0]), heatmap_peaks(got[0])
         return int((np.abs(first - second).max(axis=-1) <= 1).sum()), first.shape[0] * first.shape[1]
+    if task == "multitask":  # one count per head (graph output), each the class of an image or of each pixel
+        counts = [agreement_counts("", [first], [second]) for first, second in zip(want, got, strict=True)]
+        return tuple(agreeing for agreeing, _ in counts), tuple(total for _, total in counts)
     predicted = [want[0].argmax(axis=1), got[0].argmax(axis=1)]
     return int((predicted[0] == predicted[1]).sum()), predicted[0].size
 

@@ -13,32 +13,32 @@ import json
 from typing import Any
 
 from visiondistill.reporting.document import Block, Heading, Paragraph, Table
+from visiondistill.reporting.quantize import head_figures, headline_keys, model_rows
 from visiondistill.reporting.sections.context import SectionContext
 
 __all__ = ["quantization_section"]
 
-_MODELS = (("fp32", "student fp32"), ("int8", "student INT8"), ("teacher", "teacher fp32"))
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and not k.endswith("loss")}
-
 
 def quantization_section(context: SectionContext) -> list[Block]:
-    """One table row per measured model of every ``*.quantization.json`` in the runs' ``checkpoints/`` folders."""
+    """One table row per measured model of every ``*.quantization.json`` in the runs' ``checkpoints/`` folders.
+
+    The columns are the summaries' headline metrics (a multi-task student's per head, ``test/cls/acc_top1``,
+    ``test/seg/miou``; its teachers one row each, scored on their head); INT8 against fp32 is in a note per file
+    (per head for a multi-task student).
+    """
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for run in context.runs:
         for path in sorted((run.path / "checkpoints").glob("*.quantization.json")):
             summary = json.loads(path.read_text())
-            for key, label in _MODELS:
-                variant = summary.get(key)
-                if variant:
-                    rows.append({"run": run.name, "file": path.name, "model": label, **_headline(variant["metrics"])})
-                    rows[-1] |= {"latency_ms": variant["latency_ms"], "size_mb": variant["size_mb"]}
+            keys = headline_keys(summary)
+            for label, variant in model_rows(summary):
+                headline = {key: float(variant["metrics"][key]) for key in keys if key in variant["metrics"]}
+                rows.append({"run": run.name, "file": path.name, "model": label, **headline})
+                rows[-1] |= {"latency_ms": variant["latency_ms"], "size_mb": variant["size_mb"]}
             notes.append(
                 f"`{run.name}/checkpoints/{path.name}`: INT8 vs fp32 prediction agreement "
-                f"{summary['agreement']:.3f}, relative error {summary['relative_error']:.3f}, "
+                f"{summary['agreement']:.3f}, relative error {summary['relative_error']:.3f}{head_figures(summary)}, "
                 f"{summary['calibration_images']} calibration images, {summary['threads']} thread(s)."
                 + "".join(f" {note}" for note in summary.get("notes") or [])  # e.g. the nodes left in fp32
             )
