@@ -1,19 +1,24 @@
 """INT8 for the edge, every task: the fp32 and INT8 student (and the fp32 teacher) in onnxruntime, side by side.
 
-For each task (classification, segmentation, detection, keypoints) this trains a teacher and a distilled student
-briefly with the task's shapes configs (``configs/<task>/shapes_teacher.yaml`` and the distilled config, with fewer
-images and epochs and without the explanation callbacks), or takes a given student run folder (``--run
-TASK=FOLDER``), then runs ``visiondistill export <run>/checkpoints/best.ckpt --quantize int8``
+For each task (classification, segmentation, detection, keypoints, and the multi-task student) this trains a teacher
+and a distilled student briefly with the task's shapes configs (``configs/<task>/shapes_teacher.yaml`` and the
+distilled config, with fewer images and epochs and without the explanation callbacks), or takes a given student run
+folder (``--run TASK=FOLDER``), then runs ``visiondistill export <run>/checkpoints/best.ckpt --quantize int8``
 (`visiondistill.reporting.quantize`) and prints one table: the task's headline test metric of the fp32 and INT8
 student, their batch-1 latency in onnxruntime and its ratio, the agreement of INT8 with fp32, and the teacher's fp32
 metric and latency. The latencies in the table are timed again after the export, round-robin (one run of each
 model per round, `interleaved_latency`), so that fp32, INT8 and the teacher see the same load.
 
+The multi-task student (``configs/multitask/shapes_multitask.yaml``: a classification and a segmentation head) is
+distilled from the classification and the segmentation task's teachers (the same runs, reused when those tasks ran
+first, trained otherwise; each teacher's spec is read from its checkpoint) and gets one row per head: the head's
+metric, the head's INT8–fp32 agreement and the teacher of that head (the student's latency is the whole network's).
+
 The students are briefly trained: the table compares INT8 with fp32 of the same network, not a good network with a
 bad one. Latencies come from one process on a CPU that may be shared: compare the ratio within a row rather than
 absolute milliseconds across machines.
 
-    nice -n 5 python benchmarks/int8.py [--tasks classification detection] [--epochs 3] [--batch-size 16]
+    nice -n 5 python benchmarks/int8.py [--tasks classification detection multitask] [--epochs 3] [--batch-size 16]
         [--teacher-epochs 2] [--num-train 400] [--num-test 100] [--out /tmp/visiondistill-int8] [--threads 1]
         [--run detection=runs/x]
 """
@@ -44,6 +49,8 @@ class Task(NamedTuple):
     student: str
     metric: str
     size_key: str = "image_size"
+    #: A multi-task student's heads and the task whose teacher teaches each (its teacher config is that task's).
+    head_teachers: tuple[tuple[str, str], ...] = ()
 
 
 TASKS = {
@@ -60,7 +67,15 @@ TASKS = {
         "test/pck@0.1",
         size_key="input_size",
     ),
+    "multitask": Task(
+        "",
+        "configs/multitask/shapes_multitask.yaml",
+        "",
+        head_teachers=(("cls", "classification"), ("seg", "segmentation")),
+    ),
 }
+#: A multi-task student's headline test metric per head (`visiondistill.tasks.multitask.HEAD_METRICS`).
+HEAD_METRICS = {"cls": "test/cls/acc_top1", "seg": "test/seg/miou"}
 
 
 def run_config(
@@ -70,12 +85,13 @@ def run_config(
     name: str,
     epochs: int,
     data: dict[str, Any],
-    teacher: Path | None = None,
+    teacher: Path | dict[str, Path] | None = None,
 ) -> Path:
     """A copy of a shipped config for a short run: ``epochs``, ``data`` overrides, no explanation callbacks, CPU.
 
     The run goes to ``<out>/<task>/<name>``, its data to ``<out>/data/<task>``; a distilled run's teacher checkpoint
-    is replaced by ``teacher``. Returns the written config's path.
+    is replaced by ``teacher``, a multi-task run's teachers by ``teacher[head]`` (each spec then read from that
+    checkpoint). Returns the written config's path.
     """
     config = yaml.safe_load(source.read_text())
     trainer = config["trainer"]
@@ -85,7 +101,14 @@ def run_config(
     callbacks = trainer.get("callbacks") or []
     trainer["callbacks"] = [c for c in callbacks if not str(c.get("class_path")).startswith("visiondistill.explain")]
     config["data"]["init_args"] |= {"data_dir": str(out / "data" / task), "num_workers": 0, **data}
-    if teacher is not None:
+    if isinstance(teacher, dict):  # the shipped specs may not match these teacher runs: their checkpoints tell
+        entries = config["model"]["init_args"]["teachers"]
+        keep = ("id", "head", "in_channels")
+        config["model"]["init_args"]["teachers"] = [
+            {key: entry[key] for key in keep if key in entry} | {"checkpoint": str(teacher[entry["head"]])}
+            for entry in entries
+        ]
+    elif teacher is not None:
         config["model"]["init_args"]["teacher"]["checkpoint"] = str(teacher)
     path = out / "configs" / f"{task}_{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +192,21 @@ def row(task: str, metric: str, summary: dict[str, Any], latency: list[float] | 
     }
 
 
+def head_rows(task: str, summary: dict[str, Any], latency: list[float]) -> list[dict[str, Any]]:
+    """The rows of a multi-task summary, one per head: its metric, its agreement and the teacher of that head.
+
+    ``latency``: the interleaved medians of fp32, INT8 and then the teachers in ``summary["teachers"]``'s order.
+    """
+    rows = []
+    teachers = list(summary.get("teachers") or {})
+    for head, figures in summary["heads"].items():
+        tid = next((t for t in teachers if summary["teacher_heads"].get(t) == head), None)
+        view = {**summary, "agreement": figures["agreement"], "teacher": summary["teachers"][tid] if tid else None}
+        times = latency[:2] + ([latency[2 + teachers.index(tid)]] if tid else [])
+        rows.append(row(f"{task} ({head} head)", HEAD_METRICS[head], view, times))
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as one Markdown table."""
     lines = [
@@ -230,10 +268,23 @@ def main(argv: list[str] | None = None) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             # Run names carry the settings that differ between runs on the same data: a later call with more student
             # epochs reuses the teacher (and the generated data) and trains a new student.
-            config = run_config(
-                ROOT / spec.teacher, out, task, f"teacher_{args.teacher_epochs}ep", args.teacher_epochs, data
-            )
-            teacher = fit(config, args.threads, log)
+            sources = spec.head_teachers or (("", task),)  # a multi-task student: the teachers of other tasks
+            teachers = {
+                head: fit(
+                    run_config(
+                        ROOT / TASKS[source].teacher,
+                        out,
+                        source,
+                        f"teacher_{args.teacher_epochs}ep",
+                        args.teacher_epochs,
+                        data,
+                    ),
+                    args.threads,
+                    out / f"{source}.log",
+                )
+                for head, source in sources
+            }
+            teacher = teachers if spec.head_teachers else teachers[""]
             student = {"batch_size": args.batch_size} if args.batch_size else {}
             name = f"student_{args.epochs}ep" + (f"_bs{args.batch_size}" if args.batch_size else "")
             config = run_config(ROOT / spec.student, out, task, name, args.epochs, data | student, teacher=teacher)
@@ -241,9 +292,13 @@ def main(argv: list[str] | None = None) -> None:
         summary = export_int8(checkpoint, args)
         paths = [checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")]
         paths += [checkpoint.with_suffix(".teacher.onnx")] if summary.get("teacher") else []
-        rows.append(row(task, spec.metric, summary, interleaved_latency(paths, args.latency_runs, args.threads)))
+        paths += [checkpoint.with_suffix(f".teacher.{tid}.onnx") for tid in summary.get("teachers") or {}]
+        latency = interleaved_latency(paths, args.latency_runs, args.threads)
+        heads = summary.get("heads")
+        added = head_rows(task, summary, latency) if heads else [row(task, spec.metric, summary, latency)]
+        rows += added
         print(f"== {task}: {time.time() - begun:.0f} s", flush=True)
-        print(table(rows[-1:]), flush=True)
+        print(table(added), flush=True)
         (out / "int8.json").write_text(json.dumps(rows, indent=2) + "\n")
     print()
     print(table(rows))

@@ -53,3 +53,39 @@ def test_run_folders_must_name_a_task_and_hold_a_checkpoint(bench, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
     assert bench.parse_runs(["detection=" + str(tmp_path)]) == {"detection": tmp_path}
+
+
+def test_multitask_run_distils_each_head_from_its_task_teacher(bench, tmp_path):
+    spec = bench.TASKS["multitask"]
+    teachers = {"cls": tmp_path / "cls.ckpt", "seg": tmp_path / "seg.ckpt"}
+    path = bench.run_config(bench.ROOT / spec.student, tmp_path, "multitask", "student", 2, {}, teacher=teachers)
+    entries = yaml.safe_load(path.read_text())["model"]["init_args"]["teachers"]
+    # Each teacher's spec comes from its checkpoint (the shipped specs need not match the benchmark's teacher runs).
+    assert sorted(e["head"] for e in entries) == ["cls", "seg"]
+    for entry in entries:
+        assert entry["checkpoint"] == str(teachers[entry["head"]])
+        assert set(entry) == {"id", "head", "in_channels", "checkpoint"}
+    assert dict(spec.head_teachers) == {"cls": "classification", "seg": "segmentation"}
+
+
+def test_multitask_summary_gives_one_row_per_head(bench):
+    def variant(metrics: dict, ms: float) -> dict:
+        return {"metrics": metrics, "latency_ms": ms}
+
+    student = {"test/cls/acc_top1": 0.5, "test/seg/miou": 0.3}
+    summary = {"fp32": variant(student, 2.0), "int8": variant(student | {"test/seg/miou": 0.29}, 1.0)}
+    summary |= {"agreement": 0.9, "heads": {"cls": {"agreement": 0.95}, "seg": {"agreement": 0.9}}, "teacher": None}
+    summary |= {
+        "teachers": {"c": variant({"test/cls/acc_top1": 0.7}, 10.0), "s": variant({"test/seg/miou": 0.6}, 30.0)}
+    }
+    summary["teacher_heads"] = {"c": "cls", "s": "seg"}
+    rows = bench.head_rows("multitask", summary, [2.0, 1.0, 10.0, 30.0])
+    lines = bench.table(rows).splitlines()
+    assert (
+        lines[2]
+        == "| multitask (cls head) | test/cls/acc_top1 | 0.500 | 0.500 | 2.00 | 1.00 | 0.50 | 0.950 | 0.700 | 10.00 |"
+    )
+    assert (
+        lines[3]
+        == "| multitask (seg head) | test/seg/miou | 0.300 | 0.290 | 2.00 | 1.00 | 0.50 | 0.900 | 0.600 | 30.00 |"
+    )
