@@ -130,11 +130,16 @@ def fit(config: Path, threads: int, log: Path) -> Path:
     return best
 
 
-def export_int8(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """``visiondistill export CKPT --quantize int8``, in process; returns the written summary."""
+def export_int8(checkpoint: Path, args: argparse.Namespace, image_size: int | None = None) -> dict[str, Any]:
+    """``visiondistill export CKPT --quantize int8``, in process; returns the written summary.
+
+    ``image_size``: ``--image-size`` of the export, for runs whose checkpoint does not record their datamodule's
+    (the segmentation and multi-task shapes datamodules record none, and the export then assumes 64 px).
+    """
     from visiondistill.reporting.quantize import main as export_main
 
     argv = [str(checkpoint), "--quantize", "int8", "--calibration-images", str(args.calibration_images)]
+    argv += ["--image-size", str(image_size)] if image_size else []
     argv += ["--latency-runs", str(args.latency_runs), "--threads", str(args.threads)]
     if export_main(argv) != 0:
         raise SystemExit(f"visiondistill export {' '.join(argv)} failed")
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             name = f"student_{args.epochs}ep" + (f"_bs{args.batch_size}" if args.batch_size else "")
             config = run_config(ROOT / spec.student, out, task, name, args.epochs, data | student, teacher=teacher)
             checkpoint = fit(config, args.threads, log)
-        summary = export_int8(checkpoint, args)
+        summary = export_int8(checkpoint, args, None if task in given else args.image_size)
         paths = [checkpoint.with_suffix(".onnx"), checkpoint.with_suffix(".int8.onnx")]
         paths += [checkpoint.with_suffix(".teacher.onnx")] if summary.get("teacher") else []
         paths += [checkpoint.with_suffix(f".teacher.{tid}.onnx") for tid in summary.get("teachers") or {}]

@@ -340,7 +340,7 @@ def _teacher_checkpoint(hparams: Mapping[str, Any]) -> Path | None:
 
 
 def check_quantizable(spec: ExportSpec) -> None:
-    """Raises `ExportError` when the spec's task has no INT8 measurement (the multi-task student, an unknown task)."""
+    """Raises `ExportError` when the spec's task has no INT8 measurement (a task not in `QUANTIZABLE_TASKS`)."""
     if spec.task not in QUANTIZABLE_TASKS:
         raise ExportError(
             f"--quantize int8 supports {', '.join(QUANTIZABLE_TASKS)} students, not {spec.task or 'this task'} "
