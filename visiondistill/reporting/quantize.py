@@ -300,6 +300,11 @@ def _measure(module: Any, path: Path, datamodule: Any, shape: tuple[int, ...], t
             metrics = test_metrics(module, datamodule)
         finally:
             module.student = student
+    return _variant(path, session, metrics, shape, runs)
+
+
+def _variant(path: Path, session: Any, metrics: dict[str, float], shape: tuple[int, ...], runs: int) -> Variant:
+    """A measured file: its metrics, its batch-1 latency in ``session`` and its size."""
     return Variant(str(path), metrics, _latency_ms(session, shape, runs), path.stat().st_size / 1e6)
 
 
@@ -471,13 +476,13 @@ def _measure_head_teachers(
     (`MultiTaskModule.score_heads`: top-1 for ``cls``, mIoU for ``seg``), as the report's multi-task section scores
     the teachers in PyTorch. A teacher that cannot be rebuilt or exported gets a note instead of a row.
     """
-    heads = {tid: str(fields.get("head")) for tid, _, fields in parse_teacher_entries(list(entries))}
-    summary.teacher_heads = heads
     try:
+        heads = {tid: str(fields.get("head")) for tid, _, fields in parse_teacher_entries(list(entries))}
         networks = module.build_teachers(entries)
     except (VisionDistillError, OSError) as error:
         summary.notes.append(f"the teachers of the heads were not measured: {error}")
         return
+    summary.teacher_heads = heads
     datamodule.setup("test")
     for tid, network in networks.items():
         spec = ExportSpec(network, torch.rand(shape), task=f"{heads[tid]} teacher")
@@ -488,8 +493,7 @@ def _measure_head_teachers(
             continue
         session = _session(path, threads)
         metrics = module.score_heads({heads[tid]: OnnxStudent(session)}, datamodule.test_dataloader())
-        latency = _latency_ms(session, shape, runs)
-        summary.teachers[tid] = Variant(str(path), metrics, latency, path.stat().st_size / 1e6)
+        summary.teachers[tid] = _variant(path, session, metrics, shape, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:
