@@ -69,6 +69,21 @@ def test_segmentation_student_round_trip(tmp_path, small_seg_loader, seg_specs, 
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+def test_example_side_is_the_runs_own_without_image_size(tmp_path, small_seg_loader, seg_specs, trainer_kwargs):
+    """The segmentation datamodules record no hyperparameters: the side comes from the run's config.yaml."""
+    torch.manual_seed(0)
+    task = SegmentationTask(student=seg_specs[0], num_classes=3)
+    checkpoint = trained_checkpoint(task, small_seg_loader, trainer_kwargs, tmp_path)
+    assert "datamodule_hyper_parameters" not in torch.load(checkpoint, weights_only=False)
+    assert load_export_spec(checkpoint).example.shape[-1] == 64  # no run folder: the documented default
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    moved = checkpoint.rename(run / "checkpoints" / "best.ckpt")
+    (run / "config.yaml").write_text("data:\n  class_path: x.ShapesSegmentation\n  init_args: {image_size: 96}\n")
+    assert load_export_spec(moved).example.shape[-2:] == (96, 96)
+    assert load_export_spec(moved, image_size=32).example.shape[-2:] == (32, 32)  # the flag wins
+
+
 def test_task_is_recognised_from_class_path_or_hyperparameters(tmp_path, tiny_loader, trainer_kwargs):
     torch.manual_seed(0)
     task = ClassificationTask(student=ClassifierSpec(name="test_resnet"), num_classes=4)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from visiondistill.core.errors import VisionDistillError
 from visiondistill.models.checkpoints import CheckpointError, read_checkpoint
-from visiondistill.reporting.loader import import_task_class, load_task_module, recorded_class_path
+from visiondistill.reporting.loader import import_task_class, load_task_module, recorded_class_path, run_data_settings
 
 __all__ = ["EXPORTERS", "ExportError", "ExportResult", "ExportSpec", "export_onnx", "load_export_spec", "main"]
 
@@ -96,14 +96,15 @@ def register_exporter(task_class: str) -> Callable[[Exporter], Exporter]:
     return register
 
 
-def _image_size(checkpoint: Mapping[str, Any], image_size: int | None, key: str = "image_size") -> int:
+def _image_size(path: Path, checkpoint: Mapping[str, Any], image_size: int | None, key: str = "image_size") -> int:
+    """``--image-size``, else the side the run trained on (its checkpoint's or its ``config.yaml``'s), else 64."""
     if image_size is not None:
         if image_size < 8:
             raise ExportError(f"--image-size must be >= 8, got {image_size}")
         return int(image_size)
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    size = data.get(key) if isinstance(data, Mapping) else None
-    return int(size) if isinstance(size, int) else DEFAULT_IMAGE_SIZE
+    data, _ = run_data_settings(path, checkpoint)
+    size = data.get(key)
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) else DEFAULT_IMAGE_SIZE
 
 
 def _input_channels(hparams: Mapping[str, Any]) -> int:
@@ -117,7 +118,7 @@ def _classification(path: Path, checkpoint: Mapping[str, Any], image_size: int |
     module = load_task_module(path)
     model, hparams = module.student, module.hparams
     channels = _input_channels(hparams)
-    size = _image_size(checkpoint, image_size)
+    size = _image_size(path, checkpoint, image_size)
     return ExportSpec(model, torch.rand(1, channels, size, size), task="classification")
 
 
@@ -126,7 +127,7 @@ def _segmentation(path: Path, checkpoint: Mapping[str, Any], image_size: int | N
     module = load_task_module(path)
     model, hparams = module.student, module.hparams
     channels = _input_channels(hparams)
-    size = _image_size(checkpoint, image_size)
+    size = _image_size(path, checkpoint, image_size)
     if size % 32:
         raise ExportError(f"segmenters need an image size divisible by 32 (encoder depth 5), got {size}")
     return ExportSpec(model, torch.rand(1, channels, size, size), task="segmentation")
@@ -137,7 +138,7 @@ def _keypoints(path: Path, checkpoint: Mapping[str, Any], image_size: int | None
     module = load_task_module(path)
     model, hparams = module.student, module.hparams
     channels = _input_channels(hparams)
-    size = _image_size(checkpoint, image_size, key="input_size")  # the crop side the model was trained on
+    size = _image_size(path, checkpoint, image_size, key="input_size")  # the crop side the model was trained on
     return ExportSpec(model, torch.rand(1, channels, size, size), output_names=["heatmaps"], task="keypoints")
 
 
@@ -164,7 +165,7 @@ def _detection(path: Path, checkpoint: Mapping[str, Any], image_size: int | None
     module = load_task_module(path)
     model, hparams = module.student, module.hparams
     channels = _input_channels(hparams)
-    size = _image_size(checkpoint, image_size)
+    size = _image_size(path, checkpoint, image_size)
     wrapper = _DetectorForExport(model).eval()
     return ExportSpec(wrapper, torch.rand(1, channels, size, size), output_names=["boxes", "scores"], task="detection")
 
@@ -185,7 +186,7 @@ class _MultiTaskForExport(nn.Module):
 def _multitask(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> ExportSpec:
     module = load_task_module(path)
     channels = _input_channels(module.hparams)
-    size = _image_size(checkpoint, image_size)
+    size = _image_size(path, checkpoint, image_size)
     wrapper = _MultiTaskForExport(module.student).eval()
     return ExportSpec(wrapper, torch.rand(1, channels, size, size), output_names=["cls", "seg"], task="multitask")
 
@@ -195,7 +196,8 @@ def load_export_spec(checkpoint_path: str | Path, image_size: int | None = None)
 
     Args:
         checkpoint_path: A ``.ckpt`` written by a visiondistill run.
-        image_size: Side of the example input; default the run's ``data.image_size``, else 64.
+        image_size: Side of the example input; default the run's ``data.image_size`` (its checkpoint's, else its
+            ``config.yaml``'s), else 64.
 
     Returns:
         The export spec.

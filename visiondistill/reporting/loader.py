@@ -120,3 +120,35 @@ def load_task_module(checkpoint_path: str | Path, task_class: type | None = None
     no_teachers = {"teachers": None} if checkpoint["hyper_parameters"].get("teachers") is not None else {}
     module = task_class.load_from_checkpoint(buffer, map_location="cpu", teacher=None, student=student, **no_teachers)
     return module.eval().cpu()
+
+
+def run_data_settings(path: Path, checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The datamodule arguments a checkpoint was trained with, and where they were read.
+
+    Lightning records a datamodule's ``save_hyperparameters`` in the checkpoint; a checkpoint without them (a
+    datamodule that records none, or an older run) falls back to the run's ``config.yaml`` next to it.
+
+    Args:
+        path: The checkpoint file (``runs/<run>/checkpoints/best.ckpt``).
+        checkpoint: Its loaded contents.
+
+    Returns:
+        The arguments (empty when neither source has them) and their source: ``"the checkpoint"``, the config file's
+        path, or ``""``.
+    """
+    recorded = checkpoint.get("datamodule_hyper_parameters")
+    if isinstance(recorded, Mapping) and recorded:
+        return recorded, "the checkpoint"
+    for folder in (path.parent, path.parent.parent):  # runs/<run>/checkpoints/best.ckpt → runs/<run>/config.yaml
+        config = folder / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            try:
+                data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+            except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+                continue
+            arguments = data.get("init_args", data) if isinstance(data, Mapping) else None
+            if isinstance(arguments, Mapping):
+                return arguments, str(config)
+    return {}, ""

@@ -54,7 +54,7 @@ from visiondistill.data.transforms import augmentation_pipeline, resolve_normali
 from visiondistill.explain.cam import cam_method, compute_cams
 from visiondistill.explain.render import overlay, save_png
 from visiondistill.models.checkpoints import CheckpointError, read_checkpoint
-from visiondistill.reporting.loader import load_task_module
+from visiondistill.reporting.loader import load_task_module, run_data_settings
 
 __all__ = ["PredictError", "PredictResult", "main", "predict_folder"]
 
@@ -146,31 +146,11 @@ def _task_name(module: Any) -> str:
     return task
 
 
-def _run_data_settings(path: Path, checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """The run's datamodule arguments: the checkpoint's own, else its run's ``config.yaml``, else none."""
-    recorded = checkpoint.get("datamodule_hyper_parameters")
-    if isinstance(recorded, Mapping) and recorded:
-        return recorded, "the checkpoint"
-    for folder in (path.parent, path.parent.parent):  # runs/<run>/checkpoints/best.ckpt → runs/<run>/config.yaml
-        config = folder / "config.yaml"
-        if config.is_file():
-            import yaml
-
-            try:
-                data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
-            except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
-                continue
-            arguments = data.get("init_args", data) if isinstance(data, Mapping) else None
-            if isinstance(arguments, Mapping):
-                return arguments, str(config)
-    return {}, ""
-
-
 def _settings(
     path: Path, checkpoint: Mapping[str, Any], task: str, image_size: int | None, window: Sequence[float] | None
 ) -> tuple[int, tuple[float, float] | None, str]:
     """Input side, intensity window and where the side came from (for the summary)."""
-    data, source = _run_data_settings(path, checkpoint)
+    data, source = run_data_settings(path, checkpoint)
     if image_size is not None:
         source = "--image-size"
     else:
