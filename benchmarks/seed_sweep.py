@@ -6,6 +6,11 @@ the runs to compare; each run is a shipped config plus edits. Every (run, seed) 
 with cores or a GPU to spare. Results (best validation score and the test metrics of the best checkpoint) go to
 ``<out>/results.json`` and a Markdown table is printed.
 
+Started again with the same ``--out``, a sweep reuses every finished run (its ``result.json``) and resumes every run
+that was stopped part-way (killed, machine lost) from its ``checkpoints/last.ckpt``, written after each epoch: a
+teacher of an hour loses at most one epoch. A run stopped before its first epoch ended is moved to
+``<run>.incomplete`` and started again.
+
 Sweep file::
 
     teacher: configs/segmentation/shapes_teacher.yaml    # or {config: …, set: {…}} like a run
@@ -93,8 +98,9 @@ def worker(argv: Sequence[str]) -> int:
     from visiondistill.cli import VisionDistillCLI
 
     start = time.perf_counter()
-    cli = VisionDistillCLI(args=cli_args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    # A `fit` command like a user's: the run-folder rules apply, last.ckpt is written every epoch, and a stopped run
+    # given --ckpt_path last resumes where it stopped.
+    cli = VisionDistillCLI(args=["fit", *cli_args])
     best = cli.trainer.checkpoint_callback
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     result = {
@@ -108,10 +114,29 @@ def worker(argv: Sequence[str]) -> int:
     return 0
 
 
+def _set_aside(run_dir: Path) -> Path:
+    """Renames a run folder that cannot be resumed to ``<name>.incomplete[-N]`` (kept, not deleted)."""
+    target, n = run_dir.with_name(f"{run_dir.name}.incomplete"), 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.incomplete-{n}")
+    return run_dir.rename(target)
+
+
+def _resume_args(run_dir: Path) -> list[str]:
+    """``--ckpt_path last`` for a run stopped after an epoch; a stopped run without ``last.ckpt`` is set aside."""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return ["--ckpt_path=last"]
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        print(f"   {run_dir} stopped before its first epoch ended: moved to {_set_aside(run_dir)}", flush=True)
+    return []
+
+
 def _train(config: Path, run_dir: Path, seed: int, metric: str, extra: Sequence[str], log: Path) -> dict[str, Any]:
     result = run_dir / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
+    resume = _resume_args(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -128,9 +153,10 @@ def _train(config: Path, run_dir: Path, seed: int, metric: str, extra: Sequence[
         f"--trainer.logger.init_args.name={run_dir.name}",
         "--trainer.logger.init_args.version=",
         "--trainer.enable_progress_bar=false",
+        *resume,
         *extra,
     ]
-    with open(log, "w") as handle:
+    with open(log, "a" if resume else "w") as handle:
         completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
     if completed.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])

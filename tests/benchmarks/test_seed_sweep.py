@@ -43,3 +43,37 @@ def test_table_reports_mean_gain_and_wins(sweep):
 def test_unknown_baseline_is_named(sweep):
     with pytest.raises(KeyError, match="baseline 'teacher'.*scratch"):
         sweep.paired_gains(RESULTS, "teacher", "val")
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint(sweep, tmp_path):
+    """A run the sweep lost part-way (result.json never written) continues from last.ckpt when the sweep restarts."""
+    import torch
+
+    from ..support.runs import distilled_config
+
+    config = distilled_config(tmp_path, max_epochs=1)
+    run_dir, log = tmp_path / "sweep" / "kd_seed0", tmp_path / "kd.log"
+    first = sweep._train(config, run_dir, 0, "acc_top1", [], log)
+    assert first["test"]["test/acc_top1"] >= 0 and (run_dir / "config.yaml").is_file()
+    # Stopped after its first epoch: no result yet, last.ckpt at epoch 1; the sweep now asks for two epochs.
+    (run_dir / "result.json").unlink()
+    assert sweep._resume_args(run_dir) == ["--ckpt_path=last"]
+    second = sweep._train(config, run_dir, 0, "acc_top1", ["--trainer.max_epochs=2"], log)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and last["global_step"] == 4  # 2 batches per epoch: one more epoch, not two
+    assert "Resuming" in log.read_text() and second["checkpoint"].endswith("best.ckpt")
+    assert not list(run_dir.parent.glob("*.incomplete*"))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_set_aside(sweep, tmp_path):
+    run_dir = tmp_path / "kd_seed0"
+    assert sweep._resume_args(run_dir) == []  # nothing there yet
+    run_dir.mkdir()
+    assert sweep._resume_args(run_dir) == []  # an empty folder is started in
+    (run_dir / "events.out.tfevents.1.host").write_bytes(b"x")
+    assert sweep._resume_args(run_dir) == [] and not run_dir.exists()
+    assert (tmp_path / "kd_seed0.incomplete" / "events.out.tfevents.1.host").read_bytes() == b"x"  # kept, not deleted
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}")
+    sweep._resume_args(run_dir)
+    assert (tmp_path / "kd_seed0.incomplete-2" / "config.yaml").is_file()
