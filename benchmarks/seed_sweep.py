@@ -124,11 +124,14 @@ def _set_aside(run_dir: Path) -> Path:
 
 
 def _resume_args(run_dir: Path) -> list[str]:
-    """``--ckpt_path last`` for a run stopped after an epoch; a stopped run without ``last.ckpt`` is set aside."""
+    """``--ckpt_path last`` for a run stopped after an epoch; other stopped runs are set aside.
+
+    A run without ``last.ckpt`` was stopped in its first epoch or written before sweeps resumed runs.
+    """
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return ["--ckpt_path=last"]
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        print(f"   {run_dir} stopped before its first epoch ended: moved to {_set_aside(run_dir)}", flush=True)
+        print(f"   {run_dir} has no last.ckpt to resume from: moved to {_set_aside(run_dir)}", flush=True)
     return []
 
 
