@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from visiondistill.tasks.multitask import MultiTaskNet
@@ -45,7 +48,7 @@ def test_table_gives_mean_and_sample_std_per_head(bench):
 def test_tiny_run_and_merge(bench, tmp_path, capsys):
     tiny = ["--epochs", "1", "--teacher-epochs", "1", "--num-train", "8", "--num-test", "8", "--batch-size", "8"]
     tiny += ["--width", "16", "--single-width", "11.3", "--decoder-channels", "8", "--data-dir", str(tmp_path)]
-    tiny += ["--cls-teacher", "test_resnet", "--seg-encoder", "tu-test_resnet"]
+    tiny += ["--cls-teacher-name", "test_resnet", "--seg-encoder", "tu-test_resnet"]
     summary = bench.main([*tiny, "--seeds", "0", "1", "--json", str(tmp_path / "run.json")])
     assert [len(summary["results"][arm]) for arm in ("multi-task", "single-task")] == [2, 2]
     for run in (*summary["results"]["multi-task"], *summary["results"]["single-task"]):
@@ -60,3 +63,45 @@ def test_tiny_run_and_merge(bench, tmp_path, capsys):
     merged = bench.main(["--merge", str(tmp_path / "run.json")])
     assert [run["seed"] for run in merged["results"]["single-task"]] == [0, 1]
     assert bench.table(summary["results"], summary["teachers"], summary["split"]) in capsys.readouterr().out
+
+
+def test_trained_teachers_are_read_from_their_checkpoints_not_trained(bench, tmp_path, capsys):
+    tiny = ["--epochs", "1", "--num-train", "8", "--num-val", "4", "--num-test", "8", "--batch-size", "8"]
+    tiny += ["--width", "16", "--single-width", "11.3", "--decoder-channels", "8", "--data-dir", str(tmp_path)]
+    trained = ["--teacher-epochs", "1", "--cls-teacher-name", "test_resnet", "--seg-encoder", "tu-test_resnet"]
+    given = {}
+    for head in ("cls", "seg"):  # two tiny teachers, then moved out of the benchmark's own teacher folder
+        path = Path(bench.main([*tiny, *trained, "--teacher-only", head])["teacher"])
+        given[head] = path.rename(tmp_path / f"given_{head}.ckpt")
+    shutil.rmtree(path.parent)
+    options = ["--cls-teacher", str(given["cls"]), "--seg-teacher", str(given["seg"])]
+    summary = bench.main([*tiny, *options, "--seeds", "0"])
+    # Their networks come from the checkpoints (no name or arch given), and nothing was trained in their place.
+    assert summary["teachers"]["label"] == "test_resnet classifier + Unet tu-test_resnet"
+    assert not list(tmp_path.glob("teachers_*"))
+    assert [len(summary["results"][arm]) for arm in ("multi-task", "single-task")] == [1, 1]
+    # Chance: the most frequent class of the test split, and background everywhere.
+    chance = summary["teachers"]["chance"]
+    labels = [int(batch["label"][i]) for batch in bench.shapes(bench.build_parser().parse_args(tiny)).test_dataloader()
+              for i in range(len(batch["label"]))]  # fmt: skip
+    assert chance["test/cls/acc_top1"] == pytest.approx(max(map(labels.count, set(labels))) / len(labels))
+    assert 0.0 < chance["test/seg/miou"] < 1 / 7
+    assert f"| {bench.CHANCE} | 0 | {100 * chance['test/cls/acc_top1']:.1f} |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--cls-teacher", "--seg-teacher"])
+def test_a_missing_teacher_checkpoint_is_refused_before_any_work(bench, tmp_path, capsys, option):
+    with pytest.raises(SystemExit):
+        bench.main([option, str(tmp_path / "nope.ckpt"), "--data-dir", str(tmp_path / "data")])
+    assert f"{option} {tmp_path / 'nope.ckpt'}: no such checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_below_chance_names_the_heads_whose_teacher_does_not_beat_chance_by_the_margin(bench):
+    teachers = {
+        "scores": {"test/cls/acc_top1": 0.9, "test/seg/miou": 0.2},
+        "chance": {"test/cls/acc_top1": 0.2, "test/seg/miou": 0.12},
+    }
+    assert bench.below_chance(teachers) == ["seg"]
+    assert bench.below_chance(teachers, margin=0.05) == []
+    assert bench.below_chance({"scores": teachers["scores"]}) == []  # runs saved before chance was measured
