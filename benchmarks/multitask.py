@@ -42,7 +42,7 @@ from torch import nn
 
 from visiondistill.data import ShapesMultiTask
 from visiondistill.distill import LogitDistillation, PixelwiseDistillation
-from visiondistill.models.checkpoints import read_checkpoint
+from visiondistill.models.checkpoints import extract_state_dict, read_checkpoint
 from visiondistill.tasks import ClassificationTask, MultiTaskModule, SegmentationTask
 
 from _common import quiet_trainer
@@ -54,6 +54,7 @@ CLS_TEACHER = {"name": "resnet18"}
 SEG_TEACHER = {"arch": "Unet", "encoder_name": "resnet18", "kwargs": {"decoder_channels": [64, 32, 16, 16, 16]}}
 BACKBONE = "resnet10t"
 CHANCE = "chance (best constant prediction)"
+ARMS = ("multi-task", "single-task")
 
 
 def trainer(epochs: int, callbacks: list | None = None) -> pl.Trainer:
@@ -104,6 +105,8 @@ def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str,
     name += f"_b{args.batch_size}_lr{args.teacher_lr:g}"
     if (args.cls_teacher_name, args.seg_encoder) != ("resnet18", "resnet18"):
         name += f"_{args.cls_teacher_name}_{args.seg_encoder}"
+    if args.cls_teacher_init:
+        name += f"_cls-init-{Path(args.cls_teacher_init).parent.parent.name}"
     folder = Path(args.data_dir) / name
     paths = {"cls": folder / "cls.ckpt", "seg": folder / "seg.ckpt"}
     specs = {head: {"checkpoint": str(given[head])} for head in given if given[head]}
@@ -119,10 +122,30 @@ def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str,
         folder.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(0, workers=True)
         task = task_class(student=spec, num_classes=classes, lr=args.teacher_lr, warmup_epochs=0.5)
+        if head == "cls" and args.cls_teacher_init:
+            init_from_encoder(task.student, args.cls_teacher_init)
         fit = trainer(args.teacher_epochs)
         fit.fit(task, HeadLoader(data.train_dataloader(), key))
         fit.save_checkpoint(paths[head])
     return specs
+
+
+def init_from_encoder(classifier: nn.Module, checkpoint: str) -> None:
+    """Starts a timm ResNet classifier from a segmentation checkpoint's smp ResNet encoder (same layer names).
+
+    Every backbone weight must come from the encoder; only the classifier (``fc``) starts afresh.
+    """
+    state = extract_state_dict(read_checkpoint(checkpoint))
+    encoder = {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
+    try:
+        missing, unexpected = classifier.load_state_dict(encoder, strict=False)
+    except RuntimeError as error:  # a weight of another shape
+        missing, unexpected = [str(error).splitlines()[-1].strip()], []
+    if unexpected or any(not key.startswith("fc.") for key in missing):
+        raise SystemExit(
+            f"--cls-teacher-init {checkpoint}: its encoder does not fit the classifier (missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}); use a ResNet of the same depth"
+        )
 
 
 def teacher_entries(specs: dict[str, dict[str, Any]], heads: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -246,22 +269,39 @@ def table(results: dict[str, list[dict]], teachers: dict[str, Any], split: dict[
         f"{100 * t_scores[HEAD_KEYS['cls']]:.1f} | {100 * t_scores[HEAD_KEYS['seg']]:.1f} |"
     )
     for arm, runs in results.items():
+        if not runs:
+            continue
         params = f"{runs[0]['params']:,}" if arm == "multi-task" else f"{split['cls']:,} + {split['seg']:,}"
         cells = [mean_std([run["scores"][HEAD_KEYS[h]] for run in runs]) for h in ("cls", "seg")]
         lines.append(f"| {arm} student{'s' if arm != 'multi-task' else ''} | {params} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
+def per_seed(results: dict[str, list[dict]]) -> str:
+    """Every run's figures, ``seed 0: multi-task 80.0 / 50.0; single-task …`` (top-1 / mIoU in %), by seed."""
+    lines = []
+    for seed in sorted({run["seed"] for runs in results.values() for run in runs}):
+        cells = [
+            f"{arm} " + " / ".join(f"{100 * run['scores'][HEAD_KEYS[h]]:.1f}" for h in ("cls", "seg"))
+            for arm, runs in results.items()
+            for run in runs
+            if run["seed"] == seed
+        ]
+        lines.append(f"seed {seed}: {'; '.join(cells)}")
+    return "\n".join(lines)
+
+
 def merge(paths: list[str]) -> dict:
     """The table of several runs' JSON files (the same teachers and split; their seeds pooled)."""
     loaded = [json.loads(Path(path).read_text()) for path in paths]
-    results: dict[str, list[dict]] = {"multi-task": [], "single-task": []}
+    results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for summary in loaded:
         for arm in results:
-            results[arm] += summary["results"][arm]
-    seeds = sorted({run["seed"] for run in results["multi-task"]})
+            results[arm] += summary["results"].get(arm, [])
+    seeds = sorted({run["seed"] for runs in results.values() for run in runs})
     print(f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), from {', '.join(paths)}\n")
     print(table(results, loaded[0]["teachers"], loaded[0]["split"]))
+    print(f"\n{per_seed(results)}")
     for summary in loaded:
         print(f"\ncommand: {summary.get('command', '?')} ({summary.get('seconds', 0):.0f} s)")
     return {"teachers": loaded[0]["teachers"], "results": results, "split": loaded[0]["split"]}
@@ -271,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--arms", nargs="+", choices=ARMS, default=list(ARMS), help="run only these arms (--merge pools them)"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every student")
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
@@ -291,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seg-teacher", default=None, metavar="CKPT", help="a trained segmentation teacher")
     parser.add_argument(
         "--cls-teacher-name", default="resnet18", help="timm name of the classification teacher trained here"
+    )
+    parser.add_argument(
+        "--cls-teacher-init",
+        default=None,
+        metavar="CKPT",
+        help="start the classification teacher trained here from this segmentation checkpoint's encoder",
     )
     parser.add_argument("--seg-encoder", default="resnet18", help="encoder of the U-Net teacher trained here (smp)")
     parser.add_argument("--backbone", default=BACKBONE, help="timm ResNet of the students (its `channels` are set)")
@@ -323,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"WARNING: the {head} teacher is not 10 points above chance on the test split; the comparison of its "
               "head says nothing", flush=True)  # fmt: skip
     split = {h: head_parameters(student(args, args.single_width, specs, (h,)).student, (h,)) for h in ("cls", "seg")}
-    results: dict[str, list[dict]] = {"multi-task": [], "single-task": []}
+    results: dict[str, list[dict]] = {arm: [] for arm in ARMS if arm in args.arms}
     for seed in args.seeds:
         for arm in results:
             results[arm].append(run_arm(arm, seed, args, data, specs))
@@ -334,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {seconds:.0f} s\n")
     print(table(results, teachers, split))
+    print(f"\n{per_seed(results)}")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     print(f"\ncommand: {command}")
     summary = {"teachers": teachers, "results": results, "split": split, "seconds": seconds, "command": command}

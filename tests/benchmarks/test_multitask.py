@@ -6,6 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
 
 from visiondistill.tasks.multitask import MultiTaskNet
 
@@ -74,12 +77,14 @@ def test_trained_teachers_are_read_from_their_checkpoints_not_trained(bench, tmp
         path = Path(bench.main([*tiny, *trained, "--teacher-only", head])["teacher"])
         given[head] = path.rename(tmp_path / f"given_{head}.ckpt")
     shutil.rmtree(path.parent)
-    options = ["--cls-teacher", str(given["cls"]), "--seg-teacher", str(given["seg"])]
-    summary = bench.main([*tiny, *options, "--seeds", "0"])
+    options = ["--cls-teacher", str(given["cls"]), "--seg-teacher", str(given["seg"]), "--seeds", "0"]
+    # One arm per run (--arms), as two processes would; --merge pools them.
+    single = bench.main([*tiny, *options, "--arms", "single-task", "--json", str(tmp_path / "single.json")])
+    summary = bench.main([*tiny, *options, "--arms", "multi-task", "--json", str(tmp_path / "multi.json")])
+    assert list(summary["results"]) == ["multi-task"] and list(single["results"]) == ["single-task"]
     # Their networks come from the checkpoints (no name or arch given), and nothing was trained in their place.
     assert summary["teachers"]["label"] == "test_resnet classifier + Unet tu-test_resnet"
     assert not list(tmp_path.glob("teachers_*"))
-    assert [len(summary["results"][arm]) for arm in ("multi-task", "single-task")] == [1, 1]
     # Chance: the most frequent class of the test split, and background everywhere.
     chance = summary["teachers"]["chance"]
     labels = [int(batch["label"][i]) for batch in bench.shapes(bench.build_parser().parse_args(tiny)).test_dataloader()
@@ -87,6 +92,14 @@ def test_trained_teachers_are_read_from_their_checkpoints_not_trained(bench, tmp
     assert chance["test/cls/acc_top1"] == pytest.approx(max(map(labels.count, set(labels))) / len(labels))
     assert 0.0 < chance["test/seg/miou"] < 1 / 7
     assert f"| {bench.CHANCE} | 0 | {100 * chance['test/cls/acc_top1']:.1f} |" in capsys.readouterr().out
+    merged = bench.main(["--merge", str(tmp_path / "multi.json"), str(tmp_path / "single.json")])
+    assert merged["results"] == {"multi-task": summary["results"]["multi-task"], **single["results"]}
+    out = capsys.readouterr().out
+    assert "| multi-task student |" in out and "| single-task students |" in out
+    scores = {arm: merged["results"][arm][0]["scores"] for arm in ("multi-task", "single-task")}
+    keys = bench.HEAD_KEYS.values()
+    cells = [f"{arm} " + " / ".join(f"{100 * s[key]:.1f}" for key in keys) for arm, s in scores.items()]
+    assert f"seed 0: {cells[0]}; {cells[1]}" in out  # the per-seed figures
 
 
 @pytest.mark.parametrize("option", ["--cls-teacher", "--seg-teacher"])
@@ -105,3 +118,17 @@ def test_below_chance_names_the_heads_whose_teacher_does_not_beat_chance_by_the_
     assert bench.below_chance(teachers) == ["seg"]
     assert bench.below_chance(teachers, margin=0.05) == []
     assert bench.below_chance({"scores": teachers["scores"]}) == []  # runs saved before chance was measured
+
+
+def test_cls_teacher_init_starts_the_classifier_from_a_segmenter_encoder(bench, tmp_path):
+    segmenter = smp.FPN(encoder_name="resnet18", encoder_weights=None, classes=7)
+    torch.save({"state_dict": {f"student.{k}": v for k, v in segmenter.state_dict().items()}}, tmp_path / "seg.ckpt")
+    classifier = timm.create_model("resnet18", num_classes=6)
+    head = classifier.fc.weight.clone()
+    bench.init_from_encoder(classifier, str(tmp_path / "seg.ckpt"))
+    assert torch.equal(classifier.layer4[1].conv2.weight, segmenter.encoder.layer4[1].conv2.weight)
+    assert torch.equal(classifier.bn1.running_var, segmenter.encoder.bn1.running_var)
+    assert torch.equal(classifier.fc.weight, head)  # the class head starts afresh
+    # An encoder of another network is refused, naming the option.
+    with pytest.raises(SystemExit, match="--cls-teacher-init .*does not fit the classifier"):
+        bench.init_from_encoder(timm.create_model("resnet10t", num_classes=6), str(tmp_path / "seg.ckpt"))
