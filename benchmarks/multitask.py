@@ -26,6 +26,7 @@ command that reproduced it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import statistics
@@ -94,6 +95,19 @@ class HeadLoader:
             yield batch["image"], batch[self.key]
 
 
+def teacher_folder(args: argparse.Namespace) -> Path:
+    """Where teachers trained here are kept: one folder per data set and teacher settings."""
+    name = f"teachers_{args.image_size}px_{args.num_train}_{args.difficulty:g}_{args.teacher_epochs}ep"
+    name += f"_b{args.batch_size}_lr{args.teacher_lr:g}"
+    if (args.cls_teacher_name, args.seg_encoder) != ("resnet18", "resnet18"):
+        name += f"_{args.cls_teacher_name}_{args.seg_encoder}"
+    if args.cls_teacher_init:  # named by the checkpoint's bytes too: two runs both called "teacher" differ
+        init = Path(args.cls_teacher_init)
+        digest = hashlib.sha1(init.read_bytes()).hexdigest()[:8] if init.is_file() else "missing"
+        name += f"_cls-init-{init.parent.parent.name}-{digest}"
+    return Path(args.data_dir) / name
+
+
 def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str, dict[str, Any]]:
     """Both teachers' specs, checkpoint included: ``--cls-teacher``/``--seg-teacher`` as given, else trained here.
 
@@ -101,13 +115,7 @@ def train_teachers(args: argparse.Namespace, data: ShapesMultiTask) -> dict[str,
     trained once (seed 0) and kept under ``--data-dir``.
     """
     given = {"cls": args.cls_teacher, "seg": args.seg_teacher}
-    name = f"teachers_{args.image_size}px_{args.num_train}_{args.difficulty:g}_{args.teacher_epochs}ep"
-    name += f"_b{args.batch_size}_lr{args.teacher_lr:g}"
-    if (args.cls_teacher_name, args.seg_encoder) != ("resnet18", "resnet18"):
-        name += f"_{args.cls_teacher_name}_{args.seg_encoder}"
-    if args.cls_teacher_init:
-        name += f"_cls-init-{Path(args.cls_teacher_init).parent.parent.name}"
-    folder = Path(args.data_dir) / name
+    folder = teacher_folder(args)
     paths = {"cls": folder / "cls.ckpt", "seg": folder / "seg.ckpt"}
     specs = {head: {"checkpoint": str(given[head])} for head in given if given[head]}
     for head, task_class, spec, classes, key in (

@@ -132,3 +132,18 @@ def test_cls_teacher_init_starts_the_classifier_from_a_segmenter_encoder(bench, 
     # An encoder of another network is refused, naming the option.
     with pytest.raises(SystemExit, match="--cls-teacher-init .*does not fit the classifier"):
         bench.init_from_encoder(timm.create_model("resnet10t", num_classes=6), str(tmp_path / "seg.ckpt"))
+
+
+def test_teachers_initialised_from_different_checkpoints_are_kept_apart(bench, tmp_path):
+    # Two runs both called "teacher" (runs/a/teacher, runs/b/teacher): their fine-tuned classifiers must not share a
+    # cache folder, or the second benchmark would silently reuse the first one's teacher.
+    folders = set()
+    for run, content in (("a", b"one"), ("b", b"two")):
+        checkpoint = tmp_path / run / "teacher" / "checkpoints" / "best.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(content)
+        args = bench.build_parser().parse_args(["--cls-teacher-init", str(checkpoint), "--data-dir", str(tmp_path)])
+        folders.add(bench.teacher_folder(args))
+    assert len(folders) == 2 and all("_cls-init-teacher-" in folder.name for folder in folders)
+    plain = bench.build_parser().parse_args(["--data-dir", str(tmp_path)])
+    assert "cls-init" not in bench.teacher_folder(plain).name
