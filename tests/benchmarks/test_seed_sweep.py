@@ -45,6 +45,7 @@ def test_unknown_baseline_is_named(sweep):
         sweep.paired_gains(RESULTS, "teacher", "val")
 
 
+@pytest.mark.slow  # two CLI trainings (~15 s); the fast suite keeps the set-aside rule below
 def test_a_stopped_run_resumes_from_its_last_checkpoint(sweep, tmp_path):
     """A run the sweep lost part-way (result.json never written) continues from last.ckpt when the sweep restarts."""
     import torch
