@@ -98,6 +98,9 @@ class DemoSettings:
     num_images: int | None = None
     #: Quick reports: the explanation sections with one CAM method on two images (they check the pipeline).
     quick_explanations: bool = False
+    #: Run each ``visiondistill fit`` in this process rather than in a fresh interpreter (quick runs: a fresh
+    #: interpreter's imports cost more than a seconds-long training).
+    in_process: bool = False
 
     def run_dir(self, task: str, run: DemoRun) -> Path:
         """The folder of one run."""
@@ -267,7 +270,18 @@ def fit(task: str, run: DemoRun, teacher: DemoRun, settings: DemoSettings) -> fl
     shown = "visiondistill " + " ".join(shlex.quote(part) for part in command[3:])
     print(f"\n== {run.label}\n$ {shown}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    if settings.in_process:
+        from visiondistill.cli import main as cli_main
+
+        argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when the demo's own arguments are in argv too
+        try:
+            code = cli_main(command[3:])
+        finally:
+            sys.argv = argv
+        if code != 0:
+            raise subprocess.CalledProcessError(code, shown)
+    else:
+        subprocess.run(command, check=True)
     return time.perf_counter() - start
 
 
@@ -358,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_existing=args.skip_existing,
         num_images=QUICK_IMAGES if args.quick else None,
         quick_explanations=args.quick,
+        in_process=args.quick,
     )
     for task in list(TASKS) if args.task == "all" else [args.task]:
         for report in run_task(task, settings):
