@@ -208,7 +208,9 @@ TASKS: dict[str, DemoTask] = {
             "benchmarks/sweeps/keypoints.yaml",
             (
                 "mean gain +0.3 ± 1.1 PCK@0.05 points over seeds 0-4 (scratch 72.9 ± 1.2, FPD 73.2 ± 1.8), won 3 of "
-                "5 seeds: at this budget FPD's gain is within the seed noise (README, Keypoints)"
+                "5 seeds: at this budget FPD's gain is within the seed noise; a recipe search (heatmap CWD, hints, "
+                "attention transfer, a 28-epoch teacher) found none that wins (README, Keypoints; "
+                "docs/keypoints_recipe.md)"
             ),
         ),
     ),
