@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -51,9 +53,12 @@ def test_shape_tips_are_the_generator_slots_in_use():
                 assert not obj.keypoints[SHAPE_TIPS[name] :].any()  # slots past the tips are unused
 
 
-def test_shapes_keypoints_module_uses_extreme_tips(shapes_keypoints_dir):
+def test_shapes_keypoints_module_uses_extreme_tips(shapes_keypoints_dir, caplog):
     module = ShapesKeypoints(str(shapes_keypoints_dir), **SHAPES_ARGS)
-    module.setup("fit")
+    with caplog.at_level(logging.INFO):
+        module.setup("fit")
+    # objects cut by the image border are skipped, and the log says so rather than a bare count
+    assert "annotations skipped (an object with a tip outside the image" in caplog.text
     assert module.num_keypoints == 4 and module.keypoint_names == list(SHAPE_KEYPOINT_NAMES)
     assert module.flip_pairs == [[1, 3]] and len(module.train_dataset) > 10
     for instance in module.train_dataset.instances:

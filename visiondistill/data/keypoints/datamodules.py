@@ -195,6 +195,9 @@ class COCOKeypoints(SplitFolderDataModule):
             "splits ({split} = train, val, test)."
         )
 
+    #: Why `read_coco_keypoints` skips an annotation, for the count it logs.
+    skip_reasons: ClassVar[str] = "crowd, no labelled keypoint or a box under one pixel"
+
     def convert(self) -> tuple[KeypointConverter | None, int | None]:
         """A keypoint converter applied to every annotation, and the keypoint count after it (none here)."""
         return None, None
@@ -220,7 +223,8 @@ class COCOKeypoints(SplitFolderDataModule):
         if read.outside_image or read.skipped:
             rank_zero_info(
                 f"{annotations.name}: {len(read.instances)} instances; {read.outside_image} labelled keypoints lay "
-                f"outside their image and were marked invisible; {read.skipped} annotations skipped"
+                f"outside their image and were marked invisible; {read.skipped} annotations skipped "
+                f"({self.skip_reasons})"
             )
         return KeypointCrops(
             read,
@@ -275,6 +279,7 @@ class ShapesKeypoints(GeneratedShapes, COCOKeypoints):
     """
 
     shapes_task: ClassVar[str] = "keypoints"
+    skip_reasons: ClassVar[str] = "an object with a tip outside the image, whose extremes are unknown"
 
     def __init__(
         self,
