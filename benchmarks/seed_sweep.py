@@ -95,12 +95,19 @@ def worker(argv: Sequence[str]) -> int:
     parser.add_argument("--result", required=True)
     parser.add_argument("--metric", required=True)
     args, cli_args = parser.parse_known_args(argv)
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from visiondistill.cli import VisionDistillCLI
+    from visiondistill.cli.errors import EXIT_TERMINATED, TERMINATED_MESSAGE
 
     start = time.perf_counter()
     # A `fit` command like a user's: the run-folder rules apply, last.ckpt is written every epoch, and a stopped run
     # given --ckpt_path last resumes where it stopped.
-    cli = VisionDistillCLI(args=["fit", *cli_args])
+    try:
+        cli = VisionDistillCLI(args=["fit", *cli_args])
+    except SIGTERMException:  # a SystemExit without a code: it would exit with 0 and no result
+        print(TERMINATED_MESSAGE, file=sys.stderr)
+        return EXIT_TERMINATED
     best = cli.trainer.checkpoint_callback
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     result = {
@@ -161,9 +168,10 @@ def _train(config: Path, run_dir: Path, seed: int, metric: str, extra: Sequence[
     ]
     with open(log, "a" if resume else "w") as handle:
         completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if completed.returncode != 0:
+    if completed.returncode != 0 or not result.is_file():
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"run {run_dir} failed (exit {completed.returncode}); end of {log}:\n{tail}")
+        hint = " (start the sweep again to resume it)" if (run_dir / "checkpoints" / "last.ckpt").is_file() else ""
+        raise RuntimeError(f"run {run_dir} failed (exit {completed.returncode}){hint}; end of {log}:\n{tail}")
     return json.loads(result.read_text())
 
 

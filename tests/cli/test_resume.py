@@ -20,13 +20,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from visiondistill.cli import main
+from visiondistill.cli.errors import EXIT_TERMINATED, TERMINATED_MESSAGE
 from visiondistill.cli.last_checkpoint import LastCheckpoint
 from visiondistill.core.protocol import batch_inputs
 from visiondistill.models import ClassifierSpec
 from visiondistill.tasks import ClassificationTask
 
 from ..conftest import quadrant_images
-from ..support.runs import TESTS_DIR, checkpoint_state, distilled_config, event_steps, raw_event_steps
+from ..support.runs import TESTS_DIR, StopAt, checkpoint_state, distilled_config, event_steps, raw_event_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,22 +37,6 @@ class _NeverImproves(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("val/score", -float(trainer.current_epoch))
-
-
-class _Stop(Callback):
-    """Stops the run at batch 1 of epoch 1, as Ctrl-C (``KeyboardInterrupt``) or SIGTERM does."""
-
-    def __init__(self, how: str) -> None:
-        self.how = how
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, index: int) -> None:
-        if trainer.current_epoch == 1 and index == 1:
-            if self.how == "ctrl-c":
-                raise KeyboardInterrupt
-            # Lightning's handler sets a flag and raises SIGTERMException at the next check; without it, the
-            # default action would end the test process, so the test checks it is installed first.
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _trainer(tmp_path: Path, max_epochs: int, *callbacks: Callback) -> pl.Trainer:
@@ -86,7 +71,7 @@ def test_last_checkpoint_is_the_final_epoch_when_the_score_never_improves(tmp_pa
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_stopped_run_writes_last_checkpoint_where_it_stopped(tmp_path: Path, how: str):
-    trainer = _trainer(tmp_path, 3, _NeverImproves(), _Stop(how))
+    trainer = _trainer(tmp_path, 3, _NeverImproves(), StopAt(how))
     loader = DataLoader(quadrant_images(n=16), batch_size=8)
     # Ctrl-C: Lightning shuts down and exits with status 1; SIGTERM: it raises SIGTERMException at the next batch.
     with pytest.raises(SystemExit if how == "ctrl-c" else SIGTERMException):
@@ -94,6 +79,17 @@ def test_a_stopped_run_writes_last_checkpoint_where_it_stopped(tmp_path: Path, h
     last = checkpoint_state(tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt")
     # Ctrl-C stops before batch 1 of epoch 1; on SIGTERM Lightning finishes that batch first.
     assert (last["epoch"], last["global_step"]) == (1, 3 if how == "ctrl-c" else 4)
+
+
+def test_fit_stopped_by_sigterm_exits_with_143_and_says_how_to_resume(tmp_path: Path, monkeypatch, capsys):
+    """Lightning's SIGTERMException is a SystemExit without a code: uncaught, a pre-empted `fit` would exit with 0."""
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    stop = {"class_path": "support.runs.StopAt", "init_args": {"how": "sigterm", "epoch": 1, "batch": 1}}
+    config = distilled_config(tmp_path, max_epochs=3, extra=[stop])
+    assert main(["fit", "--config", str(config)]) == EXIT_TERMINATED == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err and "--ckpt_path last" in TERMINATED_MESSAGE
+    last = checkpoint_state(tmp_path / "runs" / "kd" / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (1, 4)  # saved where it stopped, as the message says
 
 
 # A CLI run in a subprocess (imports, data, 3 epochs) and its resume: 90-110 s on 2 loaded cores; make test-all runs it.

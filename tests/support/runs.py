@@ -1,5 +1,5 @@
-"""Run folders for the CLI tests: a tiny distilled classification config, a callback that freezes a run where a test
-wants to kill it, and one that records what a resumed run restored.
+"""Run folders for the CLI tests: a tiny distilled classification config, callbacks that freeze or stop a run where a
+test wants to kill it, and one that records what a resumed run restored.
 
 The classes are named by ``class_path`` in configs that run in a subprocess, so this module is imported as
 ``support.runs`` with ``tests/`` on ``PYTHONPATH`` (`TESTS_DIR`).
@@ -8,6 +8,8 @@ The classes are named by ``class_path`` in configs that run in a subprocess, so 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,28 @@ class FreezeAt(Callback):
                 logger.save()
             Path(self.marker).write_text(str(trainer.global_step))
             time.sleep(120)
+
+
+class StopAt(Callback):
+    """Stops the run at batch ``batch`` of epoch ``epoch``, as Ctrl-C (``KeyboardInterrupt``) or SIGTERM does.
+
+    Args:
+        how: ``"ctrl-c"`` or ``"sigterm"``.
+        epoch: The epoch (0-based).
+        batch: The batch index in it.
+    """
+
+    def __init__(self, how: str = "sigterm", epoch: int = 1, batch: int = 1) -> None:
+        self.how, self.epoch, self.batch = how, epoch, batch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, index: int) -> None:
+        if trainer.current_epoch == self.epoch and index == self.batch:
+            if self.how == "ctrl-c":
+                raise KeyboardInterrupt
+            # Lightning's handler sets a flag and raises SIGTERMException at the next check; without it, the
+            # default action would end the test process, so the handler is checked first.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RecordRestored(Callback):

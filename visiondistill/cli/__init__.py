@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from visiondistill.cli.errors import run_guarded
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from visiondistill.cli.errors import EXIT_TERMINATED, TERMINATED_MESSAGE, run_guarded
 from visiondistill.cli.lightning import VisionDistillCLI
 from visiondistill.cli.overrides import expand_callback_overrides
 
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, 2 for a refused command line or config, 1 for another user error (data, checkpoint,
         layer, run folder), which is printed as one ``error: …`` block without a traceback (see
-        `visiondistill.cli.errors`; ``VISIONDISTILL_TRACEBACK=1`` or ``--traceback`` shows it).
+        `visiondistill.cli.errors`; ``VISIONDISTILL_TRACEBACK=1`` or ``--traceback`` shows it), 143 for a training
+        stopped by SIGTERM (`EXIT_TERMINATED`; resume it with ``--ckpt_path last``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     tools = _tools()
@@ -93,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
-    VisionDistillCLI(args=expand_callback_overrides(argv))
+    try:
+        VisionDistillCLI(args=expand_callback_overrides(argv))
+    except SIGTERMException:
+        print(TERMINATED_MESSAGE, file=sys.stderr)
+        return EXIT_TERMINATED
     return 0
 
 

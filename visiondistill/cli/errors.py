@@ -30,6 +30,8 @@ from visiondistill.core.errors import ConfigError, VisionDistillError
 
 __all__ = [
     "EXIT_FAILURE",
+    "EXIT_TERMINATED",
+    "TERMINATED_MESSAGE",
     "EXIT_USAGE",
     "TRACEBACK_ENV",
     "TRACEBACK_FLAG",
@@ -45,6 +47,15 @@ __all__ = [
 EXIT_USAGE = 2
 #: Exit status of any other user error (data, checkpoint, layer, run folder, …).
 EXIT_FAILURE = 1
+#: Exit status of a training stopped by SIGTERM (128 + 15, a shell's status for a process the signal ended), so that
+#: a scheduler does not count a pre-empted run as finished. Lightning's `SIGTERMException` is a `SystemExit` without
+#: a code, which would exit with 0.
+EXIT_TERMINATED = 143
+#: What a training stopped by SIGTERM prints (`LastCheckpoint` has saved where it stopped).
+TERMINATED_MESSAGE = (
+    "error: stopped by SIGTERM. The run folder's checkpoints/last.ckpt holds where it stopped: run the same command "
+    "with --ckpt_path last to resume."
+)
 #: Environment variable that, set to a non-empty value other than ``0``, shows full tracebacks.
 TRACEBACK_ENV = "VISIONDISTILL_TRACEBACK"
 #: Command-line flag (anywhere in the arguments, removed before parsing) that shows full tracebacks.
