@@ -375,9 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick_explanations=args.quick,
         in_process=args.quick,
     )
-    for task in list(TASKS) if args.task == "all" else [args.task]:
-        for report in run_task(task, settings):
-            print(f"\nreport: {report}", flush=True)
+    try:
+        for task in list(TASKS) if args.task == "all" else [args.task]:
+            for report in run_task(task, settings):
+                print(f"\nreport: {report}", flush=True)
+    except subprocess.CalledProcessError as failed:  # the run printed its own error above; no traceback of ours
+        print(
+            f"error: `{failed.cmd if isinstance(failed.cmd, str) else shlex.join(failed.cmd)}` ended with exit status "
+            f"{failed.returncode} (its message is above). The demo run again reuses the finished runs and goes on "
+            "from where this one stopped.",
+            file=sys.stderr,
+        )
+        return failed.returncode
     return 0
 
 

@@ -3,8 +3,10 @@ into an existing run folder."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from visiondistill import demo
@@ -36,3 +38,19 @@ def test_a_second_demo_reuses_finished_runs_and_resumes_stopped_ones(tmp_path: P
     assert commands[0][-1] == "--ckpt_path=last" and scratch.config in commands[0]
     assert distilled.config in commands[1] and "--ckpt_path=last" not in commands[1]  # a new run
     assert demo.max_epochs(teacher, ()) == 20  # the config's, without an override
+
+
+def test_a_failed_run_ends_the_demo_with_its_exit_status_and_no_traceback(monkeypatch, capsys):
+    """A fit stopped by SIGTERM (status 143) or by bad input has printed its own error: the demo adds one line."""
+
+    def stopped(task: str, settings: demo.DemoSettings) -> list[Path]:
+        raise subprocess.CalledProcessError(143, ["python", "-m", "visiondistill.cli", "fit", "--config", "a b.yaml"])
+
+    monkeypatch.setattr(demo, "run_task", stopped)
+    assert demo.main(["--task", "classification"]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("error: `python -m visiondistill.cli fit --config 'a b.yaml'` ended with exit status 143")
+    assert "goes on from where this one stopped" in err and "Traceback" not in err
+    monkeypatch.setattr(demo, "run_task", lambda task, settings: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):  # anything else is a bug and keeps its traceback
+        demo.main(["--task", "classification"])
