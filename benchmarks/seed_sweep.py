@@ -103,6 +103,7 @@ def worker(argv: Sequence[str]) -> int:
     start = time.perf_counter()
     # A `fit` command like a user's: the run-folder rules apply, last.ckpt is written every epoch, and a stopped run
     # given --ckpt_path last resumes where it stopped.
+    sys.argv = sys.argv[:1]  # the worker's own arguments are not the CLI's (LightningCLI warns when both are set)
     try:
         cli = VisionDistillCLI(args=["fit", *cli_args])
     except SIGTERMException:  # a SystemExit without a code: it would exit with 0 and no result

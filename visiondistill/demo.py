@@ -198,7 +198,13 @@ TASKS: dict[str, DemoTask] = {
             "configs/detection",
             "_detection",
             ("FCOS resnet18, FPN 64", "FCOS test_resnet, FPN 32", "CWD+KD (FCOS test_resnet, FPN 32)"),
-        )
+        ),
+        gain=SweepGain(
+            "test/map",
+            "benchmarks/sweeps/detection.yaml",
+            "mean gain +18.0 ± 1.8 test mAP points over seeds 0-4 (scratch 30.1 ± 1.8, CWD + KD 48.1 ± 1.1), won 5 of "
+            "5 seeds; seed 0, the demo's, +16.9 (README, Does distillation win?)",
+        ),
     ),
     "keypoints": DemoTask(
         _runs(

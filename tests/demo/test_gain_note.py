@@ -27,3 +27,13 @@ def test_note_states_single_run_gain_and_sweep_mean(monkeypatch: pytest.MonkeyPa
     note = gain_note(task, [tmp_path / run.name for run in task.runs])
     assert "student_kd 65.5 − student_scratch 61.2 = +4.3 points" in note
     assert "benchmarks/sweeps/classification.yaml" in note and "+20.0 ± 3.0 over 5 seeds, wins 5/5" in note
+
+
+@pytest.mark.parametrize("task", [name for name, task in demo.TASKS.items() if task.gain is not None])
+def test_each_note_names_a_shipped_sweep_of_the_same_metric(task: str):
+    import yaml
+
+    gain = demo.TASKS[task].gain
+    sweep = yaml.safe_load((Path(__file__).resolve().parents[2] / gain.sweep).read_text())
+    assert gain.metric == f"test/{sweep['metric']}"
+    assert sweep["baseline"] == "scratch" and len(sweep["seeds"]) == 5
