@@ -95,19 +95,15 @@ def worker(argv: Sequence[str]) -> int:
     parser.add_argument("--result", required=True)
     parser.add_argument("--metric", required=True)
     args, cli_args = parser.parse_known_args(argv)
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from visiondistill.cli import VisionDistillCLI
-    from visiondistill.cli.errors import EXIT_TERMINATED, TERMINATED_MESSAGE
+    from visiondistill.cli import run_cli
+    from visiondistill.cli.errors import EXIT_TERMINATED
 
     start = time.perf_counter()
     # A `fit` command like a user's: the run-folder rules apply, last.ckpt is written every epoch, and a stopped run
     # given --ckpt_path last resumes where it stopped.
     sys.argv = sys.argv[:1]  # the worker's own arguments are not the CLI's (LightningCLI warns when both are set)
-    try:
-        cli = VisionDistillCLI(args=["fit", *cli_args])
-    except SIGTERMException:  # a SystemExit without a code: it would exit with 0 and no result
-        print(TERMINATED_MESSAGE, file=sys.stderr)
+    cli = run_cli(["fit", *cli_args])
+    if cli is None:  # stopped by SIGTERM: no result, and not status 0
         return EXIT_TERMINATED
     best = cli.trainer.checkpoint_callback
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]

@@ -96,12 +96,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
+    return 0 if run_cli(expand_callback_overrides(argv)) is not None else EXIT_TERMINATED
+
+
+def run_cli(args: list[str]) -> VisionDistillCLI | None:
+    """Runs `VisionDistillCLI` on ``args``; ``None`` when SIGTERM stopped the training (its message is printed).
+
+    Lightning's `SIGTERMException` is a `SystemExit` without a code, which would end the process with status 0; callers
+    return `EXIT_TERMINATED` instead.
+    """
     try:
-        VisionDistillCLI(args=expand_callback_overrides(argv))
+        return VisionDistillCLI(args=args)
     except SIGTERMException:
         print(TERMINATED_MESSAGE, file=sys.stderr)
-        return EXIT_TERMINATED
-    return 0
+        return None
 
 
-__all__ = ["VisionDistillCLI", "main"]
+__all__ = ["VisionDistillCLI", "main", "run_cli"]
