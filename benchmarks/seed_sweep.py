@@ -101,7 +101,8 @@ def worker(argv: Sequence[str]) -> int:
     start = time.perf_counter()
     # A `fit` command like a user's: the run-folder rules apply, last.ckpt is written every epoch, and a stopped run
     # given --ckpt_path last resumes where it stopped.
-    sys.argv = sys.argv[:1]  # the worker's own arguments are not the CLI's (LightningCLI warns when both are set)
+    # sys.argv keeps the worker's own arguments, though LightningCLI warns about them: with several devices, Lightning's
+    # DDP launcher starts the other ranks with sys.argv, which must run this worker again.
     cli = run_cli(["fit", *cli_args])
     if cli is None:  # stopped by SIGTERM: no result, and not status 0
         return EXIT_TERMINATED
